@@ -1,1 +1,181 @@
-fn main() {}
+//! `cargo xtask`: developer and CI tasks for the tierkit workspace.
+//!
+//! Run `cargo xtask --help` for the subcommands. The alias lives in `.cargo/config.toml`; CI runs
+//! `bash .ci/run`, which runs `cargo xtask ci`.
+//!
+//! To add a subcommand: add a variant to [`Task`], parse it in [`Task::parse`], describe it in
+//! [`usage`], and build its [`Suite`] of [`runner::Step`]s in [`Task::suite`] (new steps go in
+//! `steps.rs`; a step is either one command or a closure that runs several).
+
+#![warn(clippy::missing_docs_in_private_items)]
+
+mod json;
+mod runner;
+mod steps;
+
+use std::process::ExitCode;
+
+use runner::{Suite, Workspace};
+
+/// A subcommand of the xtask.
+#[derive(Debug, PartialEq)]
+enum Task {
+    /// The whole CI suite.
+    Ci,
+    /// Formatting, clippy and dependency hygiene.
+    Lint,
+    /// The test step, with extra arguments for `cargo test`.
+    Test(Vec<String>),
+    /// The demo.
+    Demo,
+    /// Print the usage text.
+    Help,
+}
+
+impl Task {
+    /// Parses the command line (without the program name).
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let Some((first, rest)) = args.split_first() else {
+            return Ok(Task::Help);
+        };
+        let task = match first.as_str() {
+            "ci" => Task::Ci,
+            "lint" => Task::Lint,
+            "demo" => Task::Demo,
+            "test" => return Ok(Task::Test(rest.to_vec())),
+            "help" | "-h" | "--help" => Task::Help,
+            other => return Err(format!("unknown subcommand `{other}`")),
+        };
+        match rest.first() {
+            Some(extra) => Err(format!("`{first}` takes no arguments, got `{extra}`")),
+            None => Ok(task),
+        }
+    }
+
+    /// The steps this task runs, or `None` for [`Task::Help`].
+    fn suite(&self) -> Option<Suite> {
+        let (name, steps) = match self {
+            Task::Ci => ("ci", ci_steps()),
+            Task::Lint => ("lint", vec![steps::fmt(), steps::clippy(), steps::deps()]),
+            Task::Test(extra) => ("test", vec![steps::test(extra)]),
+            Task::Demo => ("demo", vec![steps::demo()]),
+            Task::Help => return None,
+        };
+        Some(Suite { name, steps })
+    }
+}
+
+/// The steps of `cargo xtask ci`, in order.
+fn ci_steps() -> Vec<runner::Step> {
+    vec![
+        steps::tools(),
+        steps::fmt(),
+        steps::clippy(),
+        steps::build(),
+        steps::deps(),
+        steps::test(&[]),
+        steps::demo(),
+        steps::doc(),
+        steps::deny(),
+    ]
+}
+
+/// The usage text, listing what each step of `ci` runs.
+fn usage() -> String {
+    let mut text = String::from(
+        "cargo xtask: developer and CI tasks for the tierkit workspace
+
+USAGE:
+    cargo xtask <SUBCOMMAND> [ARGS...]
+
+SUBCOMMANDS:
+    ci      Run the whole check suite, as CI does (`bash .ci/run`). Steps run in this
+            order; the first failure stops the suite and names the command to rerun:
+",
+    );
+    for (index, step) in ci_steps().iter().enumerate() {
+        text.push_str(&format!(
+            "              {}. {:<7} {}\n",
+            index + 1,
+            step.name,
+            step.summary
+        ));
+    }
+    text.push_str(
+        "            A summary table of the steps, their results and durations ends the run.
+
+    lint    Only the fmt, clippy and deps steps of `ci` (fast: no build, tests or docs).
+
+    test    Only the test step of `ci`: cargo test --workspace --all-features [ARGS...]
+            Extra arguments go to `cargo test`; with -p/--package, --workspace is dropped.
+            Example: cargo xtask test -p tierkit-core -- --nocapture
+
+    demo    Run the demo: a two-tier cache at work (writes, L1 hits, an L2 hit refilled
+            into L1, tier failures under the optimistic parallel write, a stale value).
+
+    help    Print this text (also -h, --help, or no subcommand).
+
+The exit status is 0 when every step passed, 1 when one failed, 2 for a usage error.
+",
+    );
+    text
+}
+
+/// Runs the subcommand named on the command line.
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = match Task::parse(&args) {
+        Ok(task) => task,
+        Err(err) => {
+            eprintln!("error: {err}\n");
+            eprint!("{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    let Some(suite) = task.suite() else {
+        print!("{}", usage());
+        return ExitCode::SUCCESS;
+    };
+    let ws = Workspace::locate();
+    if suite.run(&ws) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Task;
+
+    /// Parses a command line given as string slices.
+    fn parse(args: &[&str]) -> Result<Task, String> {
+        Task::parse(&args.iter().map(|arg| arg.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn parses_subcommands() {
+        assert_eq!(parse(&[]), Ok(Task::Help));
+        assert_eq!(parse(&["--help"]), Ok(Task::Help));
+        assert_eq!(parse(&["ci"]), Ok(Task::Ci));
+        assert_eq!(parse(&["lint"]), Ok(Task::Lint));
+        assert_eq!(
+            parse(&["test", "-p", "tierkit-core"]),
+            Ok(Task::Test(vec!["-p".into(), "tierkit-core".into()]))
+        );
+        assert!(parse(&["ci", "--fast"]).is_err());
+        assert!(parse(&["deploy"]).is_err());
+    }
+
+    #[test]
+    fn ci_suite_runs_every_step_in_order() {
+        let suite = Task::Ci.suite().unwrap();
+        let names: Vec<_> = suite.steps.iter().map(|step| step.name).collect();
+        assert_eq!(
+            names,
+            [
+                "tools", "fmt", "clippy", "build", "deps", "test", "demo", "doc", "deny"
+            ]
+        );
+    }
+}

@@ -191,6 +191,17 @@ impl fmt::Display for TierPath {
     }
 }
 
+/// The synchronous answer of [`Backend::probe`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The tier holds this (unexpired) value.
+    Hit(CacheValue),
+    /// The tier does not hold the key.
+    Miss,
+    /// The tier cannot tell without awaiting (a remote tier), or chose not to.
+    Unknown,
+}
+
 /// A cache tier: an in-process cache, a shared cache, object storage, or a composition of
 /// tiers.
 ///
@@ -226,6 +237,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// metrics. Compositions combine their tiers' labels.
     fn label(&self) -> &str;
 
+    /// Answers a read without awaiting, when the tier can.
+    ///
+    /// In-process tiers answer [`Probe::Hit`] or [`Probe::Miss`] exactly as [`Backend::get`]
+    /// would (implement `get` on top of `probe` so the two cannot disagree); compositions
+    /// forward their first tier's fresh hits. The default, [`Probe::Unknown`], is always
+    /// correct, only slower: the caller then awaits `get`. A probe has the same effects on the
+    /// tier as a `get` (recency, hit counters) and never blocks on I/O.
+    fn probe(&self, key: &CacheKey) -> Probe {
+        let _ = key;
+        Probe::Unknown
+    }
+
     /// Reads `key`.
     fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a>;
 
@@ -255,6 +278,11 @@ macro_rules! forward_backend {
             #[inline]
             fn label(&self) -> &str {
                 (**self).label()
+            }
+
+            #[inline]
+            fn probe(&self, key: &CacheKey) -> Probe {
+                (**self).probe(key)
             }
 
             #[inline]

@@ -92,7 +92,7 @@ mod time;
 mod value;
 
 pub use backend::{
-    Backend, BoxFuture, GetFuture, SharedBackend, TierFuture, TierPath, WriteFuture,
+    Backend, BoxFuture, GetFuture, Probe, SharedBackend, TierFuture, TierPath, WriteFuture,
 };
 pub use error::{BackendError, ErrorKind, ErrorSource, InvalidKeyReason, Op, Result};
 pub use key::{CacheKey, CacheKeyBuilder};

@@ -1,1 +1,95 @@
-//! Placeholder.
+//! tierkit: multi-tier async caching. A fast in-process cache in front of shared caches and
+//! object storage, composed under explicit read, write and refill policies.
+//!
+//! ```
+//! # #[cfg(feature = "moka")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tierkit::BackendError> {
+//! use std::time::Duration;
+//! use tierkit::moka::MokaBackend;
+//! use tierkit::{Backend, CacheKey, CacheValue, Clock, Composition};
+//!
+//! // A small, hot L1 in front of a larger L2 (in production: moka in front of Redis or S3).
+//! let cache = Composition::new(MokaBackend::new(1_000), MokaBackend::new(100_000));
+//!
+//! let key = CacheKey::builder("user").part(42).build()?;
+//! let value = CacheValue::with_ttl(&b"Ada Lovelace"[..], Clock::System.now(), Duration::from_secs(300));
+//! cache.set(&key, value.clone()).await?; // both tiers at once
+//! assert_eq!(cache.get(&key).await?, Some(value)); // an L1 hit: no allocation, no await
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "moka"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Crates
+//!
+//! | crate | what it holds |
+//! |---|---|
+//! | `tierkit-core` | [`CacheKey`], [`CacheValue`], the [`Backend`] trait, [`Offload`], [`Clock`], [`BackendError`] |
+//! | `tierkit-policy` | read, write and refill policies and the [`Composition`] of two tiers |
+//! | `tierkit-moka` | the in-process tier over moka ([`moka::MokaBackend`]) |
+//!
+//! This facade re-exports the core and policy crates flat, and each backend crate as a module
+//! behind its own feature, so a service depends on exactly what it deploys.
+//!
+//! # Composing tiers
+//!
+//! A [`Composition`] is itself a [`Backend`]: compositions nest (`Composition<L1,
+//! Composition<L2, L3>>` is a three-tier cache) and erase (`Arc<dyn Backend>`, see
+//! [`SharedBackend`]) for stacks built from configuration. Its policies:
+//!
+//! | read | in short |
+//! |---|---|
+//! | [`SequentialReadPolicy`] (default) | L1; L2 only when L1 has no fresh value |
+//! | [`RaceReadPolicy`] | both at once; the first fresh hit wins |
+//! | [`ParallelReadPolicy`] | both at once; the better value wins |
+//!
+//! | write | in short |
+//! |---|---|
+//! | [`OptimisticParallelWritePolicy`] (default) | both at once; `Ok` unless both fail, a warning names a failed tier |
+//! | [`SequentialWritePolicy`] | L1 then L2, always both |
+//! | [`RaceWritePolicy`] | `Ok` at the first success; the other write finishes on the [`Offload`] |
+//!
+//! Each policy's documentation holds its full outcome table.
+//!
+//! # Feature flags
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `moka` | yes | [`moka`]: the in-process tier over `moka::sync::Cache` |
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95.
+
+#![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use tierkit_core::{
+    Backend, BackendError, BoxFuture, CacheKey, CacheKeyBuilder, CacheValue, Clock, DrainReport,
+    ErrorKind, ErrorSource, Freshness, GetFuture, InvalidKeyReason, ManualClock, Offload,
+    OffloadStats, OffloadTask, Op, Probe, RejectReason, Rejected, SharedBackend, TierFuture,
+    TierPath, TimeSource, Timestamp, TokioOffload, WriteFuture, bytes,
+};
+pub use tierkit_policy::{
+    AnyReadPolicy, AnyWritePolicy, Composition, CompositionBuilder, CompositionError, Layer,
+    OptimisticParallelWritePolicy, ParallelReadPolicy, PolicyContext, RaceLoser, RaceReadPolicy,
+    RaceWritePolicy, ReadOutcome, ReadPolicy, RefillPolicy, SequentialReadPolicy,
+    SequentialWritePolicy, TierName, TierRead, TierWrite, WriteOutcome, WritePolicy, WriteStatus,
+};
+
+/// The core crate, for items not re-exported at the top level.
+pub use tierkit_core as core;
+/// The policy crate, for items not re-exported at the top level.
+pub use tierkit_policy as policy;
+
+/// The in-process tier over moka.
+#[cfg(feature = "moka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
+pub use tierkit_moka as moka;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

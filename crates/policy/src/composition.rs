@@ -1,0 +1,619 @@
+//! Two tiers stacked into one [`Backend`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tierkit_core::{
+    Backend, BackendError, CacheKey, CacheValue, Clock, GetFuture, Offload, Op, Probe, TierFuture,
+    TierPath, TokioOffload, WriteFuture,
+};
+use tracing::Instrument as _;
+
+use crate::context::{Layer, PolicyContext};
+use crate::error::CompositionError;
+use crate::read::{AnyReadPolicy, ReadPolicy, TierRead};
+use crate::refill::RefillPolicy;
+use crate::scope::{Scope, TierScope};
+use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
+
+/// Two tiers read, written and refilled under explicit policies, usable wherever a single
+/// tier is: a `Composition` is itself a [`Backend`], so compositions nest
+/// (`Composition<Moka, Composition<Redis, S3>>` is a three-tier cache) and erase
+/// (`Arc<dyn Backend>`).
+///
+/// * **get**: L1's probe first. With a read policy that accepts it (sequential, race), a fresh
+///   L1 hit answered synchronously returns at once: no allocation, no await, no L2 request, no
+///   span. Otherwise the read policy decides ([`ReadPolicy`]), and an L2 value is refilled into
+///   L1 according to the [`RefillPolicy`]. Expired values are dropped whichever tier returns
+///   them; stale values are returned as stale.
+/// * **set**: the write policy decides ([`WritePolicy`]); the value and its timestamps reach
+///   both tiers unchanged.
+/// * **delete** and **clear**: both tiers, L2 first and then L1 (so a concurrent reader cannot
+///   refill L1 from an L2 entry that is about to go). `Ok` only when both succeeded; one failure
+///   is that tier's error; two are [`CompositionError::BothLayersFailed`].
+///
+/// Policies are values, not type parameters you must spell out: the defaults,
+/// [`AnyReadPolicy`] and [`AnyWritePolicy`], are chosen at run time (for example parsed from
+/// configuration). Name a concrete policy type instead to have it compiled in.
+///
+/// Every operation that is not an L1 hit runs each tier call inside a `debug` span
+/// `tierkit.tier` with fields `tier` (its path: `l1`, `l2.l1`, ...), `backend` (its label) and
+/// `op`, and counts it (see the crate docs for metric names). A composition learns its path
+/// the first time it is used or bound into a larger stack ([`Backend::bind`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tierkit_core::{Backend, CacheKey, CacheValue, Clock, SharedBackend};
+/// use tierkit_policy::{AnyReadPolicy, Composition, RaceWritePolicy};
+/// # use tierkit_testkit::MemoryBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (l1, l2) = (MemoryBackend::new("memory"), MemoryBackend::new("remote").remote());
+/// // `l1` and `l2` are any two tiers, for instance moka and Redis.
+/// let cache = Composition::builder(l1, l2)
+///     .read_policy("sequential".parse::<AnyReadPolicy>()?)
+///     .write_policy(RaceWritePolicy)
+///     .build();
+///
+/// let key = CacheKey::new("user:42")?;
+/// let value = CacheValue::with_ttl(&b"Ada"[..], Clock::System.now(), Duration::from_secs(60));
+/// cache.set(&key, value.clone()).await?;
+/// assert_eq!(cache.get(&key).await?, Some(value));
+///
+/// // The same stack, type-erased, behaves the same.
+/// let erased: SharedBackend = Arc::new(cache);
+/// assert!(erased.get(&key).await?.is_some());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Composition<L1, L2, R = AnyReadPolicy, W = AnyWritePolicy> {
+    shared: Arc<Shared<L1, L2, R, W>>,
+}
+
+struct Shared<L1, L2, R, W> {
+    l1: L1,
+    l2: L2,
+    read: R,
+    write: W,
+    refill: RefillPolicy,
+    offload: Arc<dyn Offload>,
+    clock: Clock,
+    label: Arc<str>,
+    timeouts: [Option<Duration>; 2],
+    scope: OnceLock<Scope>,
+}
+
+impl<L1, L2, R, W> Clone for Composition<L1, L2, R, W> {
+    /// Another handle to the same composition.
+    fn clone(&self) -> Self {
+        Composition {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<L1: Backend, L2: Backend> Composition<L1, L2> {
+    /// `l1` over `l2` with the default policies: sequential read, optimistic parallel write,
+    /// refill always.
+    #[must_use]
+    pub fn new(l1: L1, l2: L2) -> Self {
+        Self::builder(l1, l2).build()
+    }
+
+    /// A builder for `l1` over `l2`.
+    pub fn builder(l1: L1, l2: L2) -> CompositionBuilder<L1, L2> {
+        CompositionBuilder {
+            l1,
+            l2,
+            read: AnyReadPolicy::default(),
+            write: AnyWritePolicy::default(),
+            refill: RefillPolicy::default(),
+            offload: None,
+            clock: Clock::System,
+            label: None,
+            timeouts: [None, None],
+        }
+    }
+}
+
+impl<L1, L2, R, W> Composition<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    /// The first tier.
+    pub fn l1(&self) -> &L1 {
+        &self.shared.l1
+    }
+
+    /// The second tier.
+    pub fn l2(&self) -> &L2 {
+        &self.shared.l2
+    }
+
+    /// The read policy.
+    pub fn read_policy(&self) -> &R {
+        &self.shared.read
+    }
+
+    /// The write policy.
+    pub fn write_policy(&self) -> &W {
+        &self.shared.write
+    }
+
+    /// The refill policy.
+    #[must_use]
+    pub fn refill_policy(&self) -> RefillPolicy {
+        self.shared.refill
+    }
+}
+
+impl<L1, L2, R, W> Shared<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    /// The scope, bound as the root of a stack on first use if no outer composition bound it.
+    #[inline]
+    fn scope(&self) -> &Scope {
+        self.scope
+            .get_or_init(|| self.make_scope(&TierPath::root()))
+    }
+
+    fn make_scope(&self, path: &TierPath) -> Scope {
+        let (p1, p2) = (path.child(1), path.child(2));
+        self.l1.bind(&p1);
+        self.l2.bind(&p2);
+        Scope {
+            l1: TierScope::new(&p1, self.l1.label()),
+            l2: TierScope::new(&p2, self.l2.label()),
+        }
+    }
+
+    fn tier(&self, layer: Layer) -> &TierScope {
+        let scope = self.scope();
+        match layer {
+            Layer::L1 => &scope.l1,
+            Layer::L2 => &scope.l2,
+        }
+    }
+
+    fn context(&self) -> PolicyContext<'_> {
+        let scope = self.scope();
+        PolicyContext::new(
+            scope.l1.name(),
+            scope.l2.name(),
+            self.clock.now(),
+            &*self.offload,
+        )
+    }
+
+    /// A fresh L1 hit answered without awaiting, or what L1's probe told.
+    #[inline]
+    fn probe_l1(&self, key: &CacheKey) -> L1Probe {
+        if !self.read.l1_fresh_hit_is_final() {
+            return L1Probe::Unknown;
+        }
+        match self.l1.probe(key) {
+            Probe::Hit(value) => {
+                if value.is_fresh(self.clock.now()) {
+                    self.scope().l1.get_hit.increment(1);
+                    L1Probe::FreshHit(value)
+                } else {
+                    L1Probe::Known(Ok(Some(value)))
+                }
+            }
+            Probe::Miss => L1Probe::Known(Ok(None)),
+            Probe::Unknown => L1Probe::Unknown,
+        }
+    }
+
+    /// One tier's read, as a policy sees it: in a span, bounded by the tier's timeout, with
+    /// expired values dropped and the outcome counted. `known` is an answer L1's probe already
+    /// gave.
+    async fn tier_get(&self, layer: Layer, key: &CacheKey, known: Option<TierRead>) -> TierRead {
+        let tier = self.tier(layer);
+        let result = match known {
+            Some(result) => result,
+            None => {
+                let span = tracing::debug_span!(
+                    "tierkit.tier",
+                    tier = %tier.path,
+                    backend = %tier.label,
+                    op = "get"
+                );
+                let call = match layer {
+                    Layer::L1 => self.l1.get(key),
+                    Layer::L2 => self.l2.get(key),
+                };
+                bounded(self.timeouts[index(layer)], &tier.label, Op::Get, call)
+                    .instrument(span)
+                    .await
+            }
+        };
+        let now = self.clock.now();
+        let result = result.map(|found| found.filter(|value| !value.is_expired(now)));
+        match &result {
+            Ok(Some(_)) => tier.get_hit.increment(1),
+            Ok(None) => tier.get_miss.increment(1),
+            Err(_) => tier.get_error.increment(1),
+        }
+        result
+    }
+
+    /// One tier's write (`op` is set, delete or clear), in a span, bounded and counted.
+    async fn tier_write(
+        &self,
+        layer: Layer,
+        op: Op,
+        key: Option<&CacheKey>,
+        value: Option<CacheValue>,
+    ) -> TierWrite {
+        let tier = self.tier(layer);
+        let span = tracing::debug_span!(
+            "tierkit.tier",
+            tier = %tier.path,
+            backend = %tier.label,
+            op = op.as_str()
+        );
+        let call = match (layer, op, key, value) {
+            (Layer::L1, Op::Set, Some(key), Some(value)) => self.l1.set(key, value),
+            (Layer::L2, Op::Set, Some(key), Some(value)) => self.l2.set(key, value),
+            (Layer::L1, Op::Delete, Some(key), _) => self.l1.delete(key),
+            (Layer::L2, Op::Delete, Some(key), _) => self.l2.delete(key),
+            (Layer::L1, Op::Clear, ..) => self.l1.clear(),
+            (Layer::L2, Op::Clear, ..) => self.l2.clear(),
+            _ => TierFuture::ready(Err(BackendError::internal(
+                tier.label.clone(),
+                op,
+                "tier write called with arguments that do not match the operation",
+            ))),
+        };
+        let result = bounded(self.timeouts[index(layer)], &tier.label, op, call)
+            .instrument(span)
+            .await;
+        tier.writes(op).record(&result);
+        result
+    }
+
+    async fn refill(&self, key: &CacheKey, value: CacheValue) {
+        let tier = &self.scope().l1;
+        let span = tracing::debug_span!(
+            "tierkit.tier",
+            tier = %tier.path,
+            backend = %tier.label,
+            op = "refill"
+        );
+        let result = bounded(
+            self.timeouts[0],
+            &tier.label,
+            Op::Set,
+            self.l1.set(key, value),
+        )
+        .instrument(span)
+        .await;
+        tier.refill.record(&result);
+        if let Err(error) = result {
+            tracing::warn!(tier = %tier.name(), %error, "refill failed; the read is served anyway");
+        }
+    }
+}
+
+/// What L1's probe told the composition.
+enum L1Probe {
+    FreshHit(CacheValue),
+    Known(TierRead),
+    Unknown,
+}
+
+fn index(layer: Layer) -> usize {
+    match layer {
+        Layer::L1 => 0,
+        Layer::L2 => 1,
+    }
+}
+
+/// Awaits `call`, within `limit` when one is set.
+async fn bounded<T>(
+    limit: Option<Duration>,
+    label: &Arc<str>,
+    op: Op,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    match limit {
+        None => call.await,
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::timeout(Arc::clone(label), op, limit)),
+        },
+    }
+}
+
+impl<L1, L2, R, W> Composition<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    async fn read_through(&self, key: &CacheKey, known: Option<TierRead>) -> TierRead {
+        let shared = &self.shared;
+        let cx = shared.context();
+        let (s1, k1) = (Arc::clone(shared), key.clone());
+        let (s2, k2) = (Arc::clone(shared), key.clone());
+        let outcome = shared
+            .read
+            .read(
+                &cx,
+                move || async move { s1.tier_get(Layer::L1, &k1, known).await },
+                move || async move { s2.tier_get(Layer::L2, &k2, None).await },
+            )
+            .await?;
+        if let Some(value) = &outcome.value
+            && outcome.refill_l1
+            && shared.refill == RefillPolicy::Always
+        {
+            shared.refill(key, value.clone()).await;
+        }
+        Ok(outcome.value)
+    }
+
+    async fn write_both(&self, key: &CacheKey, value: CacheValue) -> TierWrite {
+        let shared = &self.shared;
+        let cx = shared.context();
+        let (s1, k1, v1) = (Arc::clone(shared), key.clone(), value.clone());
+        let (s2, k2) = (Arc::clone(shared), key.clone());
+        shared
+            .write
+            .write(
+                &cx,
+                move || async move { s1.tier_write(Layer::L1, Op::Set, Some(&k1), Some(v1)).await },
+                move || async move {
+                    s2.tier_write(Layer::L2, Op::Set, Some(&k2), Some(value))
+                        .await
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes or clears L2, then L1, and combines the results.
+    async fn remove_both(&self, op: Op, key: Option<&CacheKey>) -> TierWrite {
+        let shared = &self.shared;
+        let r2 = shared.tier_write(Layer::L2, op, key, None).await;
+        let r1 = shared.tier_write(Layer::L1, op, key, None).await;
+        match (r1, r2) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(error), Ok(())) | (Ok(()), Err(error)) => {
+                tracing::warn!(%error, op = op.as_str(), "removal failed on one tier");
+                Err(error)
+            }
+            (Err(l1), Err(l2)) => {
+                tracing::error!(%l1, %l2, op = op.as_str(), "removal failed on both tiers");
+                Err(CompositionError::BothLayersFailed { l1, l2 }.into())
+            }
+        }
+    }
+}
+
+impl<L1, L2, R, W> Backend for Composition<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    fn label(&self) -> &str {
+        &self.shared.label
+    }
+
+    #[inline]
+    fn probe(&self, key: &CacheKey) -> Probe {
+        match self.shared.probe_l1(key) {
+            L1Probe::FreshHit(value) => Probe::Hit(value),
+            // A miss or a stale value in L1 says nothing of L2.
+            L1Probe::Known(_) | L1Probe::Unknown => Probe::Unknown,
+        }
+    }
+
+    #[inline]
+    fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a> {
+        match self.shared.probe_l1(key) {
+            L1Probe::FreshHit(value) => TierFuture::ready(Ok(Some(value))),
+            L1Probe::Known(known) => TierFuture::pending(self.read_through(key, Some(known))),
+            L1Probe::Unknown => TierFuture::pending(self.read_through(key, None)),
+        }
+    }
+
+    fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        TierFuture::pending(self.write_both(key, value))
+    }
+
+    fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {
+        TierFuture::pending(self.remove_both(Op::Delete, Some(key)))
+    }
+
+    fn clear(&self) -> WriteFuture<'_> {
+        TierFuture::pending(self.remove_both(Op::Clear, None))
+    }
+
+    fn bind(&self, path: &TierPath) {
+        let mut bound_here = false;
+        let _ = self.shared.scope.get_or_init(|| {
+            bound_here = true;
+            self.shared.make_scope(path)
+        });
+        if !bound_here {
+            tracing::debug!(
+                label = %self.shared.label,
+                path = %path,
+                "composition already bound (used before being nested); keeping its first path"
+            );
+        }
+    }
+}
+
+impl<L1, L2, R, W> fmt::Debug for Composition<L1, L2, R, W>
+where
+    L1: fmt::Debug,
+    L2: fmt::Debug,
+    R: fmt::Debug,
+    W: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        f.debug_struct("Composition")
+            .field("label", &s.label)
+            .field("l1", &s.l1)
+            .field("l2", &s.l2)
+            .field("read", &s.read)
+            .field("write", &s.write)
+            .field("refill", &s.refill)
+            .field("timeouts", &s.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Composition`]. Start with [`Composition::builder`].
+#[must_use]
+pub struct CompositionBuilder<L1, L2, R = AnyReadPolicy, W = AnyWritePolicy> {
+    l1: L1,
+    l2: L2,
+    read: R,
+    write: W,
+    refill: RefillPolicy,
+    offload: Option<Arc<dyn Offload>>,
+    clock: Clock,
+    label: Option<String>,
+    timeouts: [Option<Duration>; 2],
+}
+
+impl<L1, L2, R, W> CompositionBuilder<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    /// The read policy. Default: [`AnyReadPolicy::Sequential`].
+    pub fn read_policy<R2: ReadPolicy>(self, read: R2) -> CompositionBuilder<L1, L2, R2, W> {
+        CompositionBuilder {
+            l1: self.l1,
+            l2: self.l2,
+            read,
+            write: self.write,
+            refill: self.refill,
+            offload: self.offload,
+            clock: self.clock,
+            label: self.label,
+            timeouts: self.timeouts,
+        }
+    }
+
+    /// The write policy. Default: [`AnyWritePolicy::OptimisticParallel`].
+    pub fn write_policy<W2: WritePolicy>(self, write: W2) -> CompositionBuilder<L1, L2, R, W2> {
+        CompositionBuilder {
+            l1: self.l1,
+            l2: self.l2,
+            read: self.read,
+            write,
+            refill: self.refill,
+            offload: self.offload,
+            clock: self.clock,
+            label: self.label,
+            timeouts: self.timeouts,
+        }
+    }
+
+    /// The refill policy. Default: [`RefillPolicy::Always`].
+    pub fn refill_policy(mut self, refill: RefillPolicy) -> Self {
+        self.refill = refill;
+        self
+    }
+
+    /// Where background work (race losers) runs. Default: a fresh, unbounded
+    /// [`TokioOffload`]. Pass your own (and keep a clone) to bound it and to drain it at
+    /// shutdown.
+    pub fn offload(mut self, offload: impl Offload) -> Self {
+        self.offload = Some(Arc::new(offload));
+        self
+    }
+
+    /// The clock that judges freshness and expiry. Default: [`Clock::System`]. Give every tier
+    /// of a stack the same clock.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The label of the composition in logs and in an outer composition's metrics. Default:
+    /// the tiers' labels joined by `+` (`moka+redis`).
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// A bound on every call to L1 (the synchronous probe excepted); a call that takes longer
+    /// fails with [`BackendError::Timeout`]. Default: none (the tier's own bounds apply).
+    pub fn l1_timeout(mut self, limit: Duration) -> Self {
+        self.timeouts[0] = Some(limit);
+        self
+    }
+
+    /// A bound on every call to L2; a call that takes longer fails with
+    /// [`BackendError::Timeout`]. Default: none (the tier's own bounds apply).
+    pub fn l2_timeout(mut self, limit: Duration) -> Self {
+        self.timeouts[1] = Some(limit);
+        self
+    }
+
+    /// The composition.
+    pub fn build(self) -> Composition<L1, L2, R, W> {
+        let label = self
+            .label
+            .unwrap_or_else(|| format!("{}+{}", self.l1.label(), self.l2.label()));
+        let offload = self
+            .offload
+            .unwrap_or_else(|| Arc::new(TokioOffload::unbounded()));
+        Composition {
+            shared: Arc::new(Shared {
+                l1: self.l1,
+                l2: self.l2,
+                read: self.read,
+                write: self.write,
+                refill: self.refill,
+                offload,
+                clock: self.clock,
+                label: Arc::from(label),
+                timeouts: self.timeouts,
+                scope: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+impl<L1, L2, R, W> fmt::Debug for CompositionBuilder<L1, L2, R, W>
+where
+    L1: fmt::Debug,
+    L2: fmt::Debug,
+    R: fmt::Debug,
+    W: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompositionBuilder")
+            .field("l1", &self.l1)
+            .field("l2", &self.l2)
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .field("refill", &self.refill)
+            .finish_non_exhaustive()
+    }
+}

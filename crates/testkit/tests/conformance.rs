@@ -1,0 +1,125 @@
+//! The conformance suite against the reference tier, answering synchronously and like a remote
+//! tier.
+
+use tierkit_testkit::{ConformanceContext, MemoryBackend};
+
+tierkit_testkit::conformance!(memory_ready, |ctx: ConformanceContext| async move {
+    Ok(MemoryBackend::new("memory").with_clock(ctx.clock()))
+});
+
+tierkit_testkit::conformance!(memory_remote, |ctx: ConformanceContext| async move {
+    Ok(MemoryBackend::new("memory")
+        .with_clock(ctx.clock())
+        .remote())
+});
+
+/// The cases can be called directly, from a test with its own runtime.
+#[tokio::test]
+async fn a_case_called_directly() {
+    tierkit_testkit::conformance::overwrite(|ctx: ConformanceContext| async move {
+        Ok(MemoryBackend::new("memory").with_clock(ctx.clock()))
+    })
+    .await;
+}
+
+#[test]
+fn contexts_get_distinct_namespaces_and_share_a_clock_with_siblings() {
+    let a = ConformanceContext::new();
+    let b = ConformanceContext::new();
+    let sibling = a.sibling();
+    assert_ne!(a.namespace(), b.namespace());
+    assert_ne!(a.namespace(), sibling.namespace());
+    assert!(
+        a.namespace()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    );
+    a.manual_clock().advance(std::time::Duration::from_secs(5));
+    assert_eq!(a.clock().now(), sibling.clock().now());
+}
+
+#[test]
+fn the_case_list_is_complete() {
+    assert_eq!(tierkit_testkit::conformance::CASES.len(), 19);
+}
+
+/// A tier that forgets to honour the clock must fail the suite.
+#[test]
+#[should_panic(expected = "at expires_at")]
+fn a_tier_ignoring_the_clock_fails() {
+    tierkit_testkit::conformance::run(
+        |_ctx: ConformanceContext| async move { Ok(MemoryBackend::new("memory")) },
+        tierkit_testkit::conformance::expired_value_is_never_returned,
+    );
+}
+
+/// A factory error fails the case with the error.
+#[test]
+#[should_panic(expected = "the factory failed")]
+fn a_failing_factory_fails_the_case() {
+    tierkit_testkit::conformance::run(
+        |_ctx: ConformanceContext| async move {
+            Err::<MemoryBackend, _>(tierkit_core::BackendError::internal(
+                "memory",
+                tierkit_core::Op::Get,
+                "no server",
+            ))
+        },
+        tierkit_testkit::conformance::miss_on_absent_key,
+    );
+}
+
+/// A tier whose probe always says "miss" (wrong once a value is stored).
+#[derive(Debug)]
+struct LyingProbe(MemoryBackend);
+
+impl tierkit_core::Backend for LyingProbe {
+    fn label(&self) -> &str {
+        "lying"
+    }
+    fn probe(&self, _key: &tierkit_core::CacheKey) -> tierkit_core::Probe {
+        tierkit_core::Probe::Miss
+    }
+    fn get<'a>(&'a self, key: &'a tierkit_core::CacheKey) -> tierkit_core::GetFuture<'a> {
+        self.0.get(key)
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a tierkit_core::CacheKey,
+        value: tierkit_core::CacheValue,
+    ) -> tierkit_core::WriteFuture<'a> {
+        self.0.set(key, value)
+    }
+    fn delete<'a>(&'a self, key: &'a tierkit_core::CacheKey) -> tierkit_core::WriteFuture<'a> {
+        self.0.delete(key)
+    }
+    fn clear(&self) -> tierkit_core::WriteFuture<'_> {
+        self.0.clear()
+    }
+}
+
+#[test]
+#[should_panic(expected = "probe of a fresh value answered a miss")]
+fn a_probe_disagreeing_with_get_fails() {
+    tierkit_testkit::conformance::run(
+        |ctx: ConformanceContext| async move {
+            Ok(LyingProbe(
+                MemoryBackend::new("memory").with_clock(ctx.clock()),
+            ))
+        },
+        tierkit_testkit::conformance::probe_agrees_with_get,
+    );
+}
+
+#[test]
+#[should_panic(expected = "answered a miss but get a hit")]
+fn every_read_is_checked_against_a_probe() {
+    tierkit_testkit::conformance::run(
+        |ctx: ConformanceContext| async move {
+            Ok(LyingProbe(
+                MemoryBackend::new("memory").with_clock(ctx.clock()),
+            ))
+        },
+        tierkit_testkit::conformance::round_trip,
+    );
+}

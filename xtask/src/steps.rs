@@ -1,0 +1,326 @@
+//! The steps the subcommands are made of, in the order `cargo xtask ci` runs them.
+
+use crate::json;
+use crate::runner::{Cmd, Failure, Step};
+
+/// The cargo-deny release that is installed when it is missing; `deny.toml` uses its format.
+/// (0.20.2 builds with rustc 1.95; its MSRV is 1.88.)
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// The crate whose dependency graph must stay free of backend clients.
+const POLICY_CRATE: &str = "tierkit-policy";
+
+/// Name prefixes of crates `tierkit-policy` must not depend on, even as a dev-dependency.
+const FORBIDDEN_IN_POLICY: &[&str] = &["moka", "fred", "aws-", "aws_"];
+
+/// The workspace package that is not a library crate and is not build-checked.
+const XTASK_PACKAGE: &str = "xtask";
+
+/// The command that installs the pinned cargo-deny.
+fn install_cargo_deny() -> Cmd {
+    Cmd::cargo([
+        "install",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+        "--locked",
+    ])
+}
+
+/// Makes sure the external tools the suite needs are installed: cargo-deny.
+pub fn tools() -> Step {
+    let install = install_cargo_deny();
+    Step::custom(
+        "tools",
+        format!("cargo deny --version, else {}", install.display()),
+        move |ws| {
+            let probe = Cmd::cargo(["deny", "--version"]);
+            if probe.succeeds_quietly(ws) {
+                let found = probe.output(ws)?;
+                let found = found.trim();
+                println!("found {found}");
+                if !found.ends_with(CARGO_DENY_VERSION) {
+                    println!(
+                        "note: deny.toml is written for cargo-deny {CARGO_DENY_VERSION}; \
+                         if `cargo deny` rejects it, run: {} --force",
+                        install.display()
+                    );
+                }
+                return Ok(());
+            }
+            println!(
+                "cargo-deny is not installed: installing cargo-deny {CARGO_DENY_VERSION} from \
+                 crates.io (builds from source, about 2 to 4 minutes)"
+            );
+            println!("running: {}", install.display());
+            install.run(ws).map_err(|err| Failure {
+                command: err.command.clone(),
+                reason: format!(
+                    "{}\ninstalling cargo-deny failed: run the command below by hand, fix what it \
+                     reports, then rerun the suite",
+                    err.reason
+                ),
+            })?;
+            if probe.succeeds_quietly(ws) {
+                println!("installed {}", probe.output(ws)?.trim());
+                Ok(())
+            } else {
+                Err(probe.failure(
+                    "cargo-deny was installed but `cargo deny --version` still fails; \
+                     is $CARGO_HOME/bin (usually ~/.cargo/bin) on PATH?"
+                        .to_owned(),
+                ))
+            }
+        },
+    )
+}
+
+/// Checks formatting.
+pub fn fmt() -> Step {
+    Step::command("fmt", Cmd::cargo(["fmt", "--all", "--", "--check"]))
+}
+
+/// Lints every target of every crate, with every feature, warnings denied.
+pub fn clippy() -> Step {
+    Step::command(
+        "clippy",
+        Cmd::cargo([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )
+}
+
+/// Builds each workspace crate on its own (so a crate that only compiles thanks to features
+/// another crate enables is caught), then `tierkit` without default features.
+pub fn build() -> Step {
+    Step::custom(
+        "build",
+        "cargo build -p <each workspace crate but xtask>; \
+         cargo build -p tierkit --no-default-features",
+        |ws| {
+            let metadata = Cmd::cargo(["metadata", "--no-deps", "--format-version", "1"]);
+            let packages = member_packages(&metadata.output(ws)?)
+                .map_err(|err| metadata.failure(format!("cannot read its output: {err}")))?;
+            let mut commands: Vec<Cmd> = packages
+                .iter()
+                .filter(|name| *name != XTASK_PACKAGE)
+                .map(|name| Cmd::cargo(["build", "-p", name]))
+                .collect();
+            commands.push(Cmd::cargo([
+                "build",
+                "-p",
+                "tierkit",
+                "--no-default-features",
+            ]));
+            for cmd in &commands {
+                println!("--> {}", cmd.display());
+                cmd.run(ws)?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Checks that `tierkit-policy` depends on no backend client (moka, fred, the AWS SDK),
+/// through normal, build or dev dependencies.
+pub fn deps() -> Step {
+    let tree = Cmd::cargo([
+        "tree",
+        "-p",
+        POLICY_CRATE,
+        "--all-features",
+        "-e",
+        "normal,build,dev",
+        "--prefix",
+        "none",
+    ]);
+    Step::custom(
+        "deps",
+        format!(
+            "{} must list no crate named {}*",
+            tree.display(),
+            FORBIDDEN_IN_POLICY.join("*, ")
+        ),
+        move |ws| {
+            let output = tree.output(ws)?;
+            let offending = forbidden_lines(&output);
+            if offending.is_empty() {
+                println!("{POLICY_CRATE} depends on no backend client crate");
+                return Ok(());
+            }
+            let mut reason = format!(
+                "{POLICY_CRATE} must not depend on backend clients ({}*), but its tree has:",
+                FORBIDDEN_IN_POLICY.join("*, ")
+            );
+            for line in offending {
+                reason.push_str("\n    ");
+                reason.push_str(line);
+            }
+            reason.push_str(&format!(
+                "\nsee which crate pulls one in with: cargo tree -p {POLICY_CRATE} \
+                 -e normal,build,dev -i <crate>"
+            ));
+            Err(tree.failure(reason))
+        },
+    )
+}
+
+/// Runs unit, integration and doc tests of the whole workspace; `extra` goes to `cargo test`.
+pub fn test(extra: &[String]) -> Step {
+    let selects_packages = extra.iter().take_while(|arg| *arg != "--").any(|arg| {
+        arg == "-p" || arg.starts_with("--package") || (arg.starts_with("-p") && arg.len() > 2)
+    });
+    let mut args = vec!["test".to_owned()];
+    if !selects_packages {
+        args.push("--workspace".to_owned());
+    }
+    args.push("--all-features".to_owned());
+    args.extend(extra.iter().cloned());
+    Step::command("test", Cmd::cargo(args))
+}
+
+/// Runs the demo: the two-tier example of the facade crate.
+pub fn demo() -> Step {
+    Step::command(
+        "demo",
+        Cmd::cargo(["run", "-p", "tierkit", "--example", "two_tier"]),
+    )
+}
+
+/// Builds the API documentation with rustdoc warnings denied.
+pub fn doc() -> Step {
+    Step::command(
+        "doc",
+        Cmd::cargo(["doc", "--workspace", "--all-features", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )
+}
+
+/// Checks bans, licenses and sources with cargo-deny (`advisories` needs a network).
+pub fn deny() -> Step {
+    Step::command(
+        "deny",
+        Cmd::cargo(["deny", "check", "bans", "licenses", "sources"]),
+    )
+}
+
+/// The names of the workspace member packages, from `cargo metadata --format-version 1`.
+fn member_packages(metadata: &str) -> Result<Vec<String>, String> {
+    let doc = json::parse(metadata)?;
+    let members: Vec<&str> = doc
+        .get("workspace_members")
+        .and_then(json::Value::as_array)
+        .ok_or("no `workspace_members` array")?
+        .iter()
+        .filter_map(json::Value::as_str)
+        .collect();
+    let packages = doc
+        .get("packages")
+        .and_then(json::Value::as_array)
+        .ok_or("no `packages` array")?;
+    let mut names = Vec::new();
+    for package in packages {
+        let id = package.get("id").and_then(json::Value::as_str);
+        if id.is_some_and(|id| members.contains(&id)) {
+            let name = package
+                .get("name")
+                .and_then(json::Value::as_str)
+                .ok_or("a package has no `name`")?;
+            names.push(name.to_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err("no workspace member found".to_owned());
+    }
+    Ok(names)
+}
+
+/// The distinct lines of `cargo tree --prefix none` output that name a forbidden crate
+/// (a `(*)` mark for an already listed crate is dropped).
+fn forbidden_lines(tree: &str) -> Vec<&str> {
+    let mut offending: Vec<&str> = Vec::new();
+    for line in tree
+        .lines()
+        .map(|line| line.trim().trim_end_matches("(*)").trim_end())
+    {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let forbidden = FORBIDDEN_IN_POLICY
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
+        if forbidden && !offending.contains(&line) {
+            offending.push(line);
+        }
+    }
+    offending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{forbidden_lines, member_packages, test};
+
+    #[test]
+    fn reads_member_names_from_metadata() {
+        let metadata = r#"{
+            "packages": [
+                {"name": "tierkit-core", "id": "path+file:///w/crates/core#tierkit-core@0.1.0",
+                 "dependencies": [{"name": "bytes"}]},
+                {"name": "xtask", "id": "path+file:///w/xtask#0.0.0", "dependencies": []}
+            ],
+            "workspace_members": [
+                "path+file:///w/crates/core#tierkit-core@0.1.0",
+                "path+file:///w/xtask#0.0.0"
+            ],
+            "version": 1
+        }"#;
+        assert_eq!(
+            member_packages(metadata).unwrap(),
+            ["tierkit-core", "xtask"]
+        );
+        assert!(member_packages(r#"{"packages": [], "workspace_members": []}"#).is_err());
+        assert!(member_packages("{}").is_err());
+    }
+
+    #[test]
+    fn finds_forbidden_crates_in_a_tree() {
+        let tree = "tierkit-policy v0.1.0 (/w/crates/policy)\n\
+                    tierkit-moka v0.1.0 (/w/crates/moka)\n\
+                    moka v0.12.16\n\
+                    fred v10.1.0\n\
+                    aws-sdk-s3 v1.157.0\n\
+                    aws_lc_rs v1.0.0\n\
+                    moka v0.12.16 (*)\n\
+                    bytes v1.11.0\n\
+                    awsome v1.0.0\n";
+        assert_eq!(
+            forbidden_lines(tree),
+            [
+                "moka v0.12.16",
+                "fred v10.1.0",
+                "aws-sdk-s3 v1.157.0",
+                "aws_lc_rs v1.0.0",
+            ]
+        );
+        assert!(forbidden_lines("tierkit-policy v0.1.0\nbytes v1.11.0\n").is_empty());
+    }
+
+    #[test]
+    fn test_step_keeps_workspace_unless_packages_are_chosen() {
+        assert_eq!(test(&[]).summary, "cargo test --workspace --all-features");
+        let extra = ["-p", "tierkit-core", "--", "--nocapture"].map(String::from);
+        assert_eq!(
+            test(&extra).summary,
+            "cargo test --all-features -p tierkit-core -- --nocapture"
+        );
+        let extra = ["--", "-p"].map(String::from);
+        assert_eq!(
+            test(&extra).summary,
+            "cargo test --workspace --all-features -- -p"
+        );
+    }
+}
