@@ -2,6 +2,7 @@
 //! background work goes.
 
 use std::fmt;
+use std::future::Future;
 
 use tierkit_core::{Offload, Timestamp};
 
@@ -130,5 +131,40 @@ impl fmt::Debug for PolicyContext<'_> {
             .field("l2", &self.l2)
             .field("now", &self.now)
             .finish_non_exhaustive()
+    }
+}
+
+/// One tier's operation as a policy receives it: a closure that starts the operation and
+/// returns its `'static` future (so a policy can hand it to the
+/// [`Offload`](tierkit_core::Offload)).
+///
+/// Every `FnOnce() -> impl Future<Output = T> + Send + 'static` that is `Send` is a
+/// `TierOp<T>`, so policies are called with plain closures:
+///
+/// ```
+/// use tierkit_policy::{TierOp, TierWrite};
+///
+/// fn takes_op(op: impl TierOp<TierWrite>) -> impl std::future::Future<Output = TierWrite> {
+///     op.start()
+/// }
+/// let _ = takes_op(|| async { Ok(()) });
+/// ```
+pub trait TierOp<T>: Send {
+    /// The operation's future.
+    type Future: Future<Output = T> + Send + 'static;
+
+    /// Starts the operation.
+    fn start(self) -> Self::Future;
+}
+
+impl<F, Fut, T> TierOp<T> for F
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn start(self) -> Fut {
+        self()
     }
 }

@@ -88,7 +88,7 @@ mod scope;
 mod write;
 
 pub use composition::{Composition, CompositionBuilder};
-pub use context::{Layer, PolicyContext, TierName};
+pub use context::{Layer, PolicyContext, TierName, TierOp};
 pub use error::CompositionError;
 pub use read::{
     AnyReadPolicy, ParallelReadPolicy, RaceLoser, RaceReadPolicy, ReadOutcome, ReadPolicy,

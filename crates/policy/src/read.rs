@@ -20,7 +20,7 @@ use std::str::FromStr;
 use futures_util::future::{self, Either};
 use tierkit_core::{BackendError, CacheValue, OffloadTask, Timestamp};
 
-use crate::context::{Layer, PolicyContext};
+use crate::context::{Layer, PolicyContext, TierOp};
 use crate::error::CompositionError;
 
 /// The result of one tier's read.
@@ -72,17 +72,15 @@ pub trait ReadPolicy: Send + Sync + fmt::Debug + 'static {
     fn l1_fresh_hit_is_final(&self) -> bool;
 
     /// Reads through both tiers.
-    fn read<F1, Fut1, F2, Fut2>(
+    fn read<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> impl Future<Output = Result<ReadOutcome, BackendError>> + Send
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierRead> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierRead> + Send + 'static;
+        F1: TierOp<TierRead>,
+        F2: TierOp<TierRead>;
 }
 
 /// Whether `candidate` is strictly better than `incumbent` at `now`: fresh beats stale, then
@@ -166,21 +164,19 @@ impl ReadPolicy for SequentialReadPolicy {
         true
     }
 
-    async fn read<F1, Fut1, F2, Fut2>(
+    async fn read<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<ReadOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierRead> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierRead> + Send + 'static,
+        F1: TierOp<TierRead>,
+        F2: TierOp<TierRead>,
     {
-        match l1().await {
+        match l1.start().await {
             Ok(Some(v1)) if v1.is_fresh(cx.now()) => Ok(ReadOutcome::from(Layer::L1, v1, false)),
-            r1 => combine(cx, r1, l2().await),
+            r1 => combine(cx, r1, l2.start().await),
         }
     }
 }
@@ -250,21 +246,19 @@ impl ReadPolicy for RaceReadPolicy {
         true
     }
 
-    async fn read<F1, Fut1, F2, Fut2>(
+    async fn read<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<ReadOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierRead> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierRead> + Send + 'static,
+        F1: TierOp<TierRead>,
+        F2: TierOp<TierRead>,
     {
         let now = cx.now();
-        let f1 = Box::pin(l1());
-        let f2 = Box::pin(l2());
+        let f1 = Box::pin(l1.start());
+        let f2 = Box::pin(l2.start());
         match future::select(f1, f2).await {
             Either::Left((r1, f2)) => match r1 {
                 Ok(Some(v1)) if v1.is_fresh(now) => {
@@ -309,19 +303,17 @@ impl ReadPolicy for ParallelReadPolicy {
         false
     }
 
-    async fn read<F1, Fut1, F2, Fut2>(
+    async fn read<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<ReadOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierRead> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierRead> + Send + 'static,
+        F1: TierOp<TierRead>,
+        F2: TierOp<TierRead>,
     {
-        let (r1, r2) = future::join(l1(), l2()).await;
+        let (r1, r2) = future::join(l1.start(), l2.start()).await;
         combine(cx, r1, r2)
     }
 }
@@ -421,17 +413,15 @@ impl ReadPolicy for AnyReadPolicy {
         }
     }
 
-    async fn read<F1, Fut1, F2, Fut2>(
+    async fn read<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<ReadOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierRead> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierRead> + Send + 'static,
+        F1: TierOp<TierRead>,
+        F2: TierOp<TierRead>,
     {
         match self {
             AnyReadPolicy::Sequential(p) => p.read(cx, l1, l2).await,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures_util::future::{self, Either};
 use tierkit_core::{BackendError, OffloadTask};
 
-use crate::context::{Layer, PolicyContext};
+use crate::context::{Layer, PolicyContext, TierOp};
 use crate::error::CompositionError;
 
 /// The result of one tier's write.
@@ -64,17 +64,15 @@ pub struct WriteOutcome {
 /// policy can finish one on the [`Offload`](tierkit_core::Offload).
 pub trait WritePolicy: Send + Sync + fmt::Debug + 'static {
     /// Writes both tiers.
-    fn write<F1, Fut1, F2, Fut2>(
+    fn write<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> impl Future<Output = Result<WriteOutcome, BackendError>> + Send
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierWrite> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierWrite> + Send + 'static;
+        F1: TierOp<TierWrite>,
+        F2: TierOp<TierWrite>;
 }
 
 /// Applies the shared outcome table to two completed writes.
@@ -140,20 +138,18 @@ fn both_failed(cx: &PolicyContext<'_>, l1: BackendError, l2: BackendError) -> Ba
 pub struct SequentialWritePolicy;
 
 impl WritePolicy for SequentialWritePolicy {
-    async fn write<F1, Fut1, F2, Fut2>(
+    async fn write<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<WriteOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierWrite> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierWrite> + Send + 'static,
+        F1: TierOp<TierWrite>,
+        F2: TierOp<TierWrite>,
     {
-        let r1 = l1().await;
-        let r2 = l2().await;
+        let r1 = l1.start().await;
+        let r2 = l2.start().await;
         settle(cx, r1, r2)
     }
 }
@@ -172,19 +168,17 @@ impl WritePolicy for SequentialWritePolicy {
 pub struct OptimisticParallelWritePolicy;
 
 impl WritePolicy for OptimisticParallelWritePolicy {
-    async fn write<F1, Fut1, F2, Fut2>(
+    async fn write<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<WriteOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierWrite> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierWrite> + Send + 'static,
+        F1: TierOp<TierWrite>,
+        F2: TierOp<TierWrite>,
     {
-        let (r1, r2) = future::join(l1(), l2()).await;
+        let (r1, r2) = future::join(l1.start(), l2.start()).await;
         settle(cx, r1, r2)
     }
 }
@@ -238,20 +232,18 @@ impl RaceWritePolicy {
 }
 
 impl WritePolicy for RaceWritePolicy {
-    async fn write<F1, Fut1, F2, Fut2>(
+    async fn write<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<WriteOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierWrite> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierWrite> + Send + 'static,
+        F1: TierOp<TierWrite>,
+        F2: TierOp<TierWrite>,
     {
-        let f1 = Box::pin(l1());
-        let f2 = Box::pin(l2());
+        let f1 = Box::pin(l1.start());
+        let f2 = Box::pin(l2.start());
         match future::select(f1, f2).await {
             Either::Left((Ok(()), f2)) => {
                 let l2 = Self::finish(cx, Layer::L2, f2).await;
@@ -361,17 +353,15 @@ impl From<RaceWritePolicy> for AnyWritePolicy {
 }
 
 impl WritePolicy for AnyWritePolicy {
-    async fn write<F1, Fut1, F2, Fut2>(
+    async fn write<F1, F2>(
         &self,
         cx: &PolicyContext<'_>,
         l1: F1,
         l2: F2,
     ) -> Result<WriteOutcome, BackendError>
     where
-        F1: FnOnce() -> Fut1 + Send,
-        Fut1: Future<Output = TierWrite> + Send + 'static,
-        F2: FnOnce() -> Fut2 + Send,
-        Fut2: Future<Output = TierWrite> + Send + 'static,
+        F1: TierOp<TierWrite>,
+        F2: TierOp<TierWrite>,
     {
         match self {
             AnyWritePolicy::Sequential(p) => p.write(cx, l1, l2).await,

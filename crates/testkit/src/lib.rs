@@ -78,6 +78,7 @@
 // at once, so unwrap, expect and panic are the right tools here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod alloc;
 pub mod conformance;
 mod faulty;
 mod memory;
@@ -89,6 +90,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tierkit_core::{CacheKey, CacheValue};
 
+pub use alloc::{CountingAllocator, count_allocations};
 pub use conformance::ConformanceContext;
 pub use faulty::{Fault, FaultyBackend, InjectedFault, injected_error};
 pub use memory::{CallCounts, MemoryBackend};
