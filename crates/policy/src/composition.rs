@@ -6,13 +6,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tierkit_core::{
-    Backend, BackendError, CacheKey, CacheValue, Clock, GetFuture, Offload, Op, Probe, TierFuture,
-    TierPath, TokioOffload, WriteFuture,
+    Backend, BackendError, CacheKey, CacheValue, Clock, GetFuture, Offload, OffloadTask, Op, Probe,
+    TierFuture, TierPath, TokioOffload, WriteFuture,
 };
 use tracing::Instrument as _;
 
 use crate::context::{Layer, PolicyContext};
 use crate::error::CompositionError;
+use crate::keyops::{Effect, KeyOps};
 use crate::read::{AnyReadPolicy, ReadPolicy, TierRead};
 use crate::refill::RefillPolicy;
 use crate::scope::{Scope, TierScope};
@@ -33,6 +34,27 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 /// * **delete** and **clear**: both tiers, L2 first and then L1 (so a concurrent reader cannot
 ///   refill L1 from an L2 entry that is about to go). `Ok` only when both succeeded; one failure
 ///   is that tier's error; two are [`CompositionError::BothLayersFailed`].
+///
+/// # Overlapping operations on one key
+///
+/// Operations on the same key can overlap: two `set`s whose writes land in opposite orders in
+/// a tier, a race write's slower half finishing on the offload after a `delete`, a refill
+/// landing after a `delete`. None of these leaves an older value in a tier. While operations on
+/// a key run, the composition remembers the newest one's effect (a value, or a removal); when
+/// the last of several overlapping operations on a tier finishes, that effect is applied to the
+/// tier once more, so the tier ends in the newest state whatever order the writes landed in. A
+/// refill is skipped when the key changed since its read began. Without overlap, nothing extra
+/// happens; the bookkeeping lives only while operations run ([`Composition::keys_in_flight`]).
+///
+/// An operation whose future is dropped before it finishes (a caller's timeout, `select!`)
+/// counts as finished when dropped; a follow-up it owed runs on the offload. A request the tier
+/// had already received may still land afterwards: the outcome of a cancelled write is unknown,
+/// as it is for any cancelled request.
+///
+/// When a tier refuses a write that the other tier accepted (the write returns `Ok` with a
+/// warning), the refusing tier must not keep serving the previous value: an in-process tier
+/// (one that answers synchronously) has the key removed at once. A remote tier that failed is
+/// most likely unreachable and is left alone; its previous value, if any, expires on its own.
 ///
 /// Policies are values, not type parameters you must spell out: the defaults,
 /// [`AnyReadPolicy`] and [`AnyWritePolicy`], are chosen at run time (for example parsed from
@@ -85,6 +107,7 @@ struct Shared<L1, L2, R, W> {
     label: Arc<str>,
     timeouts: [Option<Duration>; 2],
     scope: OnceLock<Scope>,
+    ops: KeyOps,
 }
 
 impl<L1, L2, R, W> Clone for Composition<L1, L2, R, W> {
@@ -151,6 +174,14 @@ where
     #[must_use]
     pub fn refill_policy(&self) -> RefillPolicy {
         self.shared.refill
+    }
+
+    /// The number of keys with writes, removals or refills running through this composition
+    /// (not counting nested compositions). Zero whenever the composition is idle: a non-zero
+    /// value on an idle cache means a tier operation is stuck.
+    #[must_use]
+    pub fn keys_in_flight(&self) -> usize {
+        self.shared.ops.in_flight()
     }
 }
 
@@ -228,7 +259,7 @@ where
                     "tierkit.tier",
                     tier = %tier.path,
                     backend = %tier.label,
-                    op = "get"
+                    op = %Op::Get
                 );
                 let call = match layer {
                     Layer::L1 => self.l1.get(key),
@@ -262,7 +293,7 @@ where
             "tierkit.tier",
             tier = %tier.path,
             backend = %tier.label,
-            op = op.as_str()
+            op = %op
         );
         let call = match (layer, op, key, value) {
             (Layer::L1, Op::Set, Some(key), Some(value)) => self.l1.set(key, value),
@@ -284,13 +315,20 @@ where
         result
     }
 
-    async fn refill(&self, key: &CacheKey, value: CacheValue) {
+    /// Copies `value`, read from L2 when the key's generation was `generation`, into L1,
+    /// unless the key changed since the read began or has operations running.
+    async fn refill(self: &Arc<Self>, key: &CacheKey, value: CacheValue, generation: u64) {
         let tier = &self.scope().l1;
+        if !self.ops.begin_refill(key, value.clone(), generation) {
+            tracing::debug!(tier = %tier.name(), "refill skipped: the key changed during the read");
+            return;
+        }
+        let finish = Finish::new(self, Layer::L1, key);
         let span = tracing::debug_span!(
             "tierkit.tier",
             tier = %tier.path,
             backend = %tier.label,
-            op = "refill"
+            op = %"refill"
         );
         let result = bounded(
             self.timeouts[0],
@@ -301,8 +339,185 @@ where
         .instrument(span)
         .await;
         tier.refill.record(&result);
+        finish.run().await;
         if let Err(error) = result {
             tracing::warn!(tier = %tier.name(), %error, "refill failed; the read is served anyway");
+        }
+    }
+
+    /// Writes one tier as part of a `set` (begun with [`KeyOps::begin`]), then makes sure the
+    /// tier does not keep an older value: after overlapping operations on the key, the newest
+    /// one's effect is applied again by whichever finishes last; after a failed write, the key
+    /// is removed if the tier can do so synchronously (an in-process tier that refused the
+    /// value would otherwise keep serving the previous one).
+    async fn write_tier(
+        &self,
+        layer: Layer,
+        key: &CacheKey,
+        value: CacheValue,
+        finish: Finish<L1, L2, R, W>,
+    ) -> TierWrite {
+        let result = self
+            .tier_write(layer, Op::Set, Some(key), Some(value))
+            .await;
+        let reapplied = finish.run().await;
+        if result.is_err() && !reapplied {
+            self.remove_if_synchronous(layer, key);
+        }
+        result
+    }
+
+    /// Removes `key` from one tier as part of a `delete` (begun with [`KeyOps::begin`]).
+    async fn delete_tier(
+        &self,
+        layer: Layer,
+        key: &CacheKey,
+        finish: Finish<L1, L2, R, W>,
+    ) -> TierWrite {
+        let result = self.tier_write(layer, Op::Delete, Some(key), None).await;
+        finish.run().await;
+        result
+    }
+
+    /// Removes `key` from a tier whose write just failed, when the tier answers the removal
+    /// without awaiting. A remote tier is left alone: it is most likely unreachable, and a
+    /// removal in the background could land after a newer write. Its older value, if any,
+    /// stays until it expires; the write's warning is the signal.
+    fn remove_if_synchronous(&self, layer: Layer, key: &CacheKey) {
+        let tier = self.tier(layer);
+        let call = match layer {
+            Layer::L1 => self.l1.delete(key),
+            Layer::L2 => self.l2.delete(key),
+        };
+        match call.into_ready() {
+            Ok(result) => {
+                tier.delete.record(&result);
+                if let Err(error) = result {
+                    tracing::warn!(
+                        tier = %tier.name(),
+                        %error,
+                        "could not remove the previous value after a failed write"
+                    );
+                }
+            }
+            Err(_pending) => tracing::debug!(
+                tier = %tier.name(),
+                "failed write on a tier that answers asynchronously: its previous value, if any, \
+                 stays until it expires"
+            ),
+        }
+    }
+
+    /// Applies the newest effect on `key` to one tier again, after overlapping operations.
+    async fn reapply(&self, layer: Layer, key: &CacheKey, effect: Effect) {
+        let tier = self.tier(layer);
+        tracing::debug!(tier = %tier.name(), "overlapping operations on a key: applying the newest again");
+        let result = match effect {
+            Effect::Store(value) => {
+                self.tier_write(layer, Op::Set, Some(key), Some(value))
+                    .await
+            }
+            Effect::Remove => self.tier_write(layer, Op::Delete, Some(key), None).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(
+                tier = %tier.name(),
+                %error,
+                "could not apply the newest operation again after overlapping operations"
+            );
+        }
+    }
+
+    /// Finishes, in the background, an operation whose future was dropped before it finished.
+    fn reapply_in_background(self: &Arc<Self>, layer: Layer, key: CacheKey, effect: Effect) {
+        let (this, held_key) = (Arc::clone(self), key.clone());
+        let task = OffloadTask::new("reapply-newest", async move {
+            let mut next = Some(effect);
+            while let Some(effect) = next {
+                this.reapply(layer, &key, effect).await;
+                next = this.ops.finish(&key, layer);
+            }
+            Ok(())
+        });
+        if let Err(rejected) = self.offload.spawn(task) {
+            tracing::warn!(
+                tier = %self.tier(layer).name(),
+                reason = %rejected.reason,
+                "an operation was cancelled during overlapping operations and the offload refused \
+                 its follow-up: the tier may keep an older value until it expires"
+            );
+            // Release the bookkeeping without applying.
+            while self.ops.finish(&held_key, layer).is_some() {}
+        }
+    }
+}
+
+/// Records the end of one tier operation in the key's bookkeeping, applying the newest effect
+/// again when this was the last of overlapping operations; if the operation's future is dropped
+/// before it finishes, the follow-up runs on the offload.
+///
+/// Create it right after the operation is registered, before any await, and move it with the
+/// work: however the work ends, the bookkeeping is released.
+struct Finish<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    shared: Arc<Shared<L1, L2, R, W>>,
+    layer: Layer,
+    key: CacheKey,
+    armed: bool,
+}
+
+impl<L1, L2, R, W> Finish<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    fn new(shared: &Arc<Shared<L1, L2, R, W>>, layer: Layer, key: &CacheKey) -> Self {
+        Finish {
+            shared: Arc::clone(shared),
+            layer,
+            key: key.clone(),
+            armed: true,
+        }
+    }
+
+    /// Finishes the operation; returns whether the newest effect had to be applied again.
+    async fn run(mut self) -> bool {
+        let mut reapplied = false;
+        loop {
+            match self.shared.ops.finish(&self.key, self.layer) {
+                None => {
+                    self.armed = false;
+                    return reapplied;
+                }
+                Some(effect) => {
+                    reapplied = true;
+                    self.shared.reapply(self.layer, &self.key, effect).await;
+                }
+            }
+        }
+    }
+}
+
+impl<L1, L2, R, W> Drop for Finish<L1, L2, R, W>
+where
+    L1: Backend,
+    L2: Backend,
+    R: ReadPolicy,
+    W: WritePolicy,
+{
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(effect) = self.shared.ops.finish(&self.key, self.layer)
+        {
+            self.shared
+                .reapply_in_background(self.layer, self.key.clone(), effect);
         }
     }
 }
@@ -346,6 +561,7 @@ where
 {
     async fn read_through(&self, key: &CacheKey, known: Option<TierRead>) -> TierRead {
         let shared = &self.shared;
+        let generation = shared.ops.generation(key);
         let cx = shared.context();
         let (s1, k1) = (Arc::clone(shared), key.clone());
         let (s2, k2) = (Arc::clone(shared), key.clone());
@@ -361,13 +577,18 @@ where
             && outcome.refill_l1
             && shared.refill == RefillPolicy::Always
         {
-            shared.refill(key, value.clone()).await;
+            shared.refill(key, value.clone(), generation).await;
         }
         Ok(outcome.value)
     }
 
     async fn write_both(&self, key: &CacheKey, value: CacheValue) -> TierWrite {
         let shared = &self.shared;
+        shared.ops.begin(key, Effect::Store(value.clone()));
+        let (f1, f2) = (
+            Finish::new(shared, Layer::L1, key),
+            Finish::new(shared, Layer::L2, key),
+        );
         let cx = shared.context();
         let (s1, k1, v1) = (Arc::clone(shared), key.clone(), value.clone());
         let (s2, k2) = (Arc::clone(shared), key.clone());
@@ -375,11 +596,8 @@ where
             .write
             .write(
                 &cx,
-                move || async move { s1.tier_write(Layer::L1, Op::Set, Some(&k1), Some(v1)).await },
-                move || async move {
-                    s2.tier_write(Layer::L2, Op::Set, Some(&k2), Some(value))
-                        .await
-                },
+                move || async move { s1.write_tier(Layer::L1, &k1, v1, f1).await },
+                move || async move { s2.write_tier(Layer::L2, &k2, value, f2).await },
             )
             .await
             .map(|_| ())
@@ -388,16 +606,44 @@ where
     /// Deletes or clears L2, then L1, and combines the results.
     async fn remove_both(&self, op: Op, key: Option<&CacheKey>) -> TierWrite {
         let shared = &self.shared;
-        let r2 = shared.tier_write(Layer::L2, op, key, None).await;
-        let r1 = shared.tier_write(Layer::L1, op, key, None).await;
+        let (r1, r2) = match key {
+            Some(key) => {
+                shared.ops.begin(key, Effect::Remove);
+                let (f1, f2) = (
+                    Finish::new(shared, Layer::L1, key),
+                    Finish::new(shared, Layer::L2, key),
+                );
+                let r2 = shared.delete_tier(Layer::L2, key, f2).await;
+                let r1 = shared.delete_tier(Layer::L1, key, f1).await;
+                (r1, r2)
+            }
+            None => {
+                shared.ops.advance_all();
+                let r2 = shared.tier_write(Layer::L2, op, None, None).await;
+                let r1 = shared.tier_write(Layer::L1, op, None, None).await;
+                (r1, r2)
+            }
+        };
+        let scope = shared.scope();
         match (r1, r2) {
             (Ok(()), Ok(())) => Ok(()),
-            (Err(error), Ok(())) | (Ok(()), Err(error)) => {
-                tracing::warn!(%error, op = op.as_str(), "removal failed on one tier");
+            (Err(error), Ok(())) => {
+                tracing::warn!(tier = %scope.l1.name(), %error, %op, "removal failed on one tier");
+                Err(error)
+            }
+            (Ok(()), Err(error)) => {
+                tracing::warn!(tier = %scope.l2.name(), %error, %op, "removal failed on one tier");
                 Err(error)
             }
             (Err(l1), Err(l2)) => {
-                tracing::error!(%l1, %l2, op = op.as_str(), "removal failed on both tiers");
+                tracing::error!(
+                    l1 = %scope.l1.name(),
+                    l1_error = %l1,
+                    l2 = %scope.l2.name(),
+                    l2_error = %l2,
+                    %op,
+                    "removal failed on both tiers"
+                );
                 Err(CompositionError::BothLayersFailed { l1, l2 }.into())
             }
         }
@@ -595,6 +841,7 @@ where
                 label: Arc::from(label),
                 timeouts: self.timeouts,
                 scope: OnceLock::new(),
+                ops: KeyOps::new(),
             }),
         }
     }

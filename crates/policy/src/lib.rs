@@ -82,6 +82,7 @@
 mod composition;
 mod context;
 mod error;
+mod keyops;
 mod read;
 mod refill;
 mod scope;

@@ -9,8 +9,9 @@
 //! | Ok | Err | `Ok` | warning naming L2 and its error |
 //! | Err | Err | `Err(BothLayersFailed { l1, l2 })` | error with both causes |
 //!
-//! After `Ok`, at least one tier holds the value. A tier whose write failed may still hold an
-//! older value for the key until that value expires; the warning is the signal.
+//! After `Ok`, at least one tier holds the value. What a [`Composition`](crate::Composition)
+//! does about the tier whose write failed (so that it does not serve the previous value) is
+//! described there.
 
 use std::fmt;
 use std::future::Future;
@@ -213,7 +214,7 @@ impl RaceWritePolicy {
                 tracing::warn!(
                     tier = %tier,
                     error = %error,
-                    "background write failed after the race was decided; the other tier holds the value"
+                    "write failed on one tier after the race was decided; the other tier holds the value"
                 );
             }
             result
@@ -222,6 +223,7 @@ impl RaceWritePolicy {
             Ok(()) => WriteStatus::Offloaded,
             Err(rejected) => {
                 tracing::debug!(reason = %rejected.reason, "offload refused a race loser; finishing it in place");
+                // The task logs its own failure.
                 match rejected.task.into_future().await {
                     Ok(()) => WriteStatus::Written,
                     Err(error) => WriteStatus::Failed(error),
@@ -246,20 +248,16 @@ impl WritePolicy for RaceWritePolicy {
         let f2 = Box::pin(l2.start());
         match future::select(f1, f2).await {
             Either::Left((Ok(()), f2)) => {
+                tracing::trace!(tier = %cx.l1(), "race write won by one tier; the other finishes in the background");
                 let l2 = Self::finish(cx, Layer::L2, f2).await;
-                if let WriteStatus::Failed(error) = &l2 {
-                    warn_partial(cx, Layer::L2, error);
-                }
                 Ok(WriteOutcome {
                     l1: WriteStatus::Written,
                     l2,
                 })
             }
             Either::Right((Ok(()), f1)) => {
+                tracing::trace!(tier = %cx.l2(), "race write won by one tier; the other finishes in the background");
                 let l1 = Self::finish(cx, Layer::L1, f1).await;
-                if let WriteStatus::Failed(error) = &l1 {
-                    warn_partial(cx, Layer::L1, error);
-                }
                 Ok(WriteOutcome {
                     l1,
                     l2: WriteStatus::Written,

@@ -1,0 +1,295 @@
+//! Bookkeeping that keeps overlapping operations on one key from leaving an older value in a
+//! tier.
+//!
+//! Two operations on one key can overlap: two `set`s whose writes land in opposite orders in a
+//! tier, a race write's slower half finishing on the offload after a `delete`, a refill landing
+//! after a `delete`. A tier then holds whatever landed last, which need not be the newest
+//! operation's effect. The composition prevents that with two structures:
+//!
+//! * **In-flight operations** ([`KeyOps::begin`], [`KeyOps::finish`]). While operations on a
+//!   key are running, the key has an entry recording the newest operation's effect (a value to
+//!   store, or a removal) and, per tier, how many operations are running and whether two ever
+//!   overlapped. When the last running operation on a tier finishes after an overlap, the newest
+//!   effect is applied to that tier once more, so the tier ends in the newest state whatever the
+//!   order in which the overlapping operations landed. Without overlap, nothing extra happens.
+//!   Entries exist only while operations run, so memory follows concurrency, not the key space.
+//! * **Generations** ([`KeyOps::generation`]): striped counters that every `set`, `delete` and
+//!   `clear` advances. A refill (a copy of an L2 value into L1) is skipped when the key's
+//!   generation moved since the read began, because the value read may predate the newer
+//!   operation.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tierkit_core::{CacheKey, CacheValue};
+
+use crate::context::Layer;
+
+/// The effect of an operation on one tier.
+#[derive(Clone, Debug)]
+pub(crate) enum Effect {
+    /// The tier should hold this value.
+    Store(CacheValue),
+    /// The tier should not hold the key.
+    Remove,
+}
+
+#[derive(Debug, Default)]
+struct TierState {
+    running: u32,
+    overlapped: bool,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    newest: Effect,
+    tiers: [TierState; 2],
+}
+
+impl KeyState {
+    fn idle(&self) -> bool {
+        self.tiers.iter().all(|tier| tier.running == 0)
+    }
+}
+
+/// Per-key bookkeeping of a composition (see the module docs).
+pub(crate) struct KeyOps {
+    shards: Box<[Mutex<HashMap<CacheKey, KeyState>>]>,
+    generations: Box<[AtomicU64]>,
+}
+
+/// Shards of the in-flight table: a power of two.
+const SHARDS: usize = 64;
+/// Generation counters: a power of two. 4 KiB per composition.
+const GENERATIONS: usize = 512;
+
+fn index(layer: Layer) -> usize {
+    match layer {
+        Layer::L1 => 0,
+        Layer::L2 => 1,
+    }
+}
+
+/// FNV-1a: fast on short keys, and enough to spread keys over shards and counters.
+fn hash(key: &CacheKey) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// `hash` reduced below `len`, a power of two.
+fn slot(hash: u64, len: usize) -> usize {
+    // The mask keeps the value below `len`, which fits in usize.
+    usize::try_from(hash & (len as u64 - 1)).unwrap_or(0)
+}
+
+impl KeyOps {
+    pub(crate) fn new() -> Self {
+        KeyOps {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn shard(&self, key: &CacheKey) -> MutexGuard<'_, HashMap<CacheKey, KeyState>> {
+        // No code panics while holding the lock; recover the map if that ever changes.
+        self.shards[slot(hash(key), SHARDS)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn counter(&self, key: &CacheKey) -> &AtomicU64 {
+        &self.generations[slot(hash(key), GENERATIONS)]
+    }
+
+    /// The key's generation (shared with the other keys of its counter).
+    pub(crate) fn generation(&self, key: &CacheKey) -> u64 {
+        self.counter(key).load(Ordering::Acquire)
+    }
+
+    /// Starts an operation whose effect is `effect` on both tiers.
+    pub(crate) fn begin(&self, key: &CacheKey, effect: Effect) {
+        let mut shard = self.shard(key);
+        self.counter(key).fetch_add(1, Ordering::AcqRel);
+        match shard.entry(key.clone()) {
+            Entry::Occupied(mut entry) => {
+                let state = entry.get_mut();
+                state.newest = effect;
+                for tier in &mut state.tiers {
+                    tier.overlapped |= tier.running > 0;
+                    tier.running += 1;
+                }
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(KeyState {
+                    newest: effect,
+                    tiers: [
+                        TierState {
+                            running: 1,
+                            overlapped: false,
+                        },
+                        TierState {
+                            running: 1,
+                            overlapped: false,
+                        },
+                    ],
+                });
+            }
+        }
+    }
+
+    /// Starts a refill of L1 with `value`, read when the key's generation was `generation`.
+    /// Returns false (and starts nothing) when the key changed since, or has operations
+    /// running: the value read may then be older than the key's newest state.
+    pub(crate) fn begin_refill(&self, key: &CacheKey, value: CacheValue, generation: u64) -> bool {
+        let mut shard = self.shard(key);
+        if self.generation(key) != generation {
+            return false;
+        }
+        match shard.entry(key.clone()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(entry) => {
+                entry.insert(KeyState {
+                    newest: Effect::Store(value),
+                    tiers: [
+                        TierState {
+                            running: 1,
+                            overlapped: false,
+                        },
+                        TierState::default(),
+                    ],
+                });
+                true
+            }
+        }
+    }
+
+    /// Records that an operation on `layer` finished. Returns the effect to apply to that tier
+    /// once more when this was the last running operation there and operations overlapped; the
+    /// caller applies it and calls `finish` again (it is counted as running meanwhile).
+    pub(crate) fn finish(&self, key: &CacheKey, layer: Layer) -> Option<Effect> {
+        let mut shard = self.shard(key);
+        let Entry::Occupied(mut entry) = shard.entry(key.clone()) else {
+            return None;
+        };
+        let state = entry.get_mut();
+        let tier = &mut state.tiers[index(layer)];
+        tier.running = tier.running.saturating_sub(1);
+        if tier.running == 0 && tier.overlapped {
+            tier.overlapped = false;
+            tier.running = 1;
+            return Some(state.newest.clone());
+        }
+        if state.idle() {
+            entry.remove();
+        }
+        None
+    }
+
+    /// Starts a new generation of every key (for `clear`).
+    pub(crate) fn advance_all(&self) {
+        for counter in &*self.generations {
+            counter.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Keys with operations running.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().map(|map| map.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tierkit_core::Timestamp;
+
+    fn value(payload: &'static str) -> CacheValue {
+        CacheValue::with_ttl(
+            payload.as_bytes(),
+            Timestamp::UNIX_EPOCH,
+            Duration::from_secs(1),
+        )
+    }
+
+    fn stored(effect: Option<Effect>) -> Option<&'static str> {
+        match effect {
+            Some(Effect::Store(v)) if v.payload().as_ref() == b"v1" => Some("v1"),
+            Some(Effect::Store(v)) if v.payload().as_ref() == b"v2" => Some("v2"),
+            Some(Effect::Store(_)) => Some("other"),
+            Some(Effect::Remove) => Some("remove"),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn a_lone_operation_needs_nothing_more_and_leaves_no_entry() {
+        let ops = KeyOps::new();
+        let k = CacheKey::new("k").unwrap();
+        ops.begin(&k, Effect::Store(value("v1")));
+        assert_eq!(ops.in_flight(), 1);
+        assert!(ops.finish(&k, Layer::L1).is_none());
+        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert_eq!(ops.in_flight(), 0);
+    }
+
+    #[test]
+    fn overlapping_operations_reapply_the_newest_effect_once_per_tier() {
+        let ops = KeyOps::new();
+        let k = CacheKey::new("k").unwrap();
+        ops.begin(&k, Effect::Store(value("v1")));
+        ops.begin(&k, Effect::Store(value("v2")));
+        // v2 lands first on L1, v1 last: the last finisher re-applies v2.
+        assert!(ops.finish(&k, Layer::L1).is_none());
+        assert_eq!(stored(ops.finish(&k, Layer::L1)), Some("v2"));
+        assert!(
+            ops.finish(&k, Layer::L1).is_none(),
+            "the re-application finished"
+        );
+        // A delete overtakes both on L2.
+        ops.begin(&k, Effect::Remove);
+        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert_eq!(stored(ops.finish(&k, Layer::L2)), Some("remove"));
+        assert!(ops.finish(&k, Layer::L2).is_none());
+        // The delete's L1 half runs alone.
+        assert!(ops.finish(&k, Layer::L1).is_none());
+        assert_eq!(ops.in_flight(), 0);
+    }
+
+    #[test]
+    fn refills_yield_to_newer_operations() {
+        let ops = KeyOps::new();
+        let k = CacheKey::new("k").unwrap();
+        let read_at = ops.generation(&k);
+        ops.begin(&k, Effect::Remove);
+        assert!(
+            !ops.begin_refill(&k, value("v1"), read_at),
+            "an operation is running"
+        );
+        assert!(ops.finish(&k, Layer::L1).is_none());
+        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert!(
+            !ops.begin_refill(&k, value("v1"), read_at),
+            "the key changed since the read"
+        );
+        let read_at = ops.generation(&k);
+        assert!(ops.begin_refill(&k, value("v1"), read_at));
+        // A set overlapping the refill wins on L1.
+        ops.begin(&k, Effect::Store(value("v2")));
+        assert!(ops.finish(&k, Layer::L1).is_none());
+        assert_eq!(stored(ops.finish(&k, Layer::L1)), Some("v2"));
+        assert!(ops.finish(&k, Layer::L1).is_none());
+        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert_eq!(ops.in_flight(), 0);
+    }
+}
