@@ -76,6 +76,7 @@
 //!   implementation, [`TokioOffload`].
 //! * [`Clock`]: every TTL decision reads one; [`ManualClock`] drives time in tests.
 //! * [`BackendError`]: one error type, cheap to clone, with a [`ErrorKind`] and a transient flag.
+//! * [`envelope`]: the versioned, checksummed byte format remote tiers store.
 //!
 //! # Minimum supported Rust version
 //!
@@ -85,6 +86,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+pub mod envelope;
 mod error;
 mod key;
 mod offload;

@@ -140,8 +140,65 @@ where
         .enable_all()
         .build()
         .expect("a tokio runtime for the conformance case");
-    runtime.block_on(case(factory));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(case(factory));
+    }));
+    if let Err(payload) = outcome {
+        match payload.downcast::<SkipCase>() {
+            Ok(skip) => eprintln!("skipped: {}", skip.0),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    }
 }
+
+/// The error a factory returns to skip a case instead of failing it, for instance when the
+/// server a tier needs is not configured on a developer's machine:
+///
+/// ```
+/// use tierkit_testkit::conformance::skip;
+///
+/// let err = skip("TIERKIT_REDIS_URL is not set; run the tests through `cargo xtask test`");
+/// assert!(tierkit_testkit::conformance::is_skip(&err));
+/// ```
+///
+/// The case then prints `skipped: <reason>` and passes. Never skip in CI: a factory should
+/// skip only when its environment says the service is optional.
+pub fn skip(reason: impl Into<String>) -> tierkit_core::BackendError {
+    tierkit_core::BackendError::tier(
+        "conformance",
+        tierkit_core::Op::Get,
+        ErrorKind::Unsupported,
+        false,
+        Skipped(reason.into()),
+    )
+}
+
+/// Whether `err` was made by [`skip`].
+#[must_use]
+pub fn is_skip(err: &tierkit_core::BackendError) -> bool {
+    skipped_reason(err).is_some()
+}
+
+fn skipped_reason(err: &tierkit_core::BackendError) -> Option<&str> {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<Skipped>())
+        .map(|skipped| skipped.0.as_str())
+}
+
+/// The source of a [`skip`] error.
+#[derive(Debug)]
+struct Skipped(String);
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
+
+/// Unwinds a case that was skipped, without the panic hook's report.
+struct SkipCase(String);
 
 /// Generates a module `$name` with one `#[test]` per conformance case, each calling the
 /// factory for its backends. See the [crate docs](crate#conformance-suite).
@@ -229,7 +286,10 @@ pub const CASES: &[&str] = &[
 async fn make<F: BackendFactory>(factory: &F, ctx: &ConformanceContext) -> F::Backend {
     match factory.create(ctx.clone()).await {
         Ok(backend) => backend,
-        Err(err) => panic!("the factory failed to make a backend: {err} ({err:?})"),
+        Err(err) => match skipped_reason(&err) {
+            Some(reason) => std::panic::resume_unwind(Box::new(SkipCase(reason.to_owned()))),
+            None => panic!("the factory failed to make a backend: {err} ({err:?})"),
+        },
     }
 }
 

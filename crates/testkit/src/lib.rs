@@ -62,7 +62,9 @@
 //! * must keep its keys under [`ctx.namespace()`](ConformanceContext::namespace) when the tier
 //!   is shared (a Redis prefix, an S3 key prefix): a case may call the factory twice and
 //!   expect `clear` on one backend to leave the other's keys alone;
-//! * may fail (`Err`), which fails the case with the error.
+//! * may fail (`Err`), which fails the case with the error, or return
+//!   [`conformance::skip`]`(reason)` to skip the case (it then prints `skipped: reason`): for a
+//!   server that is optional on a developer's machine, never in CI.
 //!
 //! The cases are also `pub async fn`s in [`mod@conformance`], to call from a test of your own.
 //! The suite covers: exact round trips (payload and timestamps), misses, overwrite, delete,

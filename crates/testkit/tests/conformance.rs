@@ -123,3 +123,12 @@ fn every_read_is_checked_against_a_probe() {
         tierkit_testkit::conformance::round_trip,
     );
 }
+
+tierkit_testkit::conformance!(
+    skipped_when_the_service_is_optional,
+    |_ctx: ConformanceContext| async move {
+        Err::<MemoryBackend, _>(tierkit_testkit::conformance::skip(
+            "a demonstration: this backend is never available",
+        ))
+    }
+);
