@@ -192,14 +192,51 @@ impl fmt::Display for TierPath {
 }
 
 /// The synchronous answer of [`Backend::probe`].
+///
+/// A hit says whether the value is fresh or stale at the instant the tier judged it (by its
+/// clock, which it reads anyway to drop expired values), so a caller holding a fresh hit needs
+/// no clock read of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
-    /// The tier holds this (unexpired) value.
-    Hit(CacheValue),
-    /// The tier does not hold the key.
+    /// The tier holds this value, fresh (`now < stale_at`).
+    Fresh(CacheValue),
+    /// The tier holds this value, stale (`stale_at <= now < expires_at`).
+    Stale(CacheValue),
+    /// The tier does not hold the key (or holds it expired).
     Miss,
     /// The tier cannot tell without awaiting (a remote tier), or chose not to.
     Unknown,
+}
+
+impl Probe {
+    /// Classifies what a tier found at `now`: fresh, stale, or (absent or expired) a miss.
+    #[inline]
+    #[must_use]
+    pub fn found(value: Option<CacheValue>, now: crate::Timestamp) -> Self {
+        match value {
+            Some(value) if value.is_fresh(now) => Probe::Fresh(value),
+            Some(value) if !value.is_expired(now) => Probe::Stale(value),
+            _ => Probe::Miss,
+        }
+    }
+
+    /// The value of a hit, fresh or stale.
+    #[must_use]
+    pub fn value(&self) -> Option<&CacheValue> {
+        match self {
+            Probe::Fresh(value) | Probe::Stale(value) => Some(value),
+            Probe::Miss | Probe::Unknown => None,
+        }
+    }
+
+    /// The value of a hit, fresh or stale, consuming the answer.
+    #[must_use]
+    pub fn into_value(self) -> Option<CacheValue> {
+        match self {
+            Probe::Fresh(value) | Probe::Stale(value) => Some(value),
+            Probe::Miss | Probe::Unknown => None,
+        }
+    }
 }
 
 /// A cache tier: an in-process cache, a shared cache, object storage, or a composition of
@@ -239,7 +276,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Answers a read without awaiting, when the tier can.
     ///
-    /// In-process tiers answer [`Probe::Hit`] or [`Probe::Miss`] exactly as [`Backend::get`]
+    /// In-process tiers answer a hit ([`Probe::Fresh`], [`Probe::Stale`]) or [`Probe::Miss`] exactly as [`Backend::get`]
     /// would (implement `get` on top of `probe` so the two cannot disagree); compositions
     /// forward their first tier's fresh hits. The default, [`Probe::Unknown`], is always
     /// correct, only slower: the caller then awaits `get`. A probe has the same effects on the

@@ -21,7 +21,7 @@ const NEVER: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
 ///
 /// * **Hits allocate nothing.** `moka::sync::Cache::get` is a plain function, so every
 ///   operation answers with [`TierFuture::ready`], and [`probe`](Backend::probe) always answers
-///   [`Probe::Hit`] or [`Probe::Miss`], exactly as `get` would; a hit clones the
+///   [`Probe::Fresh`], [`Probe::Stale`] or [`Probe::Miss`], exactly as `get` would; a hit clones the
 ///   [`CacheValue`], which bumps the payload's reference count and copies no bytes.
 /// * **Expiry follows the value.** moka evicts each entry when its value's `expires_at` is
 ///   reached (computed against the tier's [`Clock`] when the entry is written), and `get`
@@ -165,9 +165,8 @@ impl MokaBackend {
         &self.cache
     }
 
-    fn lookup(&self, key: &CacheKey) -> Option<CacheValue> {
+    fn lookup_at(&self, key: &CacheKey, now: tierkit_core::Timestamp) -> Option<CacheValue> {
         let value = self.cache.get(key)?;
-        let now = self.clock.now();
         if !value.is_expired(now) {
             return Some(value);
         }
@@ -227,15 +226,13 @@ impl Backend for MokaBackend {
 
     #[inline]
     fn probe(&self, key: &CacheKey) -> Probe {
-        match self.lookup(key) {
-            Some(value) => Probe::Hit(value),
-            None => Probe::Miss,
-        }
+        let now = self.clock.now();
+        Probe::found(self.lookup_at(key, now), now)
     }
 
     #[inline]
     fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a> {
-        TierFuture::ready(Ok(self.lookup(key)))
+        TierFuture::ready(Ok(self.lookup_at(key, self.clock.now())))
     }
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
@@ -334,7 +331,7 @@ mod tests {
         assert_eq!(tier.probe(&k), Probe::Miss);
         let v = CacheValue::with_ttl(&b"v"[..], manual.now(), Duration::from_secs(10));
         ready(tier.set(&k, v.clone())).unwrap();
-        assert_eq!(tier.probe(&k), Probe::Hit(v));
+        assert_eq!(tier.probe(&k), Probe::Fresh(v));
         manual.advance(Duration::from_secs(10));
         assert_eq!(tier.probe(&k), Probe::Miss);
         assert!(

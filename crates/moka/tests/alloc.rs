@@ -45,7 +45,7 @@ fn hits_and_misses_do_not_allocate() {
             let hit = ready(shared.get(&key)).unwrap();
             assert!(hit.is_some());
             assert!(ready(tier.get(&absent)).unwrap().is_none());
-            assert!(matches!(shared.probe(&key), Probe::Hit(_)));
+            assert!(matches!(shared.probe(&key), Probe::Fresh(_)));
         }
     });
     assert_eq!(n, 0, "allocations during 4,000 reads");

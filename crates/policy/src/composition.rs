@@ -26,7 +26,8 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 ///
 /// * **get**: L1's probe first. With a read policy that accepts it (sequential, race), a fresh
 ///   L1 hit answered synchronously returns at once: no allocation, no await, no L2 request, no
-///   span. Otherwise the read policy decides ([`ReadPolicy`]), and an L2 value is refilled into
+///   span, and no clock read beyond the one L1 makes (freshness there is judged by L1's clock,
+///   so give every tier of a stack the composition's clock). Otherwise the read policy decides ([`ReadPolicy`]), and an L2 value is refilled into
 ///   L1 according to the [`RefillPolicy`]. Expired values are dropped whichever tier returns
 ///   them; stale values are returned as stale.
 /// * **set**: the write policy decides ([`WritePolicy`]); the value and its timestamps reach
@@ -234,14 +235,11 @@ where
             return L1Probe::Unknown;
         }
         match self.l1.probe(key) {
-            Probe::Hit(value) => {
-                if value.is_fresh(self.clock.now()) {
-                    self.scope().l1.get_hit.increment(1);
-                    L1Probe::FreshHit(value)
-                } else {
-                    L1Probe::Known(Ok(Some(value)))
-                }
+            Probe::Fresh(value) => {
+                self.scope().l1.get_hit.increment(1);
+                L1Probe::FreshHit(value)
             }
+            Probe::Stale(value) => L1Probe::Known(Ok(Some(value))),
             Probe::Miss => L1Probe::Known(Ok(None)),
             Probe::Unknown => L1Probe::Unknown,
         }
@@ -664,7 +662,7 @@ where
     #[inline]
     fn probe(&self, key: &CacheKey) -> Probe {
         match self.shared.probe_l1(key) {
-            L1Probe::FreshHit(value) => Probe::Hit(value),
+            L1Probe::FreshHit(value) => Probe::Fresh(value),
             // A miss or a stale value in L1 says nothing of L2.
             L1Probe::Known(_) | L1Probe::Unknown => Probe::Unknown,
         }

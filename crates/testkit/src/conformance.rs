@@ -322,7 +322,7 @@ async fn get<B: Backend + ?Sized>(b: &B, key: &CacheKey) -> Option<CacheValue> {
     let got = get_only(b, key).await;
     match probed {
         Probe::Unknown => {}
-        Probe::Hit(value) => {
+        Probe::Fresh(value) | Probe::Stale(value) => {
             let what = format!(
                 "{}: probe {:?} answered a hit that get",
                 b.label(),
@@ -901,19 +901,22 @@ pub async fn probe_agrees_with_get(factory: impl BackendFactory) {
             b.label()
         );
     };
-    let expect_hit = |probe: Probe, value: &CacheValue, when: &str| match probe {
+    let expect_hit = |probe: Probe, value: &CacheValue, fresh: bool, when: &str| match probe {
         Probe::Unknown => {}
-        Probe::Hit(found) => assert_same(Some(&found), value, &format!("probe {when}")),
-        Probe::Miss => panic!("{}: probe {when} answered a miss", b.label()),
+        Probe::Fresh(found) if fresh => assert_same(Some(&found), value, &format!("probe {when}")),
+        Probe::Stale(found) if !fresh => {
+            assert_same(Some(&found), value, &format!("probe {when}"));
+        }
+        other => panic!("{}: probe {when} answered {other:?}", b.label()),
     };
 
     expect_miss(b.probe(&key), "of an absent key");
     let value = CacheValue::with_ttl(&b"probed"[..], clock.now(), Duration::from_secs(10))
         .with_stale_for(Duration::from_secs(10));
     set(&b, &key, value.clone()).await;
-    expect_hit(b.probe(&key), &value, "of a fresh value");
+    expect_hit(b.probe(&key), &value, true, "of a fresh value");
     clock.advance(Duration::from_secs(15));
-    expect_hit(b.probe(&key), &value, "of a stale value");
+    expect_hit(b.probe(&key), &value, false, "of a stale value");
     clock.advance(Duration::from_secs(5));
     expect_miss(b.probe(&key), "at expires_at");
     assert_eq!(get(&b, &key).await, None, "get at expires_at");

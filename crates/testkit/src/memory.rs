@@ -72,7 +72,7 @@ struct Shared {
 /// * It never returns an expired value (by its [`Clock`]) and removes expired entries it finds;
 ///   setting an already expired value removes the key.
 /// * By default it answers synchronously with [`TierFuture::ready`], like an in-process tier,
-///   and [`probe`](Backend::probe) answers [`Probe::Hit`] or [`Probe::Miss`]; an answered probe
+///   and [`probe`](Backend::probe) answers a hit or [`Probe::Miss`]; an answered probe
 ///   counts as a `get` in [`calls`](MemoryBackend::calls), since it has the same effect.
 ///   [`remote`](MemoryBackend::remote) makes every answer a [`TierFuture::pending`] future that
 ///   yields to the scheduler once before answering, like a remote tier, and `probe` answers
@@ -240,10 +240,7 @@ impl Backend for MemoryBackend {
             return Probe::Unknown;
         }
         self.shared.calls.count(tierkit_core::Op::Get);
-        match self.get_now(key) {
-            Some(value) => Probe::Hit(value),
-            None => Probe::Miss,
-        }
+        Probe::found(self.get_now(key), self.clock.now())
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a> {

@@ -99,7 +99,7 @@ impl tierkit_core::Backend for LyingProbe {
 }
 
 #[test]
-#[should_panic(expected = "probe of a fresh value answered a miss")]
+#[should_panic(expected = "probe of a fresh value answered Miss")]
 fn a_probe_disagreeing_with_get_fails() {
     tierkit_testkit::conformance::run(
         |ctx: ConformanceContext| async move {

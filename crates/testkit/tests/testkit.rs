@@ -124,7 +124,7 @@ async fn memory_probe_answers_when_ready_and_counts_as_a_get() {
     assert_eq!(tier.probe(&k), Probe::Miss);
     let v = value("v", manual.now(), Duration::from_secs(10));
     tier.set(&k, v.clone()).await.unwrap();
-    assert_eq!(tier.probe(&k), Probe::Hit(v.clone()));
+    assert_eq!(tier.probe(&k), Probe::Fresh(v.clone()));
     assert_eq!(tier.calls(), counts(2, 1, 0, 0));
 
     let remote = MemoryBackend::new("mem").with_clock(clock).remote();
@@ -231,7 +231,7 @@ async fn faulty_probe_is_unknown_while_a_get_fault_is_scheduled() {
     memory.insert_raw(key("a"), v.clone());
     let tier = FaultyBackend::new(memory.clone());
     let k = key("a");
-    assert_eq!(tier.probe(&k), Probe::Hit(v.clone()));
+    assert_eq!(tier.probe(&k), Probe::Fresh(v.clone()));
     assert_eq!(tier.calls().get, 1);
 
     tier.push(Op::Get, Fault::Fail(ErrorKind::Connection));
@@ -241,7 +241,7 @@ async fn faulty_probe_is_unknown_while_a_get_fault_is_scheduled() {
     assert_eq!(tier.probe(&k), Probe::Unknown);
     assert_eq!(tier.queued(Op::Get), 1);
     assert!(tier.get(&k).await.is_err());
-    assert_eq!(tier.probe(&k), Probe::Hit(v));
+    assert_eq!(tier.probe(&k), Probe::Fresh(v));
     assert_eq!(tier.calls().get, 3);
 
     // Faults on other operations leave probes alone; a remote inner tier cannot tell.

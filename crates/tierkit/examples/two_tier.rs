@@ -10,9 +10,7 @@ use std::error::Error;
 use std::time::Duration;
 
 use tierkit::moka::MokaBackend;
-use tierkit::{
-    Backend, CacheKey, CacheValue, Clock, Composition, CompositionError, ErrorKind, Op, Probe,
-};
+use tierkit::{Backend, CacheKey, CacheValue, Clock, Composition, CompositionError, ErrorKind, Op};
 use tierkit_testkit::{Fault, FaultyBackend};
 
 #[tokio::main(flavor = "current_thread")]
@@ -63,7 +61,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let read = cache.get(&key);
     println!("   answered without awaiting: {}", read.is_ready());
     println!("   value: {:?}", payload(read.await?));
-    if let Probe::Hit(refilled) = l1.probe(&key) {
+    if let Some(refilled) = l1.probe(&key).into_value() {
         println!(
             "   refilled into L1 with the same expiry: {}",
             refilled.expires_at() == value.expires_at()
@@ -113,7 +111,7 @@ fn step(title: &str) {
 }
 
 fn held(tier: &impl Backend, key: &CacheKey) -> bool {
-    matches!(tier.probe(key), Probe::Hit(_))
+    tier.probe(key).value().is_some()
 }
 
 fn payload(value: Option<CacheValue>) -> Option<String> {

@@ -36,7 +36,7 @@ fn allocations_per_1000_hits(stack: &dyn Backend, key: &CacheKey) -> u64 {
         for _ in 0..1_000 {
             let hit = ready(stack.get(key));
             assert!(hit.is_some());
-            assert!(matches!(stack.probe(key), Probe::Hit(_)));
+            assert!(matches!(stack.probe(key), Probe::Fresh(_)));
         }
     })
 }
