@@ -11,6 +11,7 @@
 
 mod json;
 mod runner;
+mod services;
 mod steps;
 
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Task {
     Test(Vec<String>),
     /// The demo.
     Demo,
+    /// Private Redis services for running tests by hand.
+    Services,
     /// Print the usage text.
     Help,
 }
@@ -42,6 +45,7 @@ impl Task {
             "ci" => Task::Ci,
             "lint" => Task::Lint,
             "demo" => Task::Demo,
+            "services" => Task::Services,
             "test" => return Ok(Task::Test(rest.to_vec())),
             "help" | "-h" | "--help" => Task::Help,
             other => return Err(format!("unknown subcommand `{other}`")),
@@ -59,6 +63,7 @@ impl Task {
             Task::Lint => ("lint", vec![steps::fmt(), steps::clippy(), steps::deps()]),
             Task::Test(extra) => ("test", vec![steps::test(extra)]),
             Task::Demo => ("demo", vec![steps::demo()]),
+            Task::Services => ("services", vec![steps::services()]),
             Task::Help => return None,
         };
         Some(Suite { name, steps })
@@ -80,7 +85,7 @@ fn ci_steps() -> Vec<runner::Step> {
     ]
 }
 
-/// The usage text, listing what each step of `ci` runs.
+/// The usage text, listing what each step of `ci` runs and the variables the tests get.
 fn usage() -> String {
     let mut text = String::from(
         "cargo xtask: developer and CI tasks for the tierkit workspace
@@ -89,31 +94,59 @@ USAGE:
     cargo xtask <SUBCOMMAND> [ARGS...]
 
 SUBCOMMANDS:
-    ci      Run the whole check suite, as CI does (`bash .ci/run`). Steps run in this
-            order; the first failure stops the suite and names the command to rerun:
+    ci        Run the whole check suite, as CI does (`bash .ci/run`). Steps run in this
+              order; the first failure stops the suite and names the command to rerun:
 ",
     );
     for (index, step) in ci_steps().iter().enumerate() {
         text.push_str(&format!(
-            "              {}. {:<7} {}\n",
+            "                {}. {:<7} {}\n",
             index + 1,
             step.name,
             step.summary
         ));
     }
     text.push_str(
-        "            A summary table of the steps, their results and durations ends the run.
+        "              A summary table of the steps, their results and durations ends the run.
 
-    lint    Only the fmt, clippy and deps steps of `ci` (fast: no build, tests or docs).
+    lint      Only the fmt, clippy and deps steps of `ci` (fast: no build, tests or docs).
 
-    test    Only the test step of `ci`: cargo test --workspace --all-features [ARGS...]
-            Extra arguments go to `cargo test`; with -p/--package, --workspace is dropped.
-            Example: cargo xtask test -p tierkit-core -- --nocapture
+    test      Only the test step of `ci`: cargo test --workspace --all-features [ARGS...],
+              with the Redis services below running. Extra arguments go to `cargo test`;
+              with -p/--package, --workspace is dropped.
+              Example: cargo xtask test -p tierkit-core -- --nocapture
 
-    demo    Run the demo: a two-tier cache at work (writes, L1 hits, an L2 hit refilled
-            into L1, tier failures under the optimistic parallel write, a stale value).
+    demo      Run the demo: a two-tier cache at work (writes, L1 hits, an L2 hit refilled
+              into L1, tier failures under the optimistic parallel write, a stale value).
+              A private Redis server runs meanwhile, named by TIERKIT_REDIS_URL.
 
-    help    Print this text (also -h, --help, or no subcommand).
+    services  Start the Redis services of the test step, print `export` lines for the
+              variables below, then wait: press Enter or Ctrl-D (Ctrl-C works too) to stop
+              them. Paste the lines into another shell to run one test by hand, for instance:
+                cargo test -p tierkit-services --test server -- --nocapture
+
+    help      Print this text (also -h, --help, or no subcommand).
+
+REDIS SERVICES:
+    The test step (of `ci` and `test`) and `services` start private redis-server processes
+    with the tierkit-services crate: a standalone server and a 3-master cluster without
+    replicas (the demo: the server only), on free ports of 127.0.0.1 (never a fixed port,
+    never the default 6379), without persistence. They are stopped when the step ends, pass
+    or fail, and the pids stopped are printed; processes a killed run left behind are killed
+    before the next start. Logs: <cargo target dir>/tierkit-services/. When redis-server or
+    redis-cli is missing, these steps and `tools` install Debian's redis-server package if
+    running as root, and otherwise stop with the sudo command to run.
+
+    Environment variables given to `cargo test`:
+",
+    );
+    for (name, meaning) in services::ENV_VARS {
+        text.push_str(&format!("      {name:<26} {meaning}\n"));
+    }
+    text.push_str(
+        "    Without TIERKIT_REQUIRE_SERVICES (a plain `cargo test`), a test whose service is
+    missing prints `skipped: <reason>` and passes. TIERKIT_REDIS_SERVER and TIERKIT_REDIS_CLI,
+    when set, also choose the binaries the xtask runs.
 
 The exit status is 0 when every step passed, 1 when one failed, 2 for a usage error.
 ",
@@ -159,6 +192,8 @@ mod tests {
         assert_eq!(parse(&["--help"]), Ok(Task::Help));
         assert_eq!(parse(&["ci"]), Ok(Task::Ci));
         assert_eq!(parse(&["lint"]), Ok(Task::Lint));
+        assert_eq!(parse(&["services"]), Ok(Task::Services));
+        assert!(parse(&["services", "--cluster"]).is_err());
         assert_eq!(
             parse(&["test", "-p", "tierkit-core"]),
             Ok(Task::Test(vec!["-p".into(), "tierkit-core".into()]))
@@ -177,5 +212,36 @@ mod tests {
                 "tools", "fmt", "clippy", "build", "deps", "test", "demo", "doc", "deny"
             ]
         );
+        // Redis is installed by `tools`, and runs around the test and demo steps.
+        let summary = |name: &str| {
+            suite
+                .steps
+                .iter()
+                .find(|step| step.name == name)
+                .map(|step| step.summary.clone())
+                .unwrap()
+        };
+        assert!(summary("tools").contains("apt-get install -y redis-server"));
+        assert!(summary("test").contains("private Redis server and 3-master cluster"));
+        assert!(summary("demo").contains("TIERKIT_REDIS_URL"));
+    }
+
+    #[test]
+    fn usage_documents_the_services_and_their_variables() {
+        let text = super::usage();
+        assert!(text.contains("\n    services  Start the Redis services"));
+        for name in [
+            "TIERKIT_REDIS_URL",
+            "TIERKIT_REDIS_CLUSTER_URL",
+            "TIERKIT_REDIS_SERVER",
+            "TIERKIT_REDIS_CLI",
+            "TIERKIT_REQUIRE_SERVICES",
+        ] {
+            assert!(
+                text.contains(&format!("      {name} ")),
+                "{name} is not documented"
+            );
+        }
+        assert!(text.contains("apt-get install -y redis-server"));
     }
 }

@@ -35,7 +35,9 @@ pub struct Failure {
 /// One command line to run from the workspace root.
 #[derive(Debug, Clone)]
 pub struct Cmd {
-    /// Arguments after `cargo`.
+    /// The program: `None` for cargo (the workspace's cargo executable).
+    program: Option<String>,
+    /// Arguments after the program.
     args: Vec<String>,
     /// Extra environment variables.
     envs: Vec<(String, String)>,
@@ -49,8 +51,21 @@ impl Cmd {
         S: Into<String>,
     {
         Self {
+            program: None,
             args: args.into_iter().map(Into::into).collect(),
             envs: Vec::new(),
+        }
+    }
+
+    /// `program` (found on `PATH`) with `args`.
+    pub fn new<I, S>(program: &str, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            program: Some(program.to_owned()),
+            ..Self::cargo(args)
         }
     }
 
@@ -60,13 +75,18 @@ impl Cmd {
         self
     }
 
+    /// The program's name as shown and as reported when it cannot start.
+    fn program_name(&self) -> &str {
+        self.program.as_deref().unwrap_or("cargo")
+    }
+
     /// The command as a shell line, for messages (`cargo` is shown by name, not by path).
     pub fn display(&self) -> String {
         let mut line = String::new();
         for (key, value) in &self.envs {
             let _ = write!(line, "{key}={} ", shell_quote(value));
         }
-        line.push_str("cargo");
+        line.push_str(&shell_quote(self.program_name()));
         for arg in &self.args {
             line.push(' ');
             line.push_str(&shell_quote(arg));
@@ -74,9 +94,14 @@ impl Cmd {
         line
     }
 
+    /// The executable to spawn: the program, or the workspace's cargo.
+    fn executable<'a>(&'a self, ws: &'a Workspace) -> &'a str {
+        self.program.as_deref().unwrap_or(&ws.cargo)
+    }
+
     /// The [`Command`] to spawn, in the workspace root.
     fn command(&self, ws: &Workspace) -> Command {
-        let mut command = Command::new(&ws.cargo);
+        let mut command = Command::new(self.executable(ws));
         command.args(&self.args).current_dir(&ws.root);
         for (key, value) in &self.envs {
             command.env(key, value);
@@ -86,10 +111,9 @@ impl Cmd {
 
     /// Runs the command with inherited output; fails unless it exits successfully.
     pub fn run(&self, ws: &Workspace) -> Result<(), Failure> {
-        let status = self
-            .command(ws)
-            .status()
-            .map_err(|err| self.failure(format!("could not start {}: {err}", ws.cargo)))?;
+        let status = self.command(ws).status().map_err(|err| {
+            self.failure(format!("could not start {}: {err}", self.executable(ws)))
+        })?;
         self.check(status)
     }
 
@@ -100,7 +124,9 @@ impl Cmd {
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
-            .map_err(|err| self.failure(format!("could not start {}: {err}", ws.cargo)))?;
+            .map_err(|err| {
+                self.failure(format!("could not start {}: {err}", self.executable(ws)))
+            })?;
         self.check(output.status)?;
         String::from_utf8(output.stdout)
             .map_err(|_| self.failure("its output is not UTF-8".to_owned()))
@@ -138,7 +164,7 @@ impl Cmd {
 }
 
 /// Quotes `arg` for a POSIX shell if it contains anything but plain characters.
-fn shell_quote(arg: &str) -> String {
+pub fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
         && arg
             .chars()

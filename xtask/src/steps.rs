@@ -2,6 +2,7 @@
 
 use crate::json;
 use crate::runner::{Cmd, Failure, Step};
+use crate::services::{self, CLUSTER_MASTERS, Services};
 
 /// The cargo-deny release that is installed when it is missing; `deny.toml` uses its format.
 /// (0.20.2 builds with rustc 1.95; its MSRV is 1.88.)
@@ -27,13 +28,22 @@ fn install_cargo_deny() -> Cmd {
     ])
 }
 
-/// Makes sure the external tools the suite needs are installed: cargo-deny.
+/// Makes sure the external tools the suite needs are installed: cargo-deny, and
+/// `redis-server` and `redis-cli` for the tests.
 pub fn tools() -> Step {
     let install = install_cargo_deny();
+    let [apt_update, apt_install] = services::install_commands();
     Step::custom(
         "tools",
-        format!("cargo deny --version, else {}", install.display()),
+        format!(
+            "cargo deny --version, else {}; redis-server and redis-cli, else (as root) {} \
+             && {}",
+            install.display(),
+            apt_update.display(),
+            apt_install.display()
+        ),
         move |ws| {
+            services::ensure_redis(ws)?;
             let probe = Cmd::cargo(["deny", "--version"]);
             if probe.succeeds_quietly(ws) {
                 let found = probe.output(ws)?;
@@ -171,8 +181,8 @@ pub fn deps() -> Step {
     )
 }
 
-/// Runs unit, integration and doc tests of the whole workspace; `extra` goes to `cargo test`.
-pub fn test(extra: &[String]) -> Step {
+/// The `cargo test` command of the test step; `extra` goes to `cargo test`.
+pub fn test_command(extra: &[String]) -> Cmd {
     let selects_packages = extra.iter().take_while(|arg| *arg != "--").any(|arg| {
         arg == "-p" || arg.starts_with("--package") || (arg.starts_with("-p") && arg.len() > 2)
     });
@@ -182,14 +192,102 @@ pub fn test(extra: &[String]) -> Step {
     }
     args.push("--all-features".to_owned());
     args.extend(extra.iter().cloned());
-    Step::command("test", Cmd::cargo(args))
+    Cmd::cargo(args)
 }
 
-/// Runs the demo: the two-tier example of the facade crate.
+/// Runs unit, integration and doc tests of the whole workspace; `extra` goes to `cargo test`.
+/// A private standalone Redis server and a 3-master cluster run meanwhile, handed to the tests
+/// through the `TIERKIT_*` environment variables, and are stopped afterwards, pass or fail.
+pub fn test(extra: &[String]) -> Step {
+    let cmd = test_command(extra);
+    let rerun = format!("cargo xtask test {}", extra.join(" "))
+        .trim_end()
+        .to_owned();
+    Step::custom(
+        "test",
+        format!(
+            "{}, with a private Redis server and {CLUSTER_MASTERS}-master cluster \
+             (TIERKIT_* env)",
+            cmd.display()
+        ),
+        move |ws| {
+            let binaries = services::ensure_redis(ws)?;
+            let running = Services::start(binaries, true)?;
+            println!(
+                "test environment (to reproduce one test by hand, keep `cargo xtask services`"
+            );
+            println!("running in another terminal and paste the lines it prints instead):");
+            print!("{}", running.export_lines());
+            let with_env = running.apply(cmd.clone());
+            println!("--> {}", with_env.display());
+            let tested = with_env.run(ws);
+            let stopped = running.shutdown();
+            match tested {
+                Err(err) => Err(Failure {
+                    command: rerun.clone(),
+                    reason: format!(
+                        "{}\nthe Redis services were stopped; to rerun one test by hand, run \
+                         `cargo xtask services` in another terminal, paste its export lines, \
+                         then: {} <TEST NAME>",
+                        err.reason.replace(&with_env.display(), &cmd.display()),
+                        test_command(&[]).display()
+                    ),
+                }),
+                Ok(()) => stopped,
+            }
+        },
+    )
+}
+
+/// Runs the demo: the two-tier example of the facade crate, with `TIERKIT_REDIS_URL` naming
+/// a private Redis server started for it.
 pub fn demo() -> Step {
-    Step::command(
+    let cmd = Cmd::cargo(["run", "-p", "tierkit", "--example", "two_tier"]);
+    Step::custom(
         "demo",
-        Cmd::cargo(["run", "-p", "tierkit", "--example", "two_tier"]),
+        format!(
+            "{}, with TIERKIT_REDIS_URL of a private Redis server",
+            cmd.display()
+        ),
+        move |ws| {
+            let binaries = services::ensure_redis(ws)?;
+            let running = Services::start(binaries, false)?;
+            let cmd = running.apply(cmd.clone());
+            println!("--> {}", cmd.display());
+            let demoed = cmd.run(ws);
+            let stopped = running.shutdown();
+            demoed.and(stopped)
+        },
+    )
+}
+
+/// Starts a standalone Redis server and a 3-master cluster, prints their `export` lines and
+/// waits for Enter or the end of standard input, then stops them.
+pub fn services() -> Step {
+    Step::custom(
+        "services",
+        format!(
+            "start a Redis server and a {CLUSTER_MASTERS}-master cluster, print their \
+             TIERKIT_* exports, stop them on Enter or end of input"
+        ),
+        |ws| {
+            let binaries = services::ensure_redis(ws)?;
+            let running = Services::start(binaries, true)?;
+            println!();
+            println!("# paste into a shell, then run tests by hand, for instance:");
+            println!("#   {} <TEST NAME>", test_command(&[]).display());
+            print!("{}", running.export_lines());
+            println!();
+            println!("press Enter (or Ctrl-D) to stop the services");
+            let mut line = String::new();
+            let read = std::io::stdin().read_line(&mut line);
+            let stopped = running.shutdown();
+            read.map_err(|err| Failure {
+                command: "cargo xtask services".to_owned(),
+                reason: format!("reading standard input failed: {err}"),
+            })?;
+            stopped
+        },
     )
 }
 
@@ -262,7 +360,7 @@ fn forbidden_lines(tree: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{forbidden_lines, member_packages, test};
+    use super::{forbidden_lines, member_packages, test, test_command};
 
     #[test]
     fn reads_member_names_from_metadata() {
@@ -311,16 +409,24 @@ mod tests {
 
     #[test]
     fn test_step_keeps_workspace_unless_packages_are_chosen() {
-        assert_eq!(test(&[]).summary, "cargo test --workspace --all-features");
+        assert_eq!(
+            test_command(&[]).display(),
+            "cargo test --workspace --all-features"
+        );
         let extra = ["-p", "tierkit-core", "--", "--nocapture"].map(String::from);
         assert_eq!(
-            test(&extra).summary,
+            test_command(&extra).display(),
             "cargo test --all-features -p tierkit-core -- --nocapture"
         );
         let extra = ["--", "-p"].map(String::from);
         assert_eq!(
-            test(&extra).summary,
+            test_command(&extra).display(),
             "cargo test --workspace --all-features -- -p"
+        );
+        assert_eq!(
+            test(&[]).summary,
+            "cargo test --workspace --all-features, with a private Redis server and \
+             3-master cluster (TIERKIT_* env)"
         );
     }
 }

@@ -28,7 +28,8 @@
 //! |---|---|
 //! | `tierkit-core` | [`CacheKey`], [`CacheValue`], the [`Backend`] trait, [`Offload`], [`Clock`], [`BackendError`] |
 //! | `tierkit-policy` | read, write and refill policies and the [`Composition`] of two tiers |
-//! | `tierkit-moka` | the in-process tier over moka ([`moka::MokaBackend`]) |
+//! | `tierkit-moka` | the in-process tier over moka (`moka::MokaBackend`, feature `moka`) |
+//! | `tierkit-redis` | the Redis tier over fred (`redis::RedisBackend`, feature `redis`) |
 //!
 //! This facade re-exports the core and policy crates flat, and each backend crate as a module
 //! behind its own feature, so a service depends on exactly what it deploys.
@@ -57,7 +58,9 @@
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `moka` | yes | [`moka`]: the in-process tier over `moka::sync::Cache` |
+//! | `moka` | yes | `tierkit::moka`: the in-process tier over `moka::sync::Cache` |
+//! | `redis` | no | `tierkit::redis`: the Redis tier over fred (standalone, cluster, sentinel) |
+//! | `redis-tls` | no | `redis` with TLS (rustls, ring) for `rediss://` URLs |
 //!
 //! # Minimum supported Rust version
 //!
@@ -88,6 +91,11 @@ pub use tierkit_policy as policy;
 #[cfg(feature = "moka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "moka")))]
 pub use tierkit_moka as moka;
+
+/// The Redis tier over fred: standalone, cluster and sentinel.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use tierkit_redis as redis;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,0 +1,913 @@
+//! [`RedisBackend`]: the tier itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::clients::{Client, WithOptions};
+use fred::error::{Error as FredError, ErrorKind as FredKind};
+use fred::interfaces::{ClientLike, ClusterInterface, KeysInterface};
+use fred::types::config::{Options, ReconnectPolicy, Server};
+use fred::types::{Expiration, Key, Value};
+use tierkit_core::{
+    Backend, BackendError, CacheKey, CacheValue, Clock, ErrorKind, GetFuture, Op, Result,
+    TierFuture, Timestamp, WriteFuture, envelope,
+};
+use tracing::Instrument;
+
+use crate::config::{RedisBackendBuilder, RedisSource};
+use crate::error::{RedisError, map_error};
+use crate::keys::Namespace;
+use crate::stats::{Counters, RedisStats, WRONG_TYPE};
+
+/// The latest expiry written with `PXAT`: 9999-12-31T23:59:59.999Z. A value expiring later is
+/// stored without expiry (and still never returned after its `expires_at`).
+const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
+
+/// A tier over Redis (standalone, cluster or sentinel), through [fred].
+///
+/// # Contents
+///
+/// * [Building](#building): from a URL, a fred `Config`, or a fred `Client`/`Pool` you own
+/// * [Key layout and hash tags](#key-layout-and-hash-tags)
+/// * [Expiry](#expiry)
+/// * [Corrupt and foreign values](#corrupt-and-foreign-values)
+/// * [Timeouts and reconnection](#timeouts-and-reconnection)
+/// * [`clear`](#clear)
+///
+/// Clones share the connections and the counters. The tier is remote: every operation returns
+/// a pending [`TierFuture`] (one allocation, next to a network round trip), and
+/// [`probe`](Backend::probe) keeps its default, [`Probe::Unknown`](tierkit_core::Probe).
+///
+/// # Building
+///
+/// From a URL ([the grammar](crate#connecting)), with every other setting at its default:
+///
+/// ```no_run
+/// use tierkit_redis::RedisBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tierkit_redis::RedisError> {
+/// let standalone = RedisBackend::from_url("redis://:password@10.0.0.5:6379/0").await?;
+/// let cluster =
+///     RedisBackend::from_url("redis-cluster://10.0.0.5:7000?node=10.0.0.6:7000&node=10.0.0.7:7000")
+///         .await?;
+/// assert!(cluster.is_clustered() && !standalone.is_clustered());
+/// # Ok(()) }
+/// ```
+///
+/// With a builder ([`RedisBackendBuilder`] lists every setting and its default):
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tierkit_redis::RedisBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tierkit_redis::RedisError> {
+/// let l2 = RedisBackend::builder("redis-sentinel://10.0.0.5:26379?sentinelServiceName=cache")
+///     .namespace("shop")
+///     .command_timeout(Duration::from_millis(200))
+///     .connect_timeout(Duration::from_secs(2))
+///     .build()
+///     .await?;
+/// assert_eq!(l2.namespace(), "shop");
+/// # Ok(()) }
+/// ```
+///
+/// From a fred [`Config`](fred::types::config::Config), for settings a URL cannot express (the
+/// tier still applies its timeouts, its reconnect policy and `fail_fast`):
+///
+/// ```no_run
+/// use tierkit_redis::RedisBackend;
+/// use tierkit_redis::fred::types::config::{Config, ServerConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tierkit_redis::RedisError> {
+/// let config = Config {
+///     server: ServerConfig::new_centralized("10.0.0.5", 6379),
+///     username: Some("cache".into()),
+///     password: Some("secret".into()),
+///     ..Config::default()
+/// };
+/// let l2 = RedisBackend::builder(config).namespace("shop").build().await?;
+/// # drop(l2);
+/// # Ok(()) }
+/// ```
+///
+/// From a fred [`Client`] (or [`Pool`](fred::clients::Pool)) the application already runs: the
+/// tier uses it as it is, never connects nor closes it, and waits up to the connect timeout
+/// for it to be connected:
+///
+/// ```no_run
+/// use tierkit_redis::RedisBackend;
+/// use tierkit_redis::fred::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = Builder::from_config(Config::from_url("redis://10.0.0.5:6379")?).build()?;
+/// client.init().await?;
+/// let l2 = RedisBackend::builder(client.clone()).namespace("shop").build().await?;
+/// // ... the application keeps using `client` for its own commands ...
+/// # drop(l2);
+/// client.quit().await?; // the application closes it, after the tier's last use
+/// # Ok(()) }
+/// ```
+///
+/// # Key layout and hash tags
+///
+/// The Redis key of a [`CacheKey`] is the namespace, a colon, then the key's canonical bytes,
+/// unchanged: `shop:user:42`. Any key works, control characters, NUL and Unicode included
+/// ([`redis_key`](Self::redis_key) shows the exact bytes).
+///
+/// In a cluster, Redis places each key in a hash slot computed from the whole key, unless the
+/// key contains a *hash tag*: then only the text between the first `{` and the next `}` counts.
+/// The namespace cannot contain braces, so a hash tag is always in your key: give keys that
+/// belong together the same tag and they share a slot (and a node):
+///
+/// ```
+/// use tierkit_core::CacheKey;
+///
+/// // Both live in the slot of "user42": only the tag is hashed.
+/// let profile = CacheKey::new("{user42}:profile")?;
+/// let settings = CacheKey::new("{user42}:settings")?;
+/// # let slot = |key: &CacheKey| tierkit_redis::fred::util::redis_keyslot(key.as_bytes());
+/// assert_eq!(slot(&profile), slot(&settings));
+/// # Ok::<(), tierkit_core::BackendError>(())
+/// ```
+///
+/// Tags concentrate load: a tag shared by very many keys makes one node hot.
+///
+/// # Expiry
+///
+/// `set` stores the value's [envelope](tierkit_core::envelope) (its three timestamps, a
+/// checksum, the payload) with `SET key bytes PXAT expires_at`, so Redis removes the key when
+/// the value expires; a value expiring after the year 9999 is stored without expiry. A value
+/// that has already expired by the tier's [`Clock`] is not stored: the key is removed instead
+/// (`UNLINK`), so an older value cannot outlive the newer write.
+///
+/// `get` also checks `expires_at` against the tier's clock and answers a miss for an expired
+/// value (counted in [`RedisStats::expired_reads`]), so a value is never returned after its
+/// `expires_at`, whichever of the two clocks runs ahead. Redis expires by its own clock: if the
+/// tier's clock runs *behind* Redis', values disappear early by the difference (a
+/// [`ManualClock`](tierkit_core::ManualClock) set in the past makes every write expire at
+/// once).
+///
+/// ```
+/// use std::time::Duration;
+/// use tierkit_core::{Backend, CacheKey, CacheValue, Clock};
+/// use tierkit_redis::RedisBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let Ok(url) = std::env::var("TIERKIT_REDIS_URL") else { return Ok(()) }; // needs a server
+/// let tier = RedisBackend::builder(url.as_str()).namespace("doc-expiry").build().await?;
+/// let key = CacheKey::new("session:9")?;
+/// let now = Clock::System.now();
+///
+/// // Fresh for 30 s, then stale (still served, the caller decides) for 5 minutes.
+/// let value = CacheValue::with_ttl(&b"token"[..], now, Duration::from_secs(30))
+///     .with_stale_for(Duration::from_secs(300));
+/// tier.set(&key, value.clone()).await?; // SET doc-expiry:session:9 <envelope> PXAT <now + 330 s>
+/// assert_eq!(tier.get(&key).await?, Some(value));
+///
+/// // Writing an expired value removes the key.
+/// let expired = CacheValue::with_ttl(&b"old"[..], now, Duration::ZERO);
+/// tier.set(&key, expired).await?;
+/// assert_eq!(tier.get(&key).await?, None);
+/// # Ok(()) }
+/// ```
+///
+/// # Corrupt and foreign values
+///
+/// Bytes under the namespace that are not a whole, unaltered envelope (written by another
+/// program, truncated, bit-flipped) and keys holding another Redis type (a list, a hash) are
+/// answered as a **miss**, never as an error and never as another value. Each is counted by
+/// reason in [`stats`](Self::stats) (`decode_errors`) and in the `metrics` counter
+/// `tierkit_redis_decode_errors_total{reason}`, and traced at `debug` level with the key's
+/// length and the reason (never the payload). A composition then refills the key from its other
+/// tier; the next `set` overwrites the bad bytes.
+///
+/// ```
+/// use tierkit_core::{Backend, CacheKey};
+/// use tierkit_redis::RedisBackend;
+/// use tierkit_redis::fred::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let Ok(url) = std::env::var("TIERKIT_REDIS_URL") else { return Ok(()) }; // needs a server
+/// let tier = RedisBackend::builder(url.as_str()).namespace("doc-corrupt").build().await?;
+/// let key = CacheKey::new("config")?;
+///
+/// // Another program writes plain text under the tier's key.
+/// let raw = &tier.clients()[0];
+/// let text = "plain text written by another program: not an envelope";
+/// let _: () = raw.set(tier.redis_key(&key), text, None, None, false).await?;
+///
+/// assert_eq!(tier.get(&key).await?, None); // a miss, not an error
+/// assert_eq!(tier.stats().decode_errors.get("bad_magic"), 1);
+/// # tier.delete(&key).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Timeouts and reconnection
+///
+/// Every round trip is bounded by the [command timeout](RedisBackendBuilder::command_timeout)
+/// (1 s by default): past it, the operation fails with
+/// [`BackendError::Timeout`](tierkit_core::BackendError::Timeout), which is transient. While a
+/// connection is down, fred reconnects in the background
+/// ([`default_reconnect_policy`](Self::default_reconnect_policy): exponential, capped at 2 s,
+/// forever) and operations fail at once with a transient
+/// [`ErrorKind::Connection`](tierkit_core::ErrorKind::Connection) error, instead of queueing
+/// until the server returns: a cache would rather miss than wait. A connection on which Redis
+/// answers nothing for twice the command timeout (a hung server, or a half-open connection
+/// after a failover) is closed and reopened, whether or not commands keep coming (for the
+/// tier's own connections; an application's `Client` or `Pool` keeps its own settings).
+///
+/// Errors keep fred's error as their [`source`](std::error::Error::source). Their kinds:
+/// I/O, a dropped connection, cluster redirections and `CLUSTERDOWN`, `LOADING`, `BUSY`,
+/// backpressure are transient `Connection`; timeouts are `Timeout`; rejected credentials and
+/// missing ACL permissions are permanent `PermissionDenied`; configuration errors are permanent
+/// `Unsupported`; anything else is permanent `Internal`.
+///
+/// # `clear`
+///
+/// `clear` removes every key under `namespace:` and nothing else: it walks the keyspace with
+/// `SCAN MATCH <namespace>:* COUNT 500` on every primary (every node of a cluster, concurrently)
+/// and removes each page's keys with `UNLINK` (grouped by hash slot in a cluster, so no
+/// `CROSSSLOT` error). It never uses `KEYS` or `FLUSHDB`. Each round trip is bounded by the
+/// command timeout; the whole operation takes as long as the keyspace needs. Keys written while
+/// `clear` runs may or may not survive it; if the cluster's topology changes during `clear`, it
+/// fails with a transient error and can be run again.
+///
+/// [fred]: https://docs.rs/fred
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+/// What `build` hands over.
+pub(crate) struct Parts {
+    pub(crate) clients: Vec<Client>,
+    pub(crate) owned: bool,
+    pub(crate) servers: String,
+    pub(crate) namespace: Namespace,
+    pub(crate) label: Arc<str>,
+    pub(crate) clock: Clock,
+    pub(crate) command_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_value_bytes: usize,
+}
+
+struct Inner {
+    clients: Box<[Client]>,
+    /// One per client, for the tier's own clients only.
+    watchdogs: Box<[Arc<Watchdog>]>,
+    next: AtomicUsize,
+    /// Whether the tier made (and so must close) the clients.
+    owned: bool,
+    closed: AtomicBool,
+    clustered: bool,
+    servers: Box<str>,
+    /// Sent with every command: fred's timeout, and fail at once while disconnected.
+    options: Options,
+    namespace: Namespace,
+    label: Arc<str>,
+    clock: Clock,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    max_value_bytes: usize,
+    counters: Counters,
+}
+
+/// Notices a connection that keeps timing out while Redis answers nothing on it, and has fred
+/// reconnect it.
+///
+/// fred closes an unresponsive connection only after `max_timeout` *without a write*: under
+/// steady traffic to a server that stopped answering (a half-open connection after a failover,
+/// a blackholed network), every command times out and the connection is never replaced. The
+/// watchdog forces one reconnection when an operation times out and nothing was answered on the
+/// client for twice the command timeout.
+struct Watchdog {
+    started: Instant,
+    /// Milliseconds from `started` to the last answer of the server.
+    last_answer: AtomicU64,
+    reconnecting: AtomicBool,
+}
+
+impl Watchdog {
+    fn new() -> Self {
+        Watchdog {
+            started: Instant::now(),
+            last_answer: AtomicU64::new(0),
+            reconnecting: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn answered(&self) {
+        self.last_answer.fetch_max(self.now(), Ordering::Relaxed);
+    }
+
+    /// Whether the client should be reconnected now (and, if so, marks it reconnecting).
+    fn should_reconnect(&self, silence: Duration) -> bool {
+        let silent_for = self
+            .now()
+            .saturating_sub(self.last_answer.load(Ordering::Relaxed));
+        u128::from(silent_for) >= silence.as_millis()
+            && !self.reconnecting.swap(true, Ordering::AcqRel)
+    }
+
+    fn reconnected(&self) {
+        self.answered();
+        self.reconnecting.store(false, Ordering::Release);
+    }
+}
+
+impl RedisBackend {
+    /// The namespace when none is set: `tierkit`.
+    pub const DEFAULT_NAMESPACE: &'static str = "tierkit";
+    /// The command timeout when none is set: 1 s.
+    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The connect timeout when none is set: 5 s.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The largest payload accepted when no limit is set: 16 MiB.
+    pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
+    /// The `COUNT` hint of each `SCAN` page of [`clear`](Backend::clear).
+    pub const SCAN_COUNT: u32 = 500;
+
+    /// A builder connecting through `source`: a URL (`&str` or `String`), a fred
+    /// [`Config`](fred::types::config::Config), or a fred [`Client`] or
+    /// [`Pool`](fred::clients::Pool) the application owns. See [`RedisSource`].
+    pub fn builder(source: impl Into<RedisSource>) -> RedisBackendBuilder {
+        RedisBackendBuilder::new(source.into())
+    }
+
+    /// Connects to `url` with every setting at its default: namespace `tierkit`, 1 s command
+    /// timeout, 5 s connect timeout, 16 MiB values, one connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisBackendBuilder::build`].
+    pub async fn from_url(url: &str) -> Result<Self, RedisError> {
+        Self::builder(url).build().await
+    }
+
+    /// The reconnect policy used when none is set: exponential backoff from 100 ms, doubling,
+    /// capped at 2 s between attempts (jitter included), with no limit on the number of
+    /// attempts.
+    #[must_use]
+    pub fn default_reconnect_policy() -> ReconnectPolicy {
+        ReconnectPolicy::new_exponential(0, 100, 2_000, 2)
+    }
+
+    pub(crate) fn from_parts(parts: Parts) -> Self {
+        let clustered = parts.clients.first().is_some_and(ClientLike::is_clustered);
+        let options = Options {
+            timeout: Some(parts.command_timeout),
+            fail_fast: true,
+            ..Options::default()
+        };
+        let watchdogs = if parts.owned {
+            parts
+                .clients
+                .iter()
+                .map(|_| Arc::new(Watchdog::new()))
+                .collect()
+        } else {
+            Box::default()
+        };
+        RedisBackend {
+            inner: Arc::new(Inner {
+                clients: parts.clients.into_boxed_slice(),
+                watchdogs,
+                next: AtomicUsize::new(0),
+                owned: parts.owned,
+                closed: AtomicBool::new(false),
+                clustered,
+                servers: parts.servers.into_boxed_str(),
+                options,
+                namespace: parts.namespace,
+                label: parts.label,
+                clock: parts.clock,
+                command_timeout: parts.command_timeout,
+                connect_timeout: parts.connect_timeout,
+                max_value_bytes: parts.max_value_bytes,
+                counters: Counters::new(),
+            }),
+        }
+    }
+
+    /// A snapshot of the tier's counters: undecodable values by reason, and values found
+    /// expired. Shared by clones; starts at zero when the tier is built.
+    #[must_use]
+    pub fn stats(&self) -> RedisStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The namespace.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        self.inner.namespace.name()
+    }
+
+    /// The exact Redis key under which `key` is stored: `namespace:` followed by the key's
+    /// canonical bytes.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tierkit_core::CacheKey;
+    /// use tierkit_redis::RedisBackend;
+    ///
+    /// let tier = RedisBackend::builder("redis://127.0.0.1:6379").namespace("shop").build().await?;
+    /// assert_eq!(&tier.redis_key(&CacheKey::new("cart:7")?)[..], b"shop:cart:7");
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn redis_key(&self, key: &CacheKey) -> Bytes {
+        self.inner.namespace.redis_key(key)
+    }
+
+    /// The fred clients the tier sends its commands through (one unless
+    /// [`pool_size`](RedisBackendBuilder::pool_size) says otherwise), for commands of your
+    /// own. With an owned source, do not `quit` them: use [`shutdown`](Self::shutdown).
+    #[must_use]
+    pub fn clients(&self) -> &[Client] {
+        &self.inner.clients
+    }
+
+    /// Whether the tier talks to a Redis cluster.
+    #[must_use]
+    pub fn is_clustered(&self) -> bool {
+        self.inner.clustered
+    }
+
+    /// The bound of every round trip.
+    #[must_use]
+    pub fn command_timeout(&self) -> Duration {
+        self.inner.command_timeout
+    }
+
+    /// The largest payload `set` accepts, in bytes.
+    #[must_use]
+    pub fn max_value_bytes(&self) -> usize {
+        self.inner.max_value_bytes
+    }
+
+    /// The clock that decides expiry.
+    #[must_use]
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// Closes the connections the tier made (from a URL or a `Config`), waiting up to the
+    /// command timeout for each; a tier built on an application's `Client` or `Pool` leaves
+    /// them open. Afterwards, every operation of the tier and its clones fails with a permanent
+    /// [`ErrorKind::Connection`] error. Calling it again does nothing.
+    ///
+    /// Dropping the last clone of a tier that was not shut down closes its connections in the
+    /// background (when a tokio runtime is running).
+    pub async fn shutdown(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) || !self.inner.owned {
+            return;
+        }
+        let timeout = self.inner.command_timeout;
+        futures_util::future::join_all(
+            self.inner
+                .clients
+                .iter()
+                .map(|client| tokio::time::timeout(timeout, client.quit())),
+        )
+        .await;
+    }
+
+    fn span(&self, op: Op) -> tracing::Span {
+        tracing::debug_span!("tierkit.redis", op = %op, namespace = %self.inner.namespace.name())
+    }
+}
+
+/// Whether a read found bytes, nothing, or a key of another type.
+enum Read {
+    Found(Bytes),
+    Missing,
+    WrongType,
+}
+
+impl Inner {
+    /// The index of the client for the next command: the clients are used in turn.
+    fn pick(&self) -> usize {
+        let n = self.clients.len();
+        if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        }
+    }
+
+    /// The client for the next command.
+    fn client(&self) -> &Client {
+        &self.clients[self.pick()]
+    }
+
+    /// Records that the server answered on client `index`.
+    fn answered(&self, index: usize) {
+        if let Some(watchdog) = self.watchdogs.get(index) {
+            watchdog.answered();
+        }
+    }
+
+    /// Records a timeout on client `index`, and has fred reconnect it in the background when
+    /// the server has answered nothing on it for twice the command timeout (see [`Watchdog`]).
+    fn timed_out(&self, index: usize) {
+        let Some(watchdog) = self.watchdogs.get(index) else {
+            return;
+        };
+        if !watchdog.should_reconnect(self.command_timeout.saturating_mul(2)) {
+            return;
+        }
+        tracing::warn!(
+            tier = %self.label,
+            servers = %self.servers,
+            "redis answered nothing for twice the command timeout; reconnecting"
+        );
+        let client = self.clients[index].clone();
+        let watchdog = Arc::clone(watchdog);
+        let bound = self.connect_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(bound, client.force_reconnection()).await;
+            watchdog.reconnected();
+        });
+    }
+
+    /// Runs one round trip through the next client, bounded by the command timeout.
+    async fn call<T, F, Fut>(&self, op: Op, command: F) -> Result<T>
+    where
+        F: FnOnce(WithOptions<Client>) -> Fut,
+        Fut: Future<Output = Result<T, FredError>>,
+    {
+        self.call_with(op, &self.options, command).await
+    }
+
+    /// Runs one round trip with `options`, bounded by the command timeout.
+    async fn call_with<T, F, Fut>(&self, op: Op, options: &Options, command: F) -> Result<T>
+    where
+        F: FnOnce(WithOptions<Client>) -> Fut,
+        Fut: Future<Output = Result<T, FredError>>,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BackendError::tier(
+                Arc::clone(&self.label),
+                op,
+                ErrorKind::Connection,
+                false,
+                ShutDown,
+            ));
+        }
+        let index = self.pick();
+        let client = self.clients[index].with_options(options);
+        // fred's own timeout (in `options`) fires first when both are due: it also tells fred to
+        // drop the command instead of sending it late. This one bounds everything else.
+        match tokio::time::timeout(self.command_timeout, command(client)).await {
+            Ok(Ok(reply)) => {
+                self.answered(index);
+                Ok(reply)
+            }
+            Ok(Err(err)) => {
+                let err = map_error(&self.label, op, self.command_timeout, err);
+                match err.kind() {
+                    ErrorKind::Timeout => self.timed_out(index),
+                    ErrorKind::Connection => {}
+                    // Any other error is an answer of the server.
+                    _ => self.answered(index),
+                }
+                Err(err)
+            }
+            Err(_elapsed) => {
+                self.timed_out(index);
+                Err(BackendError::timeout(
+                    Arc::clone(&self.label),
+                    op,
+                    self.command_timeout,
+                ))
+            }
+        }
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<CacheValue>> {
+        let redis_key = self.namespace.redis_key(key);
+        let read = self
+            .call(Op::Get, |client| async move {
+                match client.get::<Option<Bytes>, _>(redis_key).await {
+                    Ok(Some(bytes)) => Ok(Read::Found(bytes)),
+                    Ok(None) => Ok(Read::Missing),
+                    Err(err) if is_wrong_type(&err) => Ok(Read::WrongType),
+                    Err(err) => Err(err),
+                }
+            })
+            .await?;
+        let bytes = match read {
+            Read::Found(bytes) => bytes,
+            Read::Missing => return Ok(None),
+            Read::WrongType => {
+                self.counters.decode_error(WRONG_TYPE);
+                tracing::debug!(
+                    key_len = key.len(),
+                    reason = WRONG_TYPE,
+                    "the key holds another Redis type than a string; answered as a miss"
+                );
+                return Ok(None);
+            }
+        };
+        match envelope::decode(&bytes, key) {
+            Ok(value) if value.is_expired(self.clock.now()) => {
+                self.counters.expired_read();
+                Ok(None)
+            }
+            Ok(value) => Ok(Some(value)),
+            Err(malformed) => {
+                self.counters.malformed(&malformed);
+                tracing::debug!(
+                    key_len = key.len(),
+                    value_len = bytes.len(),
+                    reason = malformed.reason(),
+                    detail = %malformed,
+                    "undecodable value in Redis; answered as a miss"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    async fn set(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
+        let len = value.payload().len();
+        if len > self.max_value_bytes {
+            return Err(BackendError::invalid_value(
+                Arc::clone(&self.label),
+                format!(
+                    "a payload of {len} bytes is larger than the tier's max_value_bytes ({})",
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        let redis_key = self.namespace.redis_key(key);
+        if value.is_expired(self.clock.now()) {
+            // The newest write says "nothing valid here": drop any older value.
+            return self
+                .call(Op::Set, |client| async move {
+                    client.unlink::<(), _>(redis_key).await
+                })
+                .await;
+        }
+        let expiry = expiration(value.expires_at());
+        let bytes = envelope::encode(&value, None);
+        self.call(Op::Set, |client| async move {
+            client
+                .set::<(), _, _>(redis_key, bytes, expiry, None, false)
+                .await
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<()> {
+        let redis_key = self.namespace.redis_key(key);
+        self.call(Op::Delete, |client| async move {
+            client.unlink::<(), _>(redis_key).await
+        })
+        .await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let nodes: Vec<Option<Server>> = if self.clustered {
+            let Some(routing) = self.client().cached_cluster_state() else {
+                return Err(BackendError::connection(
+                    Arc::clone(&self.label),
+                    Op::Clear,
+                    FredError::new(
+                        FredKind::Cluster,
+                        "the cluster's routing table is not known",
+                    ),
+                ));
+            };
+            routing
+                .unique_primary_nodes()
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        futures_util::future::try_join_all(nodes.into_iter().map(|node| self.clear_node(node)))
+            .await?;
+        Ok(())
+    }
+
+    /// Scans one primary (`None`: the only server) and removes every key of the namespace on
+    /// it, page by page.
+    async fn clear_node(&self, node: Option<Server>) -> Result<()> {
+        let options = Options {
+            cluster_node: node,
+            ..self.options.clone()
+        };
+        let mut cursor = String::from("0");
+        loop {
+            let pattern = self.namespace.pattern().to_owned();
+            let page: Value = self
+                .call_with(Op::Clear, &options, |client| async move {
+                    client
+                        .scan_page(cursor, pattern, Some(RedisBackend::SCAN_COUNT), None)
+                        .await
+                })
+                .await?;
+            let (next, keys) = parse_scan_page(page)
+                .map_err(|err| map_error(&self.label, Op::Clear, self.command_timeout, err))?;
+            if !keys.is_empty() {
+                self.unlink(keys).await?;
+            }
+            if next == "0" {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Removes `keys`: in one `UNLINK`, or in a cluster one per hash slot.
+    async fn unlink(&self, keys: Vec<Key>) -> Result<()> {
+        if !self.clustered {
+            return self
+                .call(Op::Clear, |client| async move {
+                    client.unlink::<(), _>(keys).await
+                })
+                .await;
+        }
+        let mut by_slot: BTreeMap<u16, Vec<Key>> = BTreeMap::new();
+        for key in keys {
+            by_slot.entry(key.cluster_hash()).or_default().push(key);
+        }
+        futures_util::future::try_join_all(by_slot.into_values().map(|keys| {
+            self.call(Op::Clear, |client| async move {
+                client.unlink::<(), _>(keys).await
+            })
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
+/// `SET ... PXAT expires_at`, or no expiry past the year 9999.
+fn expiration(expires_at: Timestamp) -> Option<Expiration> {
+    let millis = expires_at.as_unix_millis();
+    if millis > MAX_PXAT_MILLIS {
+        return None;
+    }
+    i64::try_from(millis).ok().map(Expiration::PXAT)
+}
+
+fn is_wrong_type(err: &FredError) -> bool {
+    err.details().starts_with("WRONGTYPE")
+}
+
+/// Takes a `SCAN` reply apart: the next cursor and the page's keys.
+fn parse_scan_page(page: Value) -> Result<(String, Vec<Key>), FredError> {
+    let malformed = || FredError::new(FredKind::Protocol, "unexpected SCAN reply");
+    let Value::Array(mut parts) = page else {
+        return Err(malformed());
+    };
+    let (Some(keys), Some(cursor), true) = (parts.pop(), parts.pop(), parts.is_empty()) else {
+        return Err(malformed());
+    };
+    let cursor = cursor
+        .into_bytes()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .ok_or_else(malformed)?;
+    let keys = match keys {
+        Value::Array(keys) => keys
+            .into_iter()
+            .map(|key| key.into_bytes().map(Key::from).ok_or_else(malformed))
+            .collect::<Result<Vec<_>, _>>()?,
+        Value::Null => Vec::new(),
+        _ => return Err(malformed()),
+    };
+    Ok((cursor, keys))
+}
+
+/// The source of the error of an operation on a tier that was shut down.
+#[derive(Debug)]
+struct ShutDown;
+
+impl fmt::Display for ShutDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the redis tier was shut down")
+    }
+}
+
+impl std::error::Error for ShutDown {}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.owned || *self.closed.get_mut() {
+            return;
+        }
+        // Close the connections the tier made; without a runtime, fred's tasks are gone anyway.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let timeout = self.command_timeout;
+            for client in self.clients.iter() {
+                let client = client.clone();
+                drop(runtime.spawn(async move {
+                    let _ = tokio::time::timeout(timeout, client.quit()).await;
+                }));
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    /// The label, the namespace, the servers (`host:port`) and the settings; never credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisBackend")
+            .field("label", &inner.label)
+            .field("namespace", &inner.namespace.name())
+            .field("servers", &inner.servers)
+            .field("clustered", &inner.clustered)
+            .field("connections", &inner.clients.len())
+            .field("owned", &inner.owned)
+            .field("command_timeout", &inner.command_timeout)
+            .field("max_value_bytes", &inner.max_value_bytes)
+            .field("clock", &inner.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for RedisBackend {
+    fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a> {
+        TierFuture::pending(self.inner.get(key).instrument(self.span(Op::Get)))
+    }
+
+    fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        TierFuture::pending(self.inner.set(key, value).instrument(self.span(Op::Set)))
+    }
+
+    fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {
+        TierFuture::pending(self.inner.delete(key).instrument(self.span(Op::Delete)))
+    }
+
+    fn clear(&self) -> WriteFuture<'_> {
+        TierFuture::pending(self.inner.clear().instrument(self.span(Op::Clear)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_pxat_until_year_9999() {
+        let at = Timestamp::from_unix_millis(1_700_000_000_123);
+        assert_eq!(expiration(at), Some(Expiration::PXAT(1_700_000_000_123)));
+        assert_eq!(
+            expiration(Timestamp::from_unix_millis(MAX_PXAT_MILLIS)),
+            Some(Expiration::PXAT(253_402_300_799_999))
+        );
+        assert_eq!(
+            expiration(Timestamp::from_unix_millis(MAX_PXAT_MILLIS + 1)),
+            None
+        );
+        assert_eq!(expiration(Timestamp::MAX), None);
+    }
+
+    #[test]
+    fn scan_pages_are_parsed() {
+        let page = Value::Array(vec![
+            Value::from("17"),
+            Value::Array(vec![
+                Value::from("ns:a"),
+                Value::Bytes(Bytes::from_static(b"ns:\0\xff")),
+            ]),
+        ]);
+        let (cursor, keys) = parse_scan_page(page).unwrap();
+        assert_eq!(cursor, "17");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].as_bytes(), b"ns:\0\xff");
+        let last = Value::Array(vec![Value::from("0"), Value::Array(vec![])]);
+        assert_eq!(parse_scan_page(last).unwrap(), ("0".to_owned(), vec![]));
+        for bad in [
+            Value::Null,
+            Value::Array(vec![Value::from("0")]),
+            Value::Array(vec![Value::from("0"), Value::from(1), Value::from(2)]),
+            Value::Array(vec![Value::from("0"), Value::Integer(3)]),
+        ] {
+            assert!(parse_scan_page(bad).is_err());
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Helpers shared by the test binaries: the Redis servers named by the environment (skipping,
+//! or failing loudly in CI, when they are missing), tiers with unique namespaces, raw fred
+//! clients, and a fake server that stops answering after the handshake.
+//!
+//! The servers come only from environment variables, set by `cargo xtask test` / `ci`:
+//! `TIERKIT_REDIS_URL` (standalone), `TIERKIT_REDIS_CLUSTER_URL` (cluster), and
+//! `TIERKIT_REQUIRE_SERVICES=1` to make a missing variable a failure instead of a skip.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tierkit_core::{BackendError, CacheKey};
+use tierkit_redis::RedisBackendBuilder;
+use tierkit_redis::fred::prelude::*;
+use tierkit_redis::{RedisBackend, fred};
+use tierkit_testkit::ConformanceContext;
+use tierkit_testkit::conformance::skip;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The standalone server.
+pub const STANDALONE: &str = "TIERKIT_REDIS_URL";
+/// The cluster.
+pub const CLUSTER: &str = "TIERKIT_REDIS_CLUSTER_URL";
+/// Set (to anything but `0`) in CI: a missing server is then a failure, not a skip.
+pub const REQUIRE: &str = "TIERKIT_REQUIRE_SERVICES";
+
+/// A command timeout generous enough for 16 MiB values on a loaded two-core CI machine; the
+/// default (1 s) is checked by the unit tests and by the timeout tests below.
+pub const TEST_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn required() -> bool {
+    std::env::var(REQUIRE).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0")
+}
+
+/// The URL in `var`, or the error that skips a conformance case when it is unset (and the
+/// services are not required).
+///
+/// # Panics
+///
+/// When `var` is unset and `TIERKIT_REQUIRE_SERVICES` is set.
+pub fn server_url(var: &str) -> Result<String, BackendError> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Ok(url),
+        _ if required() => panic!(
+            "{var} is not set, but {REQUIRE} is: the Redis servers were not started \
+             (run the tests through `cargo xtask test`)"
+        ),
+        _ => Err(skip(format!(
+            "{var} is not set; run the tests through `cargo xtask test` to start Redis"
+        ))),
+    }
+}
+
+/// The URL in `var`, or returns from the calling test after printing `skipped: ...`.
+#[macro_export]
+macro_rules! require_server {
+    ($var:expr) => {
+        match common::server_url($var) {
+            Ok(url) => url,
+            Err(_) => {
+                eprintln!("skipped: {} is not set", $var);
+                return;
+            }
+        }
+    };
+}
+
+/// A namespace no other test (or run) uses.
+pub fn unique_namespace(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("tkr-{}-{millis}-{n}-{name}", std::process::id())
+}
+
+/// A builder for the server at `url`, with the test command timeout.
+pub fn builder(url: &str, namespace: &str) -> RedisBackendBuilder {
+    RedisBackend::builder(url)
+        .namespace(namespace)
+        .command_timeout(TEST_COMMAND_TIMEOUT)
+}
+
+/// The tier a conformance case asks for: the context's namespace and clock.
+pub async fn conformance_tier(
+    var: &str,
+    ctx: &ConformanceContext,
+) -> Result<RedisBackend, BackendError> {
+    let url = server_url(var)?;
+    Ok(builder(&url, ctx.namespace())
+        .clock(ctx.clock())
+        .build()
+        .await?)
+}
+
+/// A fred client of the test's own, connected to `url`, for raw commands.
+pub async fn raw_client(url: &str) -> Client {
+    let config = Config::from_url(url).expect("a valid server URL");
+    let client = Builder::from_config(config)
+        .with_performance_config(|perf| perf.default_command_timeout = TEST_COMMAND_TIMEOUT)
+        .build()
+        .expect("a fred client");
+    client.init().await.expect("the raw client connects");
+    client
+}
+
+/// A key from a string.
+pub fn k(s: &str) -> CacheKey {
+    CacheKey::new(s).expect("a valid key")
+}
+
+/// The number of keys matching `pattern` on each primary (one entry for a standalone server),
+/// counted with `SCAN` on each node.
+pub async fn count_keys_per_primary(raw: &Client, pattern: &str) -> Vec<usize> {
+    let nodes: Vec<Option<fred::types::config::Server>> = if raw.is_clustered() {
+        raw.cached_cluster_state()
+            .expect("a cluster routing table")
+            .unique_primary_nodes()
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None]
+    };
+    let mut counts = Vec::new();
+    for node in nodes {
+        let client = match node {
+            Some(node) => raw.with_cluster_node(node),
+            None => raw.with_options(&fred::types::config::Options::default()),
+        };
+        let mut cursor = String::from("0");
+        let mut count = 0;
+        loop {
+            let (next, keys): (String, Vec<Value>) = client
+                .scan_page(cursor, pattern, Some(1_000), None)
+                .await
+                .expect("SCAN");
+            count += keys.len();
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        counts.push(count);
+    }
+    counts
+}
+
+/// A free local port with nothing listening on it (bound, then released).
+pub async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("an address").port()
+}
+
+/// A fake server on a local port that answers the handshake fred sends on each connection
+/// (`PING`, `CLIENT ID`, `INFO`) and then never answers anything else: a Redis that hangs.
+/// Returns its port and the number of connections it accepted so far; it runs until the
+/// test's runtime ends.
+pub async fn silent_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("an address").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(answer_handshake_only(socket));
+        }
+    });
+    (port, accepted)
+}
+
+async fn answer_handshake_only(mut socket: TcpStream) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some((name, used)) = parse_command(&buffer) {
+            buffer.drain(..used);
+            let reply: Vec<u8> = match name.to_ascii_uppercase().as_slice() {
+                b"PING" => b"+PONG\r\n".to_vec(),
+                b"CLIENT" => b":7\r\n".to_vec(),
+                b"INFO" => {
+                    let info = "# Server\r\nredis_version:7.0.0\r\n";
+                    format!("${}\r\n{info}\r\n", info.len()).into_bytes()
+                }
+                b"QUIT" => b"+OK\r\n".to_vec(),
+                // GET, SET, UNLINK, SCAN...: hang.
+                _ => continue,
+            };
+            if socket.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Parses one RESP command (an array of bulk strings) at the start of `buffer`: its name and
+/// the number of bytes it used, or `None` when incomplete.
+fn parse_command(buffer: &[u8]) -> Option<(Vec<u8>, usize)> {
+    fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = buffer.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
+        Some((&buffer[at..end], end + 2))
+    }
+    fn number(text: &[u8]) -> Option<usize> {
+        std::str::from_utf8(text).ok()?.parse().ok()
+    }
+    let (header, mut at) = line(buffer, 0)?;
+    let count = number(header.strip_prefix(b"*")?)?;
+    let mut name = None;
+    for _ in 0..count {
+        let (len_line, next) = line(buffer, at)?;
+        let len = number(len_line.strip_prefix(b"$")?)?;
+        let data = buffer.get(next..next + len)?;
+        if buffer.get(next + len..next + len + 2)? != b"\r\n" {
+            return None;
+        }
+        name.get_or_insert_with(|| data.to_vec());
+        at = next + len + 2;
+    }
+    Some((name.unwrap_or_default(), at))
+}
