@@ -8,8 +8,14 @@ use crate::services::{self, CLUSTER_MASTERS, Services};
 /// (0.20.2 builds with rustc 1.95; its MSRV is 1.88.)
 pub const CARGO_DENY_VERSION: &str = "0.20.2";
 
-/// The crate whose dependency graph must stay free of backend clients.
-const POLICY_CRATE: &str = "tierkit-policy";
+/// Crates whose dependency graphs (dev-dependencies and every feature included) must stay
+/// free of some backend clients, with the name prefixes they must not depend on.
+const HYGIENE: &[(&str, &[&str])] = &[
+    ("tierkit-policy", FORBIDDEN_IN_POLICY),
+    ("tierkit-core", FORBIDDEN_IN_POLICY),
+    ("tierkit-moka", &["fred", "aws-", "aws_"]),
+    ("tierkit-redis", &["aws-", "aws_"]),
+];
 
 /// Name prefixes of crates `tierkit-policy` must not depend on, even as a dev-dependency.
 const FORBIDDEN_IN_POLICY: &[&str] = &["moka", "fred", "aws-", "aws_"];
@@ -137,46 +143,50 @@ pub fn build() -> Step {
     )
 }
 
-/// Checks that `tierkit-policy` depends on no backend client (moka, fred, the AWS SDK),
-/// through normal, build or dev dependencies.
+/// Checks that each crate of [`HYGIENE`] depends on none of its forbidden backend clients
+/// (moka, fred, the AWS SDK), through normal, build or dev dependencies, with every feature.
 pub fn deps() -> Step {
-    let tree = Cmd::cargo([
-        "tree",
-        "-p",
-        POLICY_CRATE,
-        "--all-features",
-        "-e",
-        "normal,build,dev",
-        "--prefix",
-        "none",
-    ]);
+    let summary = HYGIENE
+        .iter()
+        .map(|(krate, forbidden)| format!("{krate}: no {}*", forbidden.join("*, ")))
+        .collect::<Vec<_>>()
+        .join("; ");
     Step::custom(
         "deps",
-        format!(
-            "{} must list no crate named {}*",
-            tree.display(),
-            FORBIDDEN_IN_POLICY.join("*, ")
-        ),
-        move |ws| {
-            let output = tree.output(ws)?;
-            let offending = forbidden_lines(&output);
-            if offending.is_empty() {
-                println!("{POLICY_CRATE} depends on no backend client crate");
-                return Ok(());
+        format!("cargo tree -p <crate> --all-features -e normal,build,dev: {summary}"),
+        |ws| {
+            for (krate, forbidden) in HYGIENE {
+                let tree = Cmd::cargo([
+                    "tree",
+                    "-p",
+                    krate,
+                    "--all-features",
+                    "-e",
+                    "normal,build,dev",
+                    "--prefix",
+                    "none",
+                ]);
+                let output = tree.output(ws)?;
+                let offending = forbidden_lines(&output, forbidden);
+                if offending.is_empty() {
+                    println!("{krate} depends on none of {}*", forbidden.join("*, "));
+                    continue;
+                }
+                let mut reason = format!(
+                    "{krate} must not depend on {}*, but its tree has:",
+                    forbidden.join("*, ")
+                );
+                for line in offending {
+                    reason.push_str("\n    ");
+                    reason.push_str(line);
+                }
+                reason.push_str(&format!(
+                    "\nsee which crate pulls one in with: cargo tree -p {krate} \
+                     -e normal,build,dev -i <crate>"
+                ));
+                return Err(tree.failure(reason));
             }
-            let mut reason = format!(
-                "{POLICY_CRATE} must not depend on backend clients ({}*), but its tree has:",
-                FORBIDDEN_IN_POLICY.join("*, ")
-            );
-            for line in offending {
-                reason.push_str("\n    ");
-                reason.push_str(line);
-            }
-            reason.push_str(&format!(
-                "\nsee which crate pulls one in with: cargo tree -p {POLICY_CRATE} \
-                 -e normal,build,dev -i <crate>"
-            ));
-            Err(tree.failure(reason))
+            Ok(())
         },
     )
 }
@@ -341,17 +351,15 @@ fn member_packages(metadata: &str) -> Result<Vec<String>, String> {
 
 /// The distinct lines of `cargo tree --prefix none` output that name a forbidden crate
 /// (a `(*)` mark for an already listed crate is dropped).
-fn forbidden_lines(tree: &str) -> Vec<&str> {
+fn forbidden_lines<'a>(tree: &'a str, forbidden: &[&str]) -> Vec<&'a str> {
     let mut offending: Vec<&str> = Vec::new();
     for line in tree
         .lines()
         .map(|line| line.trim().trim_end_matches("(*)").trim_end())
     {
         let name = line.split_whitespace().next().unwrap_or("");
-        let forbidden = FORBIDDEN_IN_POLICY
-            .iter()
-            .any(|prefix| name.starts_with(prefix));
-        if forbidden && !offending.contains(&line) {
+        let is_forbidden = forbidden.iter().any(|prefix| name.starts_with(prefix));
+        if is_forbidden && !offending.contains(&line) {
             offending.push(line);
         }
     }
@@ -396,7 +404,7 @@ mod tests {
                     bytes v1.11.0\n\
                     awsome v1.0.0\n";
         assert_eq!(
-            forbidden_lines(tree),
+            forbidden_lines(tree, super::FORBIDDEN_IN_POLICY),
             [
                 "moka v0.12.16",
                 "fred v10.1.0",
@@ -404,7 +412,13 @@ mod tests {
                 "aws_lc_rs v1.0.0",
             ]
         );
-        assert!(forbidden_lines("tierkit-policy v0.1.0\nbytes v1.11.0\n").is_empty());
+        assert!(
+            forbidden_lines(
+                "tierkit-policy v0.1.0\nbytes v1.11.0\n",
+                super::FORBIDDEN_IN_POLICY
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub enum Op {
     Delete,
     /// A removal of every key the tier holds for this cache.
     Clear,
+    /// Establishing the tier's connection (building a remote tier).
+    Connect,
 }
 
 impl Op {
@@ -78,6 +80,7 @@ impl Op {
             Op::Set => "set",
             Op::Delete => "delete",
             Op::Clear => "clear",
+            Op::Connect => "connect",
         }
     }
 }

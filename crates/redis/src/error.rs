@@ -125,17 +125,15 @@ impl RedisError {
 
 /// A build failure as a [`BackendError`] of the tier `redis`.
 ///
-/// [`BackendError`] names an operation; a build failure is reported as a failed
-/// [`Op::Get`], the first operation that would have needed the connection. The
-/// [`RedisError`] is kept as the source, so its message (with the servers) and its kind are
-/// not lost.
+/// A build failure is reported as a failed [`Op::Connect`]. The [`RedisError`] is kept as the
+/// source, so its message (with the servers) and its kind are not lost.
 impl From<RedisError> for BackendError {
     fn from(err: RedisError) -> Self {
         let (kind, transient) = (err.kind(), err.is_transient());
         if kind == ErrorKind::Connection && transient {
-            BackendError::connection("redis", Op::Get, err)
+            BackendError::connection("redis", Op::Connect, err)
         } else {
-            BackendError::tier("redis", Op::Get, kind, transient, err)
+            BackendError::tier("redis", Op::Connect, kind, transient, err)
         }
     }
 }
