@@ -118,7 +118,8 @@ pub fn build() -> Step {
     Step::custom(
         "build",
         "cargo build -p <each workspace crate but xtask>; \
-         cargo build -p tierkit --no-default-features",
+         cargo build -p tierkit --no-default-features; \
+         cargo build -p tierkit --features redis",
         |ws| {
             let metadata = Cmd::cargo(["metadata", "--no-deps", "--format-version", "1"]);
             let packages = member_packages(&metadata.output(ws)?)
@@ -133,6 +134,13 @@ pub fn build() -> Step {
                 "-p",
                 "tierkit",
                 "--no-default-features",
+            ]));
+            commands.push(Cmd::cargo([
+                "build",
+                "-p",
+                "tierkit",
+                "--features",
+                "redis",
             ]));
             for cmd in &commands {
                 println!("--> {}", cmd.display());
