@@ -227,6 +227,21 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 /// after a failover) is closed and reopened, whether or not commands keep coming (for the
 /// tier's own connections; an application's `Client` or `Pool` keeps its own settings).
 ///
+/// # Cluster node failures
+///
+/// fred 10 keeps one connection state for a whole cluster client: when a primary dies, the
+/// client reconnects as a whole, and a reconnection succeeds only once every primary listed in
+/// `CLUSTER SLOTS` answers. So while a primary is down, operations on **every** slot fail at
+/// once with a transient `Connection` error (a call or two may time out first), not only those
+/// of the dead primary's slots. With a replica, Redis promotes it after the cluster's node
+/// timeout, and the tier works again on every slot at its next reconnection attempt (about
+/// 4 to 6 s after the failure with a 2 s node timeout); the cluster reconnection policy,
+/// [`RedisBackend::default_cluster_reconnect_policy`], is capped at 300 ms for that reason.
+/// Without a replica the dead primary's slots are
+/// lost until it returns, and Redis refuses every key meanwhile (`CLUSTERDOWN`, with the
+/// default `cluster-require-full-coverage yes`). In a composition, the in-process tier keeps
+/// serving its keys throughout.
+///
 /// Errors keep fred's error as their [`source`](std::error::Error::source). Their kinds:
 /// I/O, a dropped connection, cluster redirections and `CLUSTERDOWN`, `LOADING`, `BUSY`,
 /// backpressure are transient `Connection`; timeouts are `Timeout`; rejected credentials and
@@ -365,6 +380,17 @@ impl RedisBackend {
     #[must_use]
     pub fn default_reconnect_policy() -> ReconnectPolicy {
         ReconnectPolicy::new_exponential(0, 100, 2_000, 2)
+    }
+
+    /// The reconnection policy of a tier built from a cluster URL or `Config`: exponential from
+    /// 100 ms, doubling, capped at 300 ms between attempts, forever.
+    ///
+    /// The cap is short because a cluster client reconnects as a whole: while one primary is
+    /// down, every slot fails fast, and the tier recovers at the first attempt after the
+    /// failover completes (see "Cluster node failures" on [`RedisBackend`]).
+    #[must_use]
+    pub fn default_cluster_reconnect_policy() -> ReconnectPolicy {
+        ReconnectPolicy::new_exponential(0, 100, 300, 2)
     }
 
     pub(crate) fn from_parts(parts: Parts) -> Self {

@@ -134,7 +134,7 @@ pub struct RedisBackendBuilder {
     clock: Clock,
     label: Arc<str>,
     pool_size: usize,
-    reconnect: ReconnectPolicy,
+    reconnect: Option<ReconnectPolicy>,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -164,7 +164,7 @@ impl RedisBackendBuilder {
             clock: Clock::System,
             label: Arc::from("redis"),
             pool_size: 1,
-            reconnect: RedisBackend::default_reconnect_policy(),
+            reconnect: None,
         }
     }
 
@@ -262,10 +262,12 @@ impl RedisBackendBuilder {
     /// Applies to URL and [`Config`] sources; ignored with a [`Client`] or [`Pool`] (they keep
     /// their own).
     ///
-    /// Default: [`RedisBackend::default_reconnect_policy`]: exponential from 100 ms, doubling,
-    /// capped at 2 s between attempts, forever.
+    /// Default: [`RedisBackend::default_reconnect_policy`] (exponential from 100 ms, doubling,
+    /// capped at 2 s between attempts, forever), or in a cluster
+    /// [`RedisBackend::default_cluster_reconnect_policy`] (capped at 300 ms: see "Cluster node
+    /// failures" on [`RedisBackend`]).
     pub fn reconnect_policy(mut self, policy: ReconnectPolicy) -> Self {
-        self.reconnect = policy;
+        self.reconnect = Some(policy);
         self
     }
 
@@ -373,7 +375,7 @@ struct Connect {
     command_timeout: Duration,
     connect_timeout: Duration,
     pool_size: usize,
-    reconnect: ReconnectPolicy,
+    reconnect: Option<ReconnectPolicy>,
 }
 
 impl Connect {
@@ -408,7 +410,13 @@ impl Connect {
                     config.clone(),
                     Some(perf.clone()),
                     Some(connection.clone()),
-                    Some(self.reconnect.clone()),
+                    Some(self.reconnect.clone().unwrap_or_else(|| {
+                        if config.server.is_clustered() {
+                            RedisBackend::default_cluster_reconnect_policy()
+                        } else {
+                            RedisBackend::default_reconnect_policy()
+                        }
+                    })),
                 )
             })
             .collect();
@@ -554,9 +562,15 @@ mod tests {
         assert_eq!(builder.max_value_bytes, 16 << 20);
         assert_eq!(&*builder.label, "redis");
         assert_eq!(builder.pool_size, 1);
+        // None: the default depends on the deployment, decided at build.
+        assert_eq!(builder.reconnect, None);
         assert_eq!(
-            builder.reconnect,
+            RedisBackend::default_reconnect_policy(),
             ReconnectPolicy::new_exponential(0, 100, 2_000, 2)
+        );
+        assert_eq!(
+            RedisBackend::default_cluster_reconnect_policy(),
+            ReconnectPolicy::new_exponential(0, 100, 300, 2)
         );
     }
 }

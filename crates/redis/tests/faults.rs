@@ -1,0 +1,940 @@
+//! Faults of real servers, on private `redis-server` processes of `tierkit-services` (never the
+//! shared test services, never a fixed port): a standalone server stopped mid-run and
+//! restarted, garbage bytes under a key, a cluster master killed with and without a replica to
+//! take over.
+//!
+//! What every test checks:
+//!
+//! * **No hang**: each call returns within the command timeout (400 ms) + 1 s, measured with
+//!   [`Instant`]. That is the only timing assertion; the only waits are bounded polls for a
+//!   server, a failover or a reconnection, each with a deadline.
+//! * **Typed errors**: a failed call is a transient `Connection` or `Timeout` error of the
+//!   `redis` tier; a value read is never a wrong one.
+//! * **Recovery**: the same tier (no new backend) works again once the servers are back.
+//! * **Process hygiene**: once a test's servers are dropped, none of their processes remains.
+//!
+//! Tests that need `redis-server` skip without it, unless `TIERKIT_REQUIRE_SERVICES` is set
+//! (`cargo xtask test` sets it): then they fail.
+
+// Helpers outside `#[test]` functions fail the test that calls them with expect and panic,
+// as the tests themselves may (see clippy.toml).
+#![allow(clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::{k, unique_namespace};
+use tierkit_core::{Backend, BackendError, CacheKey, CacheValue, Clock, ErrorKind, Probe};
+use tierkit_moka::MokaBackend;
+use tierkit_policy::Composition;
+use tierkit_redis::RedisBackend;
+use tierkit_services::{RedisBinaries, RedisCluster, RedisServer, RedisServerOptions};
+use tracing::Level;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The command timeout of every tier here: small, so that the tests are fast.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// The bound every call must return within: the command timeout + 1 s.
+const BOUND: Duration = COMMAND_TIMEOUT.saturating_add(Duration::from_secs(1));
+
+const HOUR: Duration = Duration::from_secs(3_600);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// The Redis binaries, or `None` (after printing `skipped: ...`) when they are missing and not
+/// required.
+fn binaries() -> Option<RedisBinaries> {
+    RedisBinaries::for_tests().expect("redis-server and redis-cli (TIERKIT_REQUIRE_SERVICES)")
+}
+
+/// A tier on `url` with the small command timeout and a namespace of its own.
+async fn tier(url: &str, name: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .namespace(&unique_namespace(name))
+        .command_timeout(COMMAND_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("the tier connects")
+}
+
+/// A value fresh for an hour.
+fn value(payload: &str) -> CacheValue {
+    CacheValue::with_ttl(payload.as_bytes().to_vec(), Clock::System.now(), HOUR)
+}
+
+/// Awaits `call`, asserting that it returned within [`BOUND`].
+async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = call.await;
+    let took = started.elapsed();
+    assert!(
+        took <= BOUND,
+        "{what} returned after {took:?}, past the command timeout + 1 s ({BOUND:?})"
+    );
+    out
+}
+
+/// Asserts that `err` is a transient `Connection` or `Timeout` error of the `redis` tier.
+fn assert_transient(what: &str, err: &BackendError) {
+    assert!(
+        matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{what}: {err:?}"
+    );
+    assert!(err.is_transient(), "{what}: {err:?}");
+    assert_eq!(err.tier_label(), Some("redis"), "{what}: {err:?}");
+}
+
+/// The value of `field` in an `INFO`-style text.
+fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned())
+}
+
+/// `cluster_state` (`ok` or `fail`) as `node` reports it.
+fn cluster_state(node: &RedisServer) -> String {
+    let info = node.command(&["CLUSTER", "INFO"]).expect("CLUSTER INFO");
+    info_field(&info, "cluster_state").unwrap_or_default()
+}
+
+/// Polls `ready` every 50 ms until it holds, failing the test after `deadline`.
+async fn poll_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if ready() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() <= deadline,
+            "{what}: not done within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process hygiene
+
+/// The processes of a test's servers: every pid they ever had and their ports. Once the
+/// servers are dropped, [`Processes::assert_gone`] checks that none of them remains.
+#[derive(Default)]
+struct Processes {
+    pids: Vec<u32>,
+    ports: Vec<u16>,
+}
+
+impl Processes {
+    /// Records the current process of each running server.
+    fn record<'a>(&mut self, servers: impl IntoIterator<Item = &'a RedisServer>) {
+        for server in servers {
+            if let Some(pid) = server.pid()
+                && !self.pids.contains(&pid)
+            {
+                self.pids.push(pid);
+            }
+            if !self.ports.contains(&server.port()) {
+                self.ports.push(server.port());
+            }
+        }
+    }
+
+    /// Asserts that no recorded pid is a `redis-server` any more, and that no `redis-server`
+    /// process (a fork included) serves one of the recorded ports.
+    fn assert_gone(&self) {
+        assert!(!self.pids.is_empty(), "no process was recorded");
+        for pid in &self.pids {
+            if let Some(cmdline) = cmdline(*pid) {
+                assert!(
+                    !cmdline.contains("redis-server"),
+                    "redis-server {pid} survived its test: {cmdline}"
+                );
+            }
+        }
+        let entries = std::fs::read_dir("/proc").expect("/proc");
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(cmdline) = cmdline(pid) else {
+                continue;
+            };
+            if !cmdline.contains("redis-server") {
+                continue;
+            }
+            for port in &self.ports {
+                assert!(
+                    !cmdline.contains(&format!("127.0.0.1:{port}")),
+                    "a redis-server on port {port} survived its test: pid {pid}, {cmdline}"
+                );
+            }
+        }
+    }
+}
+
+/// The command line of `pid` (Redis rewrites its own as `redis-server 127.0.0.1:PORT`), or
+/// `None` when there is no such process.
+fn cmdline(pid: u32) -> Option<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&bytes).replace('\0', " "))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log capture
+
+/// Log output captured from the current thread while its guard lives (the tests run on
+/// current-thread runtimes, so every task logs on this thread).
+struct Capture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+/// A [`MakeWriter`] appending to a shared buffer.
+#[derive(Clone)]
+struct BufferWriter(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for BufferWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferWriter {
+    type Writer = BufferWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Captures every event at `level` or above emitted on this thread until the returned
+/// [`Capture`] is dropped.
+fn capture(level: Level) -> Capture {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(BufferWriter(Arc::clone(&buffer)))
+        .with_max_level(level)
+        .with_ansi(false)
+        .without_time()
+        .finish();
+    Capture {
+        buffer,
+        _guard: tracing::subscriber::set_default(subscriber),
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_owned()
+    }
+
+    /// How many captured lines contain every one of `parts`.
+    fn count(&self, parts: &[&str]) -> usize {
+        self.text()
+            .lines()
+            .filter(|line| parts.iter().all(|part| line.contains(part)))
+            .count()
+    }
+
+    /// Asserts that exactly `expected` captured lines contain every one of `parts`.
+    fn assert_count(&self, expected: usize, parts: &[&str]) {
+        let found = self.count(parts);
+        assert_eq!(
+            found,
+            expected,
+            "expected {expected} log line(s) with {parts:?}, found {found}; captured:\n{}",
+            self.text()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A standalone server stopped mid-run
+
+/// The warning of the optimistic parallel write when Redis failed and moka holds the value.
+const WRITE_WARNING: [&str; 3] = [
+    "WARN",
+    "write failed on one tier; the other tier holds the value",
+    "tier=l2 (redis)",
+];
+
+/// The warning of a composition read that missed L1 and failed on Redis.
+const READ_WARNING: [&str; 3] = [
+    "WARN",
+    "read failed on one tier and the other missed",
+    "tier=l2 (redis)",
+];
+
+/// The warning of a composition delete that failed on Redis.
+const DELETE_WARNING: [&str; 3] = ["WARN", "removal failed on one tier", "tier=l2 (redis)"];
+
+/// Moka over Redis (default policies: sequential read, optimistic parallel write), and the
+/// Redis tier alone. The server is killed mid-run: every call returns within the bound; keys
+/// in moka are still served; keys only in Redis fail with Redis' own typed, transient error
+/// (read table: L1 miss + L2 error → L2's error); writes through the composition succeed on
+/// moka and warn naming `l2 (redis)`; deletes fail with Redis' error after removing the key
+/// from moka; the bare tier fails fast with typed transient errors. Restarted on the same port
+/// (empty: no persistence), the same tier and composition work again within a few seconds.
+#[tokio::test]
+async fn a_stopped_server_fails_fast_and_the_same_tier_recovers_after_restart() {
+    let Some(binaries) = binaries() else {
+        return;
+    };
+    let server = RedisServer::start(&binaries, RedisServerOptions::new()).expect("a server");
+    let mut processes = Processes::default();
+    processes.record([&server]);
+    let logs = capture(Level::WARN);
+
+    let l2 = tier(&server.url(), "stopped").await;
+    let l1 = MokaBackend::new(1_000);
+    let cache = Composition::new(l1.clone(), l2.clone());
+
+    // Before: N keys through the composition; half of them then leave moka, so that they live
+    // only in Redis. Keys to delete later, and one key to probe the bare tier with.
+    const N: usize = 8;
+    const ROUNDS: usize = 3;
+    let keys: Vec<CacheKey> = (0..N).map(|i| k(&format!("user:{i}"))).collect();
+    let values: Vec<CacheValue> = (0..N).map(|i| value(&format!("value {i}"))).collect();
+    let doomed: Vec<CacheKey> = (0..ROUNDS).map(|i| k(&format!("doomed:{i}"))).collect();
+    for (key, value) in keys.iter().zip(&values) {
+        cache.set(key, value.clone()).await.expect("set");
+    }
+    for key in &doomed {
+        cache.set(key, value("doomed")).await.expect("set");
+    }
+    let (in_l1, only_in_redis): (Vec<usize>, Vec<usize>) = (0..N).partition(|i| i % 2 == 0);
+    for i in &only_in_redis {
+        l1.delete(&keys[*i]).await.expect("moka delete");
+        assert_eq!(
+            l2.get(&keys[*i]).await.expect("redis get"),
+            Some(values[*i].clone())
+        );
+    }
+    logs.assert_count(0, &["WARN"]);
+
+    server.stop().expect("stop");
+    assert!(!server.is_running());
+
+    let mut transient_errors = 0;
+    for (round, doomed_key) in doomed.iter().enumerate() {
+        for i in &in_l1 {
+            let got = bounded("get of a key in moka", cache.get(&keys[*i])).await;
+            assert_eq!(got.expect("served by moka"), Some(values[*i].clone()));
+        }
+        for i in &only_in_redis {
+            let err = bounded("get of a key only in redis", cache.get(&keys[*i]))
+                .await
+                .expect_err("moka misses and redis is down: redis' error");
+            assert_transient("composition get", &err);
+            transient_errors += 1;
+        }
+
+        let key = k(&format!("written while down:{round}"));
+        let written = value(&format!("written while down {round}"));
+        bounded("set", cache.set(&key, written.clone()))
+            .await
+            .expect("optimistic parallel write: moka holds the value");
+        assert_eq!(
+            bounded("get", cache.get(&key)).await.expect("moka"),
+            Some(written.clone())
+        );
+
+        let err = bounded("delete", cache.delete(doomed_key))
+            .await
+            .expect_err("the delete failed on redis");
+        assert_transient("composition delete", &err);
+        assert_eq!(l1.probe(doomed_key), Probe::Miss, "removed from moka");
+
+        // The Redis tier alone.
+        let err = bounded("bare get", l2.get(&keys[0]))
+            .await
+            .expect_err("redis is down");
+        assert_transient("bare get", &err);
+        let err = bounded("bare set", l2.set(&key, written))
+            .await
+            .expect_err("redis is down");
+        assert_transient("bare set", &err);
+        let err = bounded("bare delete", l2.delete(&keys[0]))
+            .await
+            .expect_err("redis is down");
+        assert_transient("bare delete", &err);
+        transient_errors += 4;
+    }
+    assert_eq!(transient_errors, ROUNDS * (only_in_redis.len() + 4));
+    logs.assert_count(ROUNDS, &WRITE_WARNING);
+    logs.assert_count(ROUNDS * only_in_redis.len(), &READ_WARNING);
+    logs.assert_count(ROUNDS, &DELETE_WARNING);
+    logs.assert_count(0, &["l1 (moka)"]);
+
+    // Back on the same port, empty. The same tier reconnects by itself (fred's backoff is
+    // capped at 2 s): poll a set + get round trip through the bare tier.
+    server.restart().expect("restart on the same port");
+    processes.record([&server]);
+    let probe_key = k("after restart");
+    let probe_value = value("after restart");
+    let deadline = Duration::from_secs(10);
+    let started = Instant::now();
+    loop {
+        let set = bounded(
+            "set while reconnecting",
+            l2.set(&probe_key, probe_value.clone()),
+        )
+        .await;
+        let get = bounded("get while reconnecting", l2.get(&probe_key)).await;
+        match (set, get) {
+            (Ok(()), Ok(Some(read))) => {
+                assert_eq!(read, probe_value);
+                break;
+            }
+            (set, get) => {
+                for err in [set.err(), get.err()].into_iter().flatten() {
+                    assert_transient("while reconnecting", &err);
+                }
+            }
+        }
+        assert!(
+            started.elapsed() <= deadline,
+            "the tier did not reconnect within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "standalone: the same tier worked again {:?} after the restart",
+        started.elapsed()
+    );
+
+    // The data is gone (no persistence); moka still has its keys; the composition works.
+    for i in &only_in_redis {
+        assert_eq!(l2.get(&keys[*i]).await.expect("get"), None);
+        assert_eq!(cache.get(&keys[*i]).await.expect("get"), None);
+    }
+    for i in &in_l1 {
+        assert_eq!(
+            cache.get(&keys[*i]).await.expect("get"),
+            Some(values[*i].clone())
+        );
+    }
+    let key = k("after restart:composed");
+    let written = value("after restart, composed");
+    cache.set(&key, written.clone()).await.expect("set");
+    l1.delete(&key).await.expect("moka delete");
+    assert_eq!(cache.get(&key).await.expect("get"), Some(written.clone()));
+    assert_eq!(l2.get(&key).await.expect("get"), Some(written));
+    cache.delete(&key).await.expect("delete");
+    assert_eq!(l2.get(&key).await.expect("get"), None);
+    // No warning after the restart.
+    logs.assert_count(ROUNDS, &WRITE_WARNING);
+    logs.assert_count(ROUNDS, &DELETE_WARNING);
+
+    drop((cache, l1, l2));
+    drop(server);
+    processes.assert_gone();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage bytes
+
+/// Another program writes bytes that are not an envelope under a key of the tier: the
+/// composition (moka empty) answers a miss, counted once as a decode error, with no error, no
+/// warning and no refill; a set through the composition overwrites the garbage and reads work.
+#[tokio::test]
+async fn garbage_under_a_key_is_a_counted_miss_through_the_composition() {
+    let Some(binaries) = binaries() else {
+        return;
+    };
+    let server = RedisServer::start(&binaries, RedisServerOptions::new()).expect("a server");
+    let mut processes = Processes::default();
+    processes.record([&server]);
+    let logs = capture(Level::WARN);
+
+    let l2 = tier(&server.url(), "garbage").await;
+    let l1 = MokaBackend::new(100);
+    let cache = Composition::new(l1.clone(), l2.clone());
+    let key = k("config");
+    let garbage: &[u8] = b"\x00\xffnot an envelope: written by another program\r\n";
+    let redis_key = l2.redis_key(&key);
+    let set = server
+        .command(&[&b"SET"[..], &redis_key[..], garbage])
+        .expect("raw SET");
+    assert_eq!(set, "OK");
+
+    let before = l2.stats().decode_errors;
+    assert_eq!(before.total(), 0);
+    assert_eq!(cache.get(&key).await.expect("a miss, not an error"), None);
+    let after = l2.stats().decode_errors;
+    assert_eq!(after.total(), before.total() + 1, "{after:?}");
+    assert_eq!(after.get("bad_magic"), 1, "{after:?}");
+    assert_eq!(l1.probe(&key), Probe::Miss, "nothing to refill");
+
+    // A set through the composition replaces the garbage.
+    let good = value("good");
+    cache.set(&key, good.clone()).await.expect("set");
+    assert_eq!(cache.get(&key).await.expect("get"), Some(good.clone()));
+    l1.delete(&key).await.expect("moka delete");
+    assert_eq!(
+        cache.get(&key).await.expect("get from redis"),
+        Some(good.clone())
+    );
+    assert_eq!(l2.get(&key).await.expect("get"), Some(good));
+    assert_eq!(l2.stats().decode_errors.total(), 1);
+    logs.assert_count(0, &["WARN"]);
+    logs.assert_count(0, &["ERROR"]);
+
+    drop((cache, l1, l2));
+    drop(server);
+    processes.assert_gone();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cluster master killed
+
+/// Keys placed on the masters of `cluster`: at least `per_master` on each, each with the index
+/// of the node that serves its slot and a value.
+struct Placed {
+    keys: Vec<CacheKey>,
+    owners: Vec<usize>,
+    values: Vec<CacheValue>,
+}
+
+impl Placed {
+    fn new(cluster: &RedisCluster, tier: &RedisBackend, per_master: usize) -> Self {
+        let masters = cluster.masters().expect("ROLE");
+        let mut placed = Placed {
+            keys: Vec::new(),
+            owners: Vec::new(),
+            values: Vec::new(),
+        };
+        let on =
+            |placed: &Placed, master: usize| placed.owners.iter().filter(|o| **o == master).count();
+        let mut i = 0;
+        while masters.iter().any(|m| on(&placed, *m) < per_master) {
+            assert!(i < 10_000, "could not spread keys over {masters:?}");
+            let key = k(&format!("item:{i}"));
+            i += 1;
+            let slot = RedisCluster::slot_of(&tier.redis_key(&key));
+            let owner = cluster
+                .master_for_slot(slot)
+                .expect("CLUSTER NODES")
+                .expect("every slot is served");
+            if on(&placed, owner) < per_master {
+                placed.values.push(value(&format!("value of {key}")));
+                placed.keys.push(key);
+                placed.owners.push(owner);
+            }
+        }
+        placed
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// How the calls on one group of keys went during an outage.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: usize,
+    failed: usize,
+    kinds: Vec<String>,
+    first_failure: Option<Duration>,
+    last_failure: Option<Duration>,
+}
+
+impl Tally {
+    fn record<T>(&mut self, what: &str, result: &Result<T, BackendError>, since_kill: Duration) {
+        match result {
+            Ok(_) => self.ok += 1,
+            Err(err) => {
+                assert_transient(what, err);
+                self.failed += 1;
+                self.first_failure.get_or_insert(since_kill);
+                self.last_failure = Some(since_kill);
+                let kind = format!("{:?}: {}", err.kind(), fred_details(err));
+                if !self.kinds.contains(&kind) {
+                    self.kinds.push(kind);
+                }
+            }
+        }
+    }
+}
+
+/// The details of the fred error behind `err`, if any.
+fn fred_details(err: &BackendError) -> String {
+    use std::error::Error as _;
+    err.source()
+        .and_then(|source| source.downcast_ref::<tierkit_redis::fred::error::Error>())
+        .map_or_else(
+            || err.to_string(),
+            |fred| format!("{:?} {:?}", fred.kind(), fred.details()),
+        )
+}
+
+/// One pass over every key: a get (which must answer the key's value when it succeeds, never
+/// another value nor a miss) and a set of the same value, each within the bound; outcomes go to
+/// the victim's tally or to the others'.
+async fn pass(
+    tier: &RedisBackend,
+    placed: &Placed,
+    victim: usize,
+    killed_at: Instant,
+    on_victim: &mut Tally,
+    elsewhere: &mut Tally,
+) {
+    for i in 0..placed.len() {
+        let (key, expected) = (&placed.keys[i], &placed.values[i]);
+        let tally = if placed.owners[i] == victim {
+            &mut *on_victim
+        } else {
+            &mut *elsewhere
+        };
+        let got = bounded("cluster get", tier.get(key)).await;
+        if let Ok(value) = &got {
+            assert_eq!(value.as_ref(), Some(expected), "{key}: a wrong value");
+        }
+        tally.record("cluster get", &got, killed_at.elapsed());
+        let set = bounded("cluster set", tier.set(key, expected.clone())).await;
+        tally.record("cluster set", &set, killed_at.elapsed());
+    }
+}
+
+/// The index of the replica of master `master`, from the replicas' `INFO replication`.
+fn replica_of(cluster: &RedisCluster, master: usize) -> usize {
+    let port = cluster.node(master).expect("node").port().to_string();
+    (0..cluster.nodes().len())
+        .find(|index| {
+            let info = cluster.nodes()[*index]
+                .command(&["INFO", "replication"])
+                .expect("INFO replication");
+            info_field(&info, "role").as_deref() == Some("slave")
+                && info_field(&info, "master_port").as_deref() == Some(port.as_str())
+        })
+        .expect("a replica of the victim")
+}
+
+/// `DBSIZE` of `node`.
+fn dbsize(node: &RedisServer) -> String {
+    node.command(&["DBSIZE"]).expect("DBSIZE")
+}
+
+/// What a master's death did to a tier on a 3-master cluster with one replica each.
+struct FailoverReport {
+    /// Calls on the keys of the other two masters, from the kill until the failover ended.
+    elsewhere: Tally,
+    /// From the kill until the replica was promoted and `cluster_state:ok`.
+    failover_after: Duration,
+    /// From the kill until every key was served again.
+    recovered_after: Duration,
+}
+
+/// Kills a master of a 3 × (1 + 1) cluster and hammers a tier built before the kill until the
+/// failover is over and every key is served again. Asserts, all along: every call within the
+/// bound, typed transient errors only, never a wrong value or a lost one; then that the same
+/// tier serves reads and writes on every slot (and `clear` reaches the new primary).
+async fn kill_a_master_with_a_replica() -> FailoverReport {
+    let binaries = binaries().expect("checked by the caller");
+    let cluster = RedisCluster::start(&binaries, 3, 1).expect("a 3 x (1 + 1) cluster");
+    let mut processes = Processes::default();
+    processes.record(cluster.nodes());
+
+    let tier = tier(&cluster.url(), "failover").await;
+    assert!(tier.is_clustered());
+    let placed = Placed::new(&cluster, &tier, 4);
+    for (key, value) in placed.keys.iter().zip(&placed.values) {
+        tier.set(key, value.clone()).await.expect("set");
+    }
+    let victim = placed.owners[0];
+    let replica = replica_of(&cluster, victim);
+    let survivor = cluster
+        .masters()
+        .expect("ROLE")
+        .into_iter()
+        .find(|m| *m != victim)
+        .expect("another master");
+    // The replica has every write before the kill, so a failover loses nothing.
+    let master_node = cluster.node(victim).expect("victim");
+    let replica_node = cluster.node(replica).expect("replica");
+    poll_until("the replica caught up", Duration::from_secs(5), || {
+        dbsize(master_node) == dbsize(replica_node)
+    })
+    .await;
+    let victim_slot = RedisCluster::slot_of(&tier.redis_key(&placed.keys[0]));
+
+    cluster.kill_node(victim).expect("kill the master");
+    let killed_at = Instant::now();
+
+    // The outage: until the replica serves the victim's slots and the cluster says ok.
+    let (mut on_victim, mut elsewhere) = (Tally::default(), Tally::default());
+    let deadline = Duration::from_secs(15);
+    let failover_after = loop {
+        pass(
+            &tier,
+            &placed,
+            victim,
+            killed_at,
+            &mut on_victim,
+            &mut elsewhere,
+        )
+        .await;
+        let promoted =
+            cluster.master_for_slot(victim_slot).expect("CLUSTER NODES") == Some(replica);
+        if promoted && cluster_state(cluster.node(survivor).expect("survivor")) == "ok" {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() <= deadline,
+            "no failover within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // fred refreshes its routing on its next reconnection attempt: allow a bounded window.
+    let deadline = Duration::from_secs(10);
+    let (mut after_victim, mut after_elsewhere) = (Tally::default(), Tally::default());
+    let recovered_after = loop {
+        let (mut v, mut e) = (Tally::default(), Tally::default());
+        pass(&tier, &placed, victim, killed_at, &mut v, &mut e).await;
+        if v.failed == 0 && e.failed == 0 {
+            break killed_at.elapsed();
+        }
+        after_victim.failed += v.failed;
+        after_elsewhere.failed += e.failed;
+        assert!(
+            killed_at.elapsed() <= failover_after + deadline,
+            "the tier did not serve every slot within {deadline:?} of the failover: \
+             {v:?} {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // The same tier, on every slot: new values written and read back, and `clear` reaches the
+    // promoted replica.
+    for (i, key) in placed.keys.iter().enumerate() {
+        let new = value(&format!("new value {i}"));
+        bounded("set", tier.set(key, new.clone()))
+            .await
+            .expect("set");
+        assert_eq!(bounded("get", tier.get(key)).await.expect("get"), Some(new));
+    }
+    bounded("clear", tier.clear()).await.expect("clear");
+    for key in &placed.keys {
+        assert_eq!(tier.get(key).await.expect("get"), None, "{key}");
+    }
+
+    eprintln!(
+        "cluster with replicas, master {victim} killed: failover (replica {replica} promoted, \
+         cluster_state:ok) after {failover_after:?}, every key served again after \
+         {recovered_after:?}\n  during the failover, keys of the killed master: {on_victim:?}\n  \
+         keys of the other masters: {elsewhere:?}\n  after the failover, failures on the \
+         victim's keys: {}, on the others: {}",
+        after_victim.failed, after_elsewhere.failed
+    );
+
+    drop(tier);
+    drop(cluster);
+    processes.assert_gone();
+    FailoverReport {
+        elsewhere,
+        failover_after,
+        recovered_after,
+    }
+}
+
+/// A master of a cluster with replicas is killed (`SIGKILL`); its replica takes over after the
+/// node timeout (2 s) plus the election.
+///
+/// What holds now, asserted: every call returns within the command timeout + 1 s; failures
+/// are typed transient `Connection`/`Timeout` errors; a value read is never wrong nor lost;
+/// once the replica is promoted, the same tier serves reads and writes on every slot again
+/// within a bounded window (fred's next reconnection attempt, its backoff capped at 2 s).
+///
+/// What happens to the keys of the two surviving masters (measured; run with `--nocapture`
+/// for the report): they fail too, from the kill until fred reconnects after the failover
+/// (4-6 s here: node timeout 2 s, election, then fred's next attempt, its backoff capped at
+/// 2 s). While fred notices the dead connection, a call or two may time out (400 ms); after
+/// that every call on every slot fails at once with a transient `Connection` error (fred
+/// `Canceled`, "Connection closed unexpectedly."). fred 10.1 keeps one connection state for
+/// the whole cluster client: when one node's connection drops, it reconnects the whole client
+/// (`Router::connect` → `clustered::sync`, which connects to every primary of `CLUSTER SLOTS`
+/// with `try_join_all`), and that fails as long as a primary listed there is unreachable, so
+/// the client stays "disconnected" and `fail_fast` fails every command. Without `fail_fast`
+/// (measured with a raw fred client) every command on every slot waits in fred's queue and
+/// times out instead: the other slots do not work either. The test
+/// `a_killed_master_does_not_disturb_the_other_masters` asserts what the issue asks for
+/// ("keys in other slots keep working"), and is ignored until it holds.
+#[tokio::test]
+async fn a_killed_master_fails_over_and_the_same_tier_recovers() {
+    if binaries().is_none() {
+        return;
+    }
+    let report = kill_a_master_with_a_replica().await;
+    assert!(report.recovered_after >= report.failover_after);
+    // Calls on the other masters' keys were made all along the outage.
+    assert!(report.elsewhere.ok + report.elsewhere.failed > 0);
+}
+
+/// The issue's requirement: while a master is down and until its replica takes over, keys in
+/// the other masters' slots keep working.
+#[tokio::test]
+#[ignore = "fails with fred 10.1: one dead primary makes the whole cluster client reconnect, \
+            and every command fails (fail-fast) until the reconnection succeeds after the \
+            failover; see a_killed_master_fails_over_and_the_same_tier_recovers"]
+async fn a_killed_master_does_not_disturb_the_other_masters() {
+    if binaries().is_none() {
+        return;
+    }
+    let report = kill_a_master_with_a_replica().await;
+    assert_eq!(
+        report.elsewhere.failed, 0,
+        "calls on the surviving masters' keys failed during the failover: {:?}",
+        report.elsewhere
+    );
+}
+
+/// A master of a cluster without replicas is killed: its slots have no owner any more. After
+/// the node timeout the cluster reports `cluster_state:fail`, and with Redis' default
+/// `cluster-require-full-coverage yes` the surviving masters refuse every key (`CLUSTERDOWN`).
+///
+/// Asserted: every call on every slot returns within the bound with a typed transient error,
+/// for as long as the master is down (a bounded window here), never a value. Then the master
+/// is restarted (same port, same identity, empty): the same tier serves every slot again.
+///
+/// Measured before `cluster_state:fail` (the first 2-4 s after the kill), when Redis itself
+/// still serves the surviving masters' slots: the tier fails them too, for the reason given
+/// on `a_killed_master_fails_over_and_the_same_tier_recovers` (fred reconnects the whole
+/// cluster client, which cannot succeed while a primary is unreachable).
+#[tokio::test]
+async fn a_killed_master_without_replica_loses_its_slots() {
+    let Some(binaries) = binaries() else {
+        return;
+    };
+    let cluster = RedisCluster::start(&binaries, 3, 0).expect("a 3-master cluster");
+    let mut processes = Processes::default();
+    processes.record(cluster.nodes());
+
+    let tier = tier(&cluster.url(), "no-replica").await;
+    let placed = Placed::new(&cluster, &tier, 4);
+    for (key, value) in placed.keys.iter().zip(&placed.values) {
+        tier.set(key, value.clone()).await.expect("set");
+    }
+    let victim = placed.owners[0];
+    let survivor = (0..3).find(|m| *m != victim).expect("another master");
+
+    cluster.kill_node(victim).expect("kill the master");
+    let killed_at = Instant::now();
+
+    // Until the cluster notices (node timeout 2 s, then the failure report spreads).
+    let (mut on_victim, mut elsewhere) = (Tally::default(), Tally::default());
+    let deadline = Duration::from_secs(10);
+    let failed_after = loop {
+        pass(
+            &tier,
+            &placed,
+            victim,
+            killed_at,
+            &mut on_victim,
+            &mut elsewhere,
+        )
+        .await;
+        if cluster_state(cluster.node(survivor).expect("survivor")) == "fail" {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() <= deadline,
+            "cluster_state never became fail within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(on_victim.ok, 0, "the killed master answered: {on_victim:?}");
+
+    // The slots are lost: every call on every slot fails, typed, within the bound, for as long
+    // as we look (2 s here).
+    let (mut lost, mut others) = (Tally::default(), Tally::default());
+    let window = Instant::now();
+    let mut passes = 0;
+    while window.elapsed() < Duration::from_secs(2) {
+        pass(&tier, &placed, victim, killed_at, &mut lost, &mut others).await;
+        passes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_victim_keys = placed.owners.iter().filter(|o| **o == victim).count();
+    assert_eq!(lost.ok, 0, "{lost:?}");
+    assert_eq!(lost.failed, passes * on_victim_keys * 2);
+    assert_eq!(
+        others.ok, 0,
+        "CLUSTERDOWN on the surviving masters: {others:?}"
+    );
+    assert_eq!(others.failed, passes * (placed.len() - on_victim_keys) * 2);
+    assert_eq!(
+        cluster_state(cluster.node(survivor).expect("survivor")),
+        "fail"
+    );
+
+    eprintln!(
+        "cluster without replicas, master {victim} killed: cluster_state:fail after \
+         {failed_after:?}\n  before that, keys of the killed master: {on_victim:?}\n  keys of \
+         the other masters: {elsewhere:?}\n  after that ({passes} passes over 2 s), killed \
+         master: {lost:?}\n  other masters: {others:?}"
+    );
+
+    // The master comes back (same port, same identity, no data): the same tier recovers.
+    cluster.restart_node(victim).expect("restart the master");
+    processes.record(cluster.nodes());
+    poll_until("cluster_state:ok", Duration::from_secs(10), || {
+        cluster_state(cluster.node(survivor).expect("survivor")) == "ok"
+            && cluster_state(cluster.node(victim).expect("victim")) == "ok"
+    })
+    .await;
+    let restarted_at = Instant::now();
+    let deadline = Duration::from_secs(10);
+    loop {
+        let mut all = true;
+        for (i, key) in placed.keys.iter().enumerate() {
+            let set = bounded("set", tier.set(key, placed.values[i].clone())).await;
+            let get = bounded("get", tier.get(key)).await;
+            match (&set, &get) {
+                (Ok(()), Ok(got)) => assert_eq!(got.as_ref(), Some(&placed.values[i])),
+                _ => {
+                    all = false;
+                    for err in [set.err(), get.err()].into_iter().flatten() {
+                        assert_transient("while recovering", &err);
+                    }
+                }
+            }
+        }
+        if all {
+            break;
+        }
+        assert!(
+            restarted_at.elapsed() <= deadline,
+            "the tier did not recover within {deadline:?} of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "  the master restarted: every slot served again {:?} later",
+        restarted_at.elapsed()
+    );
+
+    drop(tier);
+    drop(cluster);
+    processes.assert_gone();
+}
