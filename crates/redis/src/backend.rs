@@ -19,6 +19,7 @@ use tierkit_core::{
 };
 use tracing::Instrument;
 
+use crate::cluster::{self, ClusterRouter};
 use crate::config::{RedisBackendBuilder, RedisSource};
 use crate::error::{RedisError, map_error};
 use crate::keys::Namespace;
@@ -203,7 +204,7 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 /// let key = CacheKey::new("config")?;
 ///
 /// // Another program writes plain text under the tier's key.
-/// let raw = &tier.clients()[0];
+/// let raw = tier.clients()[0].clone();
 /// let text = "plain text written by another program: not an envelope";
 /// let _: () = raw.set(tier.redis_key(&key), text, None, None, false).await?;
 ///
@@ -229,18 +230,35 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 ///
 /// # Cluster node failures
 ///
-/// fred 10 keeps one connection state for a whole cluster client: when a primary dies, the
-/// client reconnects as a whole, and a reconnection succeeds only once every primary listed in
-/// `CLUSTER SLOTS` answers. So while a primary is down, operations on **every** slot fail at
-/// once with a transient `Connection` error (a call or two may time out first), not only those
-/// of the dead primary's slots. With a replica, Redis promotes it after the cluster's node
-/// timeout, and the tier works again on every slot at its next reconnection attempt (about
-/// 4 to 6 s after the failure with a 2 s node timeout); the cluster reconnection policy,
-/// [`RedisBackend::default_cluster_reconnect_policy`], is capped at 300 ms for that reason.
-/// Without a replica the dead primary's slots are
-/// lost until it returns, and Redis refuses every key meanwhile (`CLUSTERDOWN`, with the
-/// default `cluster-require-full-coverage yes`). In a composition, the in-process tier keeps
-/// serving its keys throughout.
+/// From a cluster URL or `Config`, the tier does not use a fred cluster client (fred 10
+/// reconnects one as a whole when any primary dies, failing every slot until the failover).
+/// It opens one fred client per primary and routes each command by its key's hash slot
+/// (`CRC16` with hash tags, as Redis): at `build` it reads `CLUSTER SLOTS` from the first seed
+/// that answers and connects every primary (an unreachable primary fails the build, naming
+/// it). So when a primary dies:
+///
+/// * keys in its slots fail at once with a transient `Connection` error (a call or two may time
+///   out first), while its client reconnects in the background
+///   ([`RedisBackend::default_cluster_reconnect_policy`]: capped at 300 ms);
+/// * keys in the other primaries' slots keep working: their clients are not affected. With
+///   Redis' default `cluster-require-full-coverage yes`, Redis itself refuses every key
+///   (`CLUSTERDOWN`, a transient `Connection` error) while the dead primary is flagged `FAIL`
+///   and not replaced (about half a second with a replica, until it returns without one);
+///   `cluster-require-full-coverage no` keeps the other slots served meanwhile.
+///
+/// Any transient error on a primary (a dropped connection, a timeout, `MOVED`, `ASK`,
+/// `CLUSTERDOWN`) schedules a refresh of the routing table in the background: at most one at a
+/// time and one every 250 ms, bounded by the connect timeout, reading `CLUSTER SLOTS` from any
+/// reachable node (the seeds as a last resort). It connects new primaries (a promoted replica)
+/// and closes the clients of nodes that no longer own slots. With a replica, the dead
+/// primary's slots work again right after the promotion (measured: about 4 s after the kill
+/// with a 2 s node timeout, 0 to 250 ms after the promotion). A `MOVED` reply is followed once,
+/// to the node it names when that is a known primary, within the same command timeout; `ASK`
+/// (a slot being migrated: the tier does not send `ASKING`) is reported as a transient
+/// `Connection` error. In a composition, the in-process tier keeps serving its keys throughout.
+///
+/// A fred cluster `Client` or `Pool` the application passes in is used as it is, with fred's
+/// own cluster routing and its whole-client reconnection.
 ///
 /// Errors keep fred's error as their [`source`](std::error::Error::source). Their kinds:
 /// I/O, a dropped connection, cluster redirections and `CLUSTERDOWN`, `LOADING`, `BUSY`,
@@ -266,7 +284,7 @@ pub struct RedisBackend {
 
 /// What `build` hands over.
 pub(crate) struct Parts {
-    pub(crate) clients: Vec<Client>,
+    pub(crate) connections: Connections,
     pub(crate) owned: bool,
     pub(crate) servers: String,
     pub(crate) namespace: Namespace,
@@ -277,11 +295,54 @@ pub(crate) struct Parts {
     pub(crate) max_value_bytes: usize,
 }
 
+/// The connections the tier sends its commands through.
+pub(crate) enum Connections {
+    /// Clients used in turn (fred routes cluster commands itself in an application's cluster
+    /// client): standalone and sentinel deployments, and every client or pool the application
+    /// owns.
+    Fixed {
+        links: Box<[Arc<Link>]>,
+        next: AtomicUsize,
+    },
+    /// The tier's own cluster connections: one client per primary, chosen by hash slot.
+    Routed(ClusterRouter),
+}
+
+impl Connections {
+    /// `clients` used in turn, watched when the tier `owned` them.
+    pub(crate) fn fixed(clients: Vec<Client>, owned: bool) -> Self {
+        let links = clients
+            .into_iter()
+            .map(|client| Arc::new(Link::new(client, owned.then(Watchdog::new))))
+            .collect();
+        Connections::Fixed {
+            links,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One client the tier sends commands through, with its watchdog (the tier's own clients).
+pub(crate) struct Link {
+    pub(crate) client: Client,
+    watchdog: Option<Watchdog>,
+}
+
+impl Link {
+    pub(crate) fn new(client: Client, watchdog: Option<Watchdog>) -> Self {
+        Link { client, watchdog }
+    }
+
+    /// Records that the server answered on this client.
+    fn answered(&self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.answered();
+        }
+    }
+}
+
 struct Inner {
-    clients: Box<[Client]>,
-    /// One per client, for the tier's own clients only.
-    watchdogs: Box<[Arc<Watchdog>]>,
-    next: AtomicUsize,
+    connections: Connections,
     /// Whether the tier made (and so must close) the clients.
     owned: bool,
     closed: AtomicBool,
@@ -306,7 +367,7 @@ struct Inner {
 /// a blackholed network), every command times out and the connection is never replaced. The
 /// watchdog forces one reconnection when an operation times out and nothing was answered on the
 /// client for twice the command timeout.
-struct Watchdog {
+pub(crate) struct Watchdog {
     started: Instant,
     /// Milliseconds from `started` to the last answer of the server.
     last_answer: AtomicU64,
@@ -314,7 +375,7 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Watchdog {
             started: Instant::now(),
             last_answer: AtomicU64::new(0),
@@ -382,38 +443,33 @@ impl RedisBackend {
         ReconnectPolicy::new_exponential(0, 100, 2_000, 2)
     }
 
-    /// The reconnection policy of a tier built from a cluster URL or `Config`: exponential from
-    /// 100 ms, doubling, capped at 300 ms between attempts, forever.
+    /// The reconnection policy of a tier built from a cluster URL or `Config` (for the client
+    /// of each primary): exponential from 100 ms, doubling, capped at 300 ms between attempts,
+    /// forever.
     ///
-    /// The cap is short because a cluster client reconnects as a whole: while one primary is
-    /// down, every slot fails fast, and the tier recovers at the first attempt after the
-    /// failover completes (see "Cluster node failures" on [`RedisBackend`]).
+    /// The cap is short so that a primary that restarts (without a replica to replace it) is
+    /// served again within a few hundred milliseconds (see "Cluster node failures" on
+    /// [`RedisBackend`]).
     #[must_use]
     pub fn default_cluster_reconnect_policy() -> ReconnectPolicy {
         ReconnectPolicy::new_exponential(0, 100, 300, 2)
     }
 
     pub(crate) fn from_parts(parts: Parts) -> Self {
-        let clustered = parts.clients.first().is_some_and(ClientLike::is_clustered);
+        let clustered = match &parts.connections {
+            Connections::Fixed { links, .. } => {
+                links.first().is_some_and(|link| link.client.is_clustered())
+            }
+            Connections::Routed(_) => true,
+        };
         let options = Options {
             timeout: Some(parts.command_timeout),
             fail_fast: true,
             ..Options::default()
         };
-        let watchdogs = if parts.owned {
-            parts
-                .clients
-                .iter()
-                .map(|_| Arc::new(Watchdog::new()))
-                .collect()
-        } else {
-            Box::default()
-        };
         RedisBackend {
             inner: Arc::new(Inner {
-                clients: parts.clients.into_boxed_slice(),
-                watchdogs,
-                next: AtomicUsize::new(0),
+                connections: parts.connections,
                 owned: parts.owned,
                 closed: AtomicBool::new(false),
                 clustered,
@@ -464,15 +520,32 @@ impl RedisBackend {
     /// The fred clients the tier sends its commands through (one unless
     /// [`pool_size`](RedisBackendBuilder::pool_size) says otherwise), for commands of your
     /// own. With an owned source, do not `quit` them: use [`shutdown`](Self::shutdown).
+    ///
+    /// A tier built from a cluster URL or `Config` has one centralized client per primary, in
+    /// no particular order, as of now (the set changes with the cluster's topology): a command
+    /// for a key of another primary's slots gets a `MOVED` error.
     #[must_use]
-    pub fn clients(&self) -> &[Client] {
-        &self.inner.clients
+    pub fn clients(&self) -> Vec<Client> {
+        self.inner
+            .links()
+            .iter()
+            .map(|link| link.client.clone())
+            .collect()
     }
 
     /// Whether the tier talks to a Redis cluster.
     #[must_use]
     pub fn is_clustered(&self) -> bool {
         self.inner.clustered
+    }
+
+    /// The router of the tier's own cluster connections (tests).
+    #[cfg(test)]
+    pub(crate) fn router(&self) -> Option<&ClusterRouter> {
+        match &self.inner.connections {
+            Connections::Routed(router) => Some(router),
+            Connections::Fixed { .. } => None,
+        }
     }
 
     /// The bound of every round trip.
@@ -507,7 +580,7 @@ impl RedisBackend {
         let timeout = self.inner.command_timeout;
         futures_util::future::join_all(
             self.inner
-                .clients
+                .close()
                 .iter()
                 .map(|client| tokio::time::timeout(timeout, client.quit())),
         )
@@ -527,32 +600,39 @@ enum Read {
 }
 
 impl Inner {
-    /// The index of the client for the next command: the clients are used in turn.
-    fn pick(&self) -> usize {
-        let n = self.clients.len();
-        if n == 1 {
+    /// The connections in use: every fixed client, or the current primaries.
+    fn links(&self) -> Vec<Arc<Link>> {
+        match &self.connections {
+            Connections::Fixed { links, .. } => links.to_vec(),
+            Connections::Routed(router) => router.links(),
+        }
+    }
+
+    /// Stops any topology refresh, and returns the clients to close.
+    fn close(&self) -> Vec<Client> {
+        match &self.connections {
+            Connections::Fixed { links, .. } => {
+                links.iter().map(|link| link.client.clone()).collect()
+            }
+            Connections::Routed(router) => router.close(),
+        }
+    }
+
+    /// The next of the fixed clients: they are used in turn.
+    fn next_fixed(links: &[Arc<Link>], next: &AtomicUsize) -> Option<Arc<Link>> {
+        let n = links.len();
+        let index = if n <= 1 {
             0
         } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        }
+            next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        links.get(index).cloned()
     }
 
-    /// The client for the next command.
-    fn client(&self) -> &Client {
-        &self.clients[self.pick()]
-    }
-
-    /// Records that the server answered on client `index`.
-    fn answered(&self, index: usize) {
-        if let Some(watchdog) = self.watchdogs.get(index) {
-            watchdog.answered();
-        }
-    }
-
-    /// Records a timeout on client `index`, and has fred reconnect it in the background when
-    /// the server has answered nothing on it for twice the command timeout (see [`Watchdog`]).
-    fn timed_out(&self, index: usize) {
-        let Some(watchdog) = self.watchdogs.get(index) else {
+    /// Records a timeout on `link`, and has fred reconnect it in the background when the
+    /// server has answered nothing on it for twice the command timeout (see [`Watchdog`]).
+    fn timed_out(&self, link: &Arc<Link>) {
+        let Some(watchdog) = &link.watchdog else {
             return;
         };
         if !watchdog.should_reconnect(self.command_timeout.saturating_mul(2)) {
@@ -563,30 +643,18 @@ impl Inner {
             servers = %self.servers,
             "redis answered nothing for twice the command timeout; reconnecting"
         );
-        let client = self.clients[index].clone();
-        let watchdog = Arc::clone(watchdog);
+        let link = Arc::clone(link);
         let bound = self.connect_timeout;
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(bound, client.force_reconnection()).await;
-            watchdog.reconnected();
+            let _ = tokio::time::timeout(bound, link.client.force_reconnection()).await;
+            if let Some(watchdog) = &link.watchdog {
+                watchdog.reconnected();
+            }
         });
     }
 
-    /// Runs one round trip through the next client, bounded by the command timeout.
-    async fn call<T, F, Fut>(&self, op: Op, command: F) -> Result<T>
-    where
-        F: FnOnce(WithOptions<Client>) -> Fut,
-        Fut: Future<Output = Result<T, FredError>>,
-    {
-        self.call_with(op, &self.options, command).await
-    }
-
-    /// Runs one round trip with `options`, bounded by the command timeout.
-    async fn call_with<T, F, Fut>(&self, op: Op, options: &Options, command: F) -> Result<T>
-    where
-        F: FnOnce(WithOptions<Client>) -> Fut,
-        Fut: Future<Output = Result<T, FredError>>,
-    {
+    /// The error of an operation on a tier that was shut down, if it was.
+    fn check_open(&self, op: Op) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(BackendError::tier(
                 Arc::clone(&self.label),
@@ -596,31 +664,108 @@ impl Inner {
                 ShutDown,
             ));
         }
-        let index = self.pick();
-        let client = self.clients[index].with_options(options);
+        Ok(())
+    }
+
+    /// Runs one round trip for the Redis key `key`, bounded by the command timeout: through
+    /// the next fixed client, or through the primary serving the key's slot (following one
+    /// `MOVED` redirection within the same time bound).
+    async fn call<T, F, Fut>(&self, op: Op, key: &[u8], command: F) -> Result<T>
+    where
+        F: Fn(WithOptions<Client>) -> Fut,
+        Fut: Future<Output = Result<T, FredError>>,
+    {
+        self.check_open(op)?;
+        let router = match &self.connections {
+            Connections::Fixed { links, next } => {
+                let link = Self::next_fixed(links, next).ok_or_else(|| no_client(self, op))?;
+                return self
+                    .attempt(op, &self.options, self.command_timeout, &link, command)
+                    .await
+                    .map_err(|(err, _)| err);
+            }
+            Connections::Routed(router) => router,
+        };
+        let started = Instant::now();
+        let slot = fred::util::redis_keyslot(key);
+        let Some(link) = router.link_for(slot) else {
+            router.refresh_soon();
+            return Err(BackendError::connection(
+                Arc::clone(&self.label),
+                op,
+                FredError::new(
+                    FredKind::Cluster,
+                    format!("no known primary serves hash slot {slot}"),
+                ),
+            ));
+        };
+        let (err, moved) = match self
+            .attempt(op, &self.options, self.command_timeout, &link, &command)
+            .await
+        {
+            Ok(reply) => return Ok(reply),
+            Err(failure) => failure,
+        };
+        if err.is_transient() {
+            router.refresh_soon();
+        }
+        // MOVED: the slot has another owner (the refresh above installs it for the next
+        // commands); retry once on it, within what is left of the time bound.
+        let remaining = self.command_timeout.saturating_sub(started.elapsed());
+        let Some(owner) = moved
+            .filter(|_| !remaining.is_zero())
+            .and_then(|(host, port)| router.link_at(&host, port))
+            .filter(|owner| !Arc::ptr_eq(owner, &link))
+        else {
+            return Err(err);
+        };
+        let options = Options {
+            timeout: Some(remaining),
+            ..self.options.clone()
+        };
+        self.attempt(op, &options, remaining, &owner, command)
+            .await
+            .map_err(|(err, _)| err)
+    }
+
+    /// Runs one round trip on `link` with `options`, bounded by `bound`. A failure comes with
+    /// the node a `MOVED` error names.
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: Op,
+        options: &Options,
+        bound: Duration,
+        link: &Arc<Link>,
+        command: F,
+    ) -> Result<T, (BackendError, Option<(String, u16)>)>
+    where
+        F: FnOnce(WithOptions<Client>) -> Fut,
+        Fut: Future<Output = Result<T, FredError>>,
+    {
+        let client = link.client.with_options(options);
         // fred's own timeout (in `options`) fires first when both are due: it also tells fred to
         // drop the command instead of sending it late. This one bounds everything else.
-        match tokio::time::timeout(self.command_timeout, command(client)).await {
+        match tokio::time::timeout(bound, command(client)).await {
             Ok(Ok(reply)) => {
-                self.answered(index);
+                link.answered();
                 Ok(reply)
             }
             Ok(Err(err)) => {
+                let moved = cluster::moved_to(&err);
                 let err = map_error(&self.label, op, self.command_timeout, err);
                 match err.kind() {
-                    ErrorKind::Timeout => self.timed_out(index),
-                    ErrorKind::Connection => {}
+                    ErrorKind::Timeout => self.timed_out(link),
+                    ErrorKind::Connection if moved.is_none() => {}
                     // Any other error is an answer of the server.
-                    _ => self.answered(index),
+                    _ => link.answered(),
                 }
-                Err(err)
+                Err((err, moved))
             }
             Err(_elapsed) => {
-                self.timed_out(index);
-                Err(BackendError::timeout(
-                    Arc::clone(&self.label),
-                    op,
-                    self.command_timeout,
+                self.timed_out(link);
+                Err((
+                    BackendError::timeout(Arc::clone(&self.label), op, self.command_timeout),
+                    None,
                 ))
             }
         }
@@ -629,12 +774,15 @@ impl Inner {
     async fn get(&self, key: &CacheKey) -> Result<Option<CacheValue>> {
         let redis_key = self.namespace.redis_key(key);
         let read = self
-            .call(Op::Get, |client| async move {
-                match client.get::<Option<Bytes>, _>(redis_key).await {
-                    Ok(Some(bytes)) => Ok(Read::Found(bytes)),
-                    Ok(None) => Ok(Read::Missing),
-                    Err(err) if is_wrong_type(&err) => Ok(Read::WrongType),
-                    Err(err) => Err(err),
+            .call(Op::Get, &redis_key, |client| {
+                let redis_key = redis_key.clone();
+                async move {
+                    match client.get::<Option<Bytes>, _>(redis_key).await {
+                        Ok(Some(bytes)) => Ok(Read::Found(bytes)),
+                        Ok(None) => Ok(Read::Missing),
+                        Err(err) if is_wrong_type(&err) => Ok(Read::WrongType),
+                        Err(err) => Err(err),
+                    }
                 }
             })
             .await?;
@@ -686,71 +834,110 @@ impl Inner {
         if value.is_expired(self.clock.now()) {
             // The newest write says "nothing valid here": drop any older value.
             return self
-                .call(Op::Set, |client| async move {
-                    client.unlink::<(), _>(redis_key).await
+                .call(Op::Set, &redis_key, |client| {
+                    let redis_key = redis_key.clone();
+                    async move { client.unlink::<(), _>(redis_key).await }
                 })
                 .await;
         }
         let expiry = expiration(value.expires_at());
         let bytes = envelope::encode(&value, None);
-        self.call(Op::Set, |client| async move {
-            client
-                .set::<(), _, _>(redis_key, bytes, expiry, None, false)
-                .await
+        self.call(Op::Set, &redis_key, |client| {
+            let (redis_key, bytes, expiry) = (redis_key.clone(), bytes.clone(), expiry.clone());
+            async move {
+                client
+                    .set::<(), _, _>(redis_key, bytes, expiry, None, false)
+                    .await
+            }
         })
         .await
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<()> {
         let redis_key = self.namespace.redis_key(key);
-        self.call(Op::Delete, |client| async move {
-            client.unlink::<(), _>(redis_key).await
+        self.call(Op::Delete, &redis_key, |client| {
+            let redis_key = redis_key.clone();
+            async move { client.unlink::<(), _>(redis_key).await }
         })
         .await
     }
 
     async fn clear(&self) -> Result<()> {
-        let nodes: Vec<Option<Server>> = if self.clustered {
-            let Some(routing) = self.client().cached_cluster_state() else {
-                return Err(BackendError::connection(
-                    Arc::clone(&self.label),
-                    Op::Clear,
-                    FredError::new(
-                        FredKind::Cluster,
-                        "the cluster's routing table is not known",
-                    ),
-                ));
-            };
-            routing
-                .unique_primary_nodes()
-                .into_iter()
-                .map(Some)
-                .collect()
-        } else {
-            vec![None]
+        self.check_open(Op::Clear)?;
+        let nodes: Vec<ScanOn> = match &self.connections {
+            Connections::Routed(router) => router.links().into_iter().map(ScanOn::Link).collect(),
+            Connections::Fixed { links, .. } if self.clustered => {
+                let routing = links
+                    .first()
+                    .and_then(|link| link.client.cached_cluster_state());
+                let Some(routing) = routing else {
+                    return Err(BackendError::connection(
+                        Arc::clone(&self.label),
+                        Op::Clear,
+                        FredError::new(
+                            FredKind::Cluster,
+                            "the cluster's routing table is not known",
+                        ),
+                    ));
+                };
+                routing
+                    .unique_primary_nodes()
+                    .into_iter()
+                    .map(ScanOn::ClusterNode)
+                    .collect()
+            }
+            Connections::Fixed { .. } => vec![ScanOn::Any],
         };
         futures_util::future::try_join_all(nodes.into_iter().map(|node| self.clear_node(node)))
             .await?;
         Ok(())
     }
 
-    /// Scans one primary (`None`: the only server) and removes every key of the namespace on
-    /// it, page by page.
-    async fn clear_node(&self, node: Option<Server>) -> Result<()> {
-        let options = Options {
-            cluster_node: node,
-            ..self.options.clone()
+    /// Scans one primary and removes every key of the namespace on it, page by page.
+    async fn clear_node(&self, node: ScanOn) -> Result<()> {
+        let (link, options) = match node {
+            ScanOn::Link(link) => (link, self.options.clone()),
+            ScanOn::Any | ScanOn::ClusterNode(_) => {
+                let Connections::Fixed { links, next } = &self.connections else {
+                    return Err(no_client(self, Op::Clear));
+                };
+                let link =
+                    Self::next_fixed(links, next).ok_or_else(|| no_client(self, Op::Clear))?;
+                let cluster_node = match node {
+                    ScanOn::ClusterNode(server) => Some(server),
+                    _ => None,
+                };
+                let options = Options {
+                    cluster_node,
+                    ..self.options.clone()
+                };
+                (link, options)
+            }
         };
         let mut cursor = String::from("0");
         loop {
             let pattern = self.namespace.pattern().to_owned();
             let page: Value = self
-                .call_with(Op::Clear, &options, |client| async move {
-                    client
-                        .scan_page(cursor, pattern, Some(RedisBackend::SCAN_COUNT), None)
-                        .await
-                })
-                .await?;
+                .attempt(
+                    Op::Clear,
+                    &options,
+                    self.command_timeout,
+                    &link,
+                    |client| async move {
+                        client
+                            .scan_page(cursor, pattern, Some(RedisBackend::SCAN_COUNT), None)
+                            .await
+                    },
+                )
+                .await
+                .map_err(|(err, _)| {
+                    if let Connections::Routed(router) = &self.connections
+                        && err.is_transient()
+                    {
+                        router.refresh_soon();
+                    }
+                    err
+                })?;
             let (next, keys) = parse_scan_page(page)
                 .map_err(|err| map_error(&self.label, Op::Clear, self.command_timeout, err))?;
             if !keys.is_empty() {
@@ -767,8 +954,9 @@ impl Inner {
     async fn unlink(&self, keys: Vec<Key>) -> Result<()> {
         if !self.clustered {
             return self
-                .call(Op::Clear, |client| async move {
-                    client.unlink::<(), _>(keys).await
+                .call(Op::Clear, &[], |client| {
+                    let keys = keys.clone();
+                    async move { client.unlink::<(), _>(keys).await }
                 })
                 .await;
         }
@@ -776,14 +964,39 @@ impl Inner {
         for key in keys {
             by_slot.entry(key.cluster_hash()).or_default().push(key);
         }
-        futures_util::future::try_join_all(by_slot.into_values().map(|keys| {
-            self.call(Op::Clear, |client| async move {
-                client.unlink::<(), _>(keys).await
+        futures_util::future::try_join_all(by_slot.into_values().map(|keys| async move {
+            let first = keys
+                .first()
+                .map(|key| key.as_bytes().to_vec())
+                .unwrap_or_default();
+            self.call(Op::Clear, &first, |client| {
+                let keys = keys.clone();
+                async move { client.unlink::<(), _>(keys).await }
             })
+            .await
         }))
         .await?;
         Ok(())
     }
+}
+
+/// Which server a `SCAN` of `clear` runs on.
+enum ScanOn {
+    /// The only server (standalone, sentinel).
+    Any,
+    /// A primary of an application's cluster client, through fred's routing.
+    ClusterNode(Server),
+    /// A primary of the tier's own cluster connections.
+    Link(Arc<Link>),
+}
+
+/// The error of a tier without any client (not expected: `build` refuses an empty pool).
+fn no_client(inner: &Inner, op: Op) -> BackendError {
+    BackendError::connection(
+        Arc::clone(&inner.label),
+        op,
+        FredError::new(FredKind::Routing, "the redis tier has no client"),
+    )
 }
 
 /// `SET ... PXAT expires_at`, or no expiry past the year 9999.
@@ -841,10 +1054,10 @@ impl Drop for Inner {
             return;
         }
         // Close the connections the tier made; without a runtime, fred's tasks are gone anyway.
+        let clients = self.close();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let timeout = self.command_timeout;
-            for client in self.clients.iter() {
-                let client = client.clone();
+            for client in clients {
                 drop(runtime.spawn(async move {
                     let _ = tokio::time::timeout(timeout, client.quit()).await;
                 }));
@@ -862,7 +1075,7 @@ impl fmt::Debug for RedisBackend {
             .field("namespace", &inner.namespace.name())
             .field("servers", &inner.servers)
             .field("clustered", &inner.clustered)
-            .field("connections", &inner.clients.len())
+            .field("connections", &inner.links().len())
             .field("owned", &inner.owned)
             .field("command_timeout", &inner.command_timeout)
             .field("max_value_bytes", &inner.max_value_bytes)

@@ -12,7 +12,8 @@ use fred::types::config::{
 };
 use tierkit_core::{Clock, ErrorKind, envelope};
 
-use crate::backend::{Parts, RedisBackend};
+use crate::backend::{Connections, Parts, RedisBackend};
+use crate::cluster::{ClusterRouter, NodeSettings};
 use crate::error::{RedisError, classify, redact_url, url_wants_tls};
 use crate::keys::Namespace;
 
@@ -246,7 +247,8 @@ impl RedisBackendBuilder {
     /// pipelines the commands of every task automatically; more help only when one connection
     /// is saturated (very large values, many cores).
     ///
-    /// Applies to URL and [`Config`] sources; ignored with a [`Client`] or [`Pool`].
+    /// Applies to standalone and sentinel URL and [`Config`] sources; ignored with a
+    /// [`Client`] or [`Pool`], and for a cluster (the tier opens one client per primary).
     ///
     /// Default: 1. Must not be zero.
     pub fn pool_size(mut self, size: usize) -> Self {
@@ -264,8 +266,8 @@ impl RedisBackendBuilder {
     ///
     /// Default: [`RedisBackend::default_reconnect_policy`] (exponential from 100 ms, doubling,
     /// capped at 2 s between attempts, forever), or in a cluster
-    /// [`RedisBackend::default_cluster_reconnect_policy`] (capped at 300 ms: see "Cluster node
-    /// failures" on [`RedisBackend`]).
+    /// [`RedisBackend::default_cluster_reconnect_policy`] for the client of each primary
+    /// (capped at 300 ms: see "Cluster node failures" on [`RedisBackend`]).
     pub fn reconnect_policy(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = Some(policy);
         self
@@ -314,25 +316,25 @@ impl RedisBackendBuilder {
                     url: redact_url(&url),
                     source,
                 })?;
-                let (clients, servers) = connect.owned(config).await?;
-                (clients, true, servers)
+                let (connections, servers) = connect.owned(config).await?;
+                (connections, true, servers)
             }
             RedisSource::Config(config) => {
-                let (clients, servers) = connect.owned(*config).await?;
-                (clients, true, servers)
+                let (connections, servers) = connect.owned(*config).await?;
+                (connections, true, servers)
             }
             RedisSource::Client(client) => {
                 let servers = connect.attach(std::slice::from_ref(&client)).await?;
-                (vec![client], false, servers)
+                (Connections::fixed(vec![client], false), false, servers)
             }
             RedisSource::Pool(pool) => {
                 let clients = pool.clients().to_vec();
                 let servers = connect.attach(&clients).await?;
-                (clients, false, servers)
+                (Connections::fixed(clients, false), false, servers)
             }
         };
         Ok(RedisBackend::from_parts(Parts {
-            clients,
+            connections: clients,
             owned,
             servers,
             namespace,
@@ -379,8 +381,9 @@ struct Connect {
 }
 
 impl Connect {
-    /// Creates and connects `pool_size` clients from `config`, all within the connect timeout.
-    async fn owned(&self, mut config: Config) -> Result<(Vec<Client>, String), RedisError> {
+    /// Creates and connects `pool_size` clients from `config`, all within the connect timeout;
+    /// for a cluster, one client per primary instead (see [`ClusterRouter`]).
+    async fn owned(&self, mut config: Config) -> Result<(Connections, String), RedisError> {
         let servers = describe_servers(&config.server);
         // Report a failed first connection instead of retrying it in the background.
         config.fail_fast = true;
@@ -404,28 +407,42 @@ impl Connect {
             },
             ..ConnectionConfig::default()
         };
+        if config.server.is_clustered() {
+            let seeds = config.server.hosts();
+            let settings = NodeSettings {
+                config,
+                perf,
+                connection,
+                reconnect: self
+                    .reconnect
+                    .clone()
+                    .unwrap_or_else(RedisBackend::default_cluster_reconnect_policy),
+                command_timeout: self.command_timeout,
+                connect_timeout: self.connect_timeout,
+            };
+            let router = ClusterRouter::connect(settings, seeds, &servers).await?;
+            return Ok((Connections::Routed(router), servers));
+        }
         let clients: Vec<Client> = (0..self.pool_size)
             .map(|_| {
                 Client::new(
                     config.clone(),
                     Some(perf.clone()),
                     Some(connection.clone()),
-                    Some(self.reconnect.clone().unwrap_or_else(|| {
-                        if config.server.is_clustered() {
-                            RedisBackend::default_cluster_reconnect_policy()
-                        } else {
-                            RedisBackend::default_reconnect_policy()
-                        }
-                    })),
+                    Some(
+                        self.reconnect
+                            .clone()
+                            .unwrap_or_else(RedisBackend::default_reconnect_policy),
+                    ),
                 )
             })
             .collect();
         let init = futures_util::future::try_join_all(clients.iter().map(ClientLike::init));
         match tokio::time::timeout(self.connect_timeout, init).await {
             // The handles of fred's connection tasks are not needed: `quit` ends them.
-            Ok(Ok(_handles)) => Ok((clients, servers)),
+            Ok(Ok(_handles)) => Ok((Connections::fixed(clients, true), servers)),
             Ok(Err(source)) => {
-                self.abandon(&clients);
+                abandon(&clients, self.connect_timeout);
                 let (kind, transient) = connect_classify(&source);
                 Err(RedisError::Connect {
                     servers,
@@ -435,29 +452,12 @@ impl Connect {
                 })
             }
             Err(_elapsed) => {
-                self.abandon(&clients);
+                abandon(&clients, self.connect_timeout);
                 Err(RedisError::ConnectTimeout {
                     servers,
                     after: self.connect_timeout,
                 })
             }
-        }
-    }
-
-    /// Closes, in the background, the clients of a failed build: those connected already, and
-    /// those whose connection attempt (bounded by fred's own timeouts) still succeeds later.
-    fn abandon(&self, clients: &[Client]) {
-        let wait = self.connect_timeout.saturating_mul(2);
-        for client in clients {
-            let client = client.clone();
-            tokio::spawn(async move {
-                if !client.is_connected() {
-                    let _ = tokio::time::timeout(wait, client.wait_for_connect()).await;
-                }
-                if client.is_connected() {
-                    let _ = tokio::time::timeout(wait, client.quit()).await;
-                }
-            });
         }
     }
 
@@ -498,9 +498,27 @@ impl Connect {
     }
 }
 
+/// Closes, in the background, clients the tier no longer needs (those of a failed build):
+/// those connected already, and those whose connection attempt (bounded by fred's own
+/// timeouts, here `connect_timeout`) still succeeds later.
+pub(crate) fn abandon(clients: &[Client], connect_timeout: std::time::Duration) {
+    let wait = connect_timeout.saturating_mul(2);
+    for client in clients {
+        let client = client.clone();
+        tokio::spawn(async move {
+            if !client.is_connected() {
+                let _ = tokio::time::timeout(wait, client.wait_for_connect()).await;
+            }
+            if client.is_connected() {
+                let _ = tokio::time::timeout(wait, client.quit()).await;
+            }
+        });
+    }
+}
+
 /// Classifies an error of the first connection: a timeout there means the server was not
 /// reached in time, a connection failure.
-fn connect_classify(err: &fred::error::Error) -> (ErrorKind, bool) {
+pub(crate) fn connect_classify(err: &fred::error::Error) -> (ErrorKind, bool) {
     match classify(err) {
         (ErrorKind::Timeout, _) => (ErrorKind::Connection, true),
         other => other,

@@ -131,6 +131,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod cluster;
 mod config;
 mod error;
 mod keys;
