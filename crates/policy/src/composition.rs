@@ -616,7 +616,7 @@ where
                 (r1, r2)
             }
             None => {
-                shared.ops.advance_all();
+                shared.ops.begin_clear();
                 let r2 = shared.tier_write(Layer::L2, op, None, None).await;
                 let r1 = shared.tier_write(Layer::L1, op, None, None).await;
                 (r1, r2)

@@ -191,10 +191,22 @@ impl KeyOps {
         None
     }
 
-    /// Starts a new generation of every key (for `clear`).
-    pub(crate) fn advance_all(&self) {
+    /// Starts a `clear`: a new generation of every key, and every key with operations still
+    /// running (a race write's slower half, say) gets a removal as its newest effect, applied
+    /// again when those operations finish, so that they cannot bring a key back after the
+    /// clear.
+    pub(crate) fn begin_clear(&self) {
         for counter in &*self.generations {
             counter.fetch_add(1, Ordering::AcqRel);
+        }
+        for shard in &*self.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for state in shard.values_mut() {
+                state.newest = Effect::Remove;
+                for tier in &mut state.tiers {
+                    tier.overlapped |= tier.running > 0;
+                }
+            }
         }
     }
 
@@ -263,6 +275,18 @@ mod tests {
         assert!(ops.finish(&k, Layer::L2).is_none());
         // The delete's L1 half runs alone.
         assert!(ops.finish(&k, Layer::L1).is_none());
+        assert_eq!(ops.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_clear_wins_over_writes_still_running() {
+        let ops = KeyOps::new();
+        let k = CacheKey::new("k").unwrap();
+        ops.begin(&k, Effect::Store(value("v1")));
+        assert!(ops.finish(&k, Layer::L1).is_none()); // L1 done; L2 still running
+        ops.begin_clear();
+        assert_eq!(stored(ops.finish(&k, Layer::L2)), Some("remove"));
+        assert!(ops.finish(&k, Layer::L2).is_none());
         assert_eq!(ops.in_flight(), 0);
     }
 

@@ -996,3 +996,27 @@ async fn a_tier_that_refuses_a_write_does_not_keep_serving_the_previous_value() 
         assert_eq!(cache.keys_in_flight(), 0);
     }
 }
+
+#[tokio::test]
+async fn a_race_write_loser_does_not_survive_a_later_clear() {
+    let clock = manual_clock();
+    let (l1, l2) = (near(&clock), far(&clock));
+    let offload = ManualOffload::new();
+    let cache = Composition::builder(l1.clone(), l2.clone())
+        .write_policy(write_policy("race"))
+        .offload(offload.clone())
+        .clock(Clock::from(clock.clone()))
+        .build();
+    let k = key("k");
+    cache.set(&k, fresh_value("v1", &clock)).await.expect("set");
+    assert_eq!(
+        offload.queued(),
+        1,
+        "L2's half of the write is still running"
+    );
+    cache.clear().await.expect("clear");
+    assert!(offload.run_all().await.iter().all(Result::is_ok));
+    assert_eq!(l2.peek(&k), None, "the late write was removed again");
+    assert_eq!(cache.get(&k).await.expect("read"), None);
+    assert_eq!(cache.keys_in_flight(), 0);
+}
