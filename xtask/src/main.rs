@@ -11,6 +11,7 @@
 
 mod json;
 mod runner;
+mod s3compat;
 mod services;
 mod steps;
 
@@ -31,6 +32,8 @@ enum Task {
     Demo,
     /// Private Redis services for running tests by hand.
     Services,
+    /// The S3 tests against moto, with extra arguments for each `cargo test`.
+    S3Compat(Vec<String>),
     /// Print the usage text.
     Help,
 }
@@ -47,6 +50,7 @@ impl Task {
             "demo" => Task::Demo,
             "services" => Task::Services,
             "test" => return Ok(Task::Test(rest.to_vec())),
+            "s3-compat" => return Ok(Task::S3Compat(rest.to_vec())),
             "help" | "-h" | "--help" => Task::Help,
             other => return Err(format!("unknown subcommand `{other}`")),
         };
@@ -64,6 +68,7 @@ impl Task {
             Task::Test(extra) => ("test", vec![steps::test(extra)]),
             Task::Demo => ("demo", vec![steps::demo()]),
             Task::Services => ("services", vec![steps::services()]),
+            Task::S3Compat(extra) => ("s3-compat", vec![s3compat::moto(), s3compat::compat(extra)]),
             Task::Help => return None,
         };
         Some(Suite { name, steps })
@@ -125,6 +130,25 @@ SUBCOMMANDS:
               them. Paste the lines into another shell to run one test by hand, for instance:
                 cargo test -p tierkit-services --test server -- --nocapture
 
+    s3-compat Run the S3 tests once more against moto, an independent S3 implementation.
+              Not part of `ci`: it needs PyPI the first time and takes a few minutes.
+                1. moto    reuse moto[server] {MOTO} in target/s3-compat-venv, else create
+                           that virtual environment (python3 -m venv) and pip install it
+                           (about a minute)
+                2. compat  build the tests, start moto_server -H 127.0.0.1 -p <free port>,
+                           create bucket `tierkit` (an unsigned PUT /tierkit), then run,
+                           with the TIERKIT_S3_* variables below set:
+                             cargo test -p tierkit-s3-server --all-features --test compat
+                             cargo test -p tierkit-s3 --all-features --test NAME
+                               (for each crates/s3/tests/NAME.rs)
+                           then stop moto (pass or fail) and print a summary: each
+                           command's result and time, and the requests moto served.
+              Extra arguments go to each `cargo test`, for instance: -- --nocapture.
+              moto's log: target/s3-compat/moto-PORT.log, kept until the next run (which
+              also kills a moto_server that a killed run left behind). Tests that need the
+              in-process server (request counts, stop/restart, corrupted files) must skip
+              themselves when TIERKIT_S3_ENDPOINT is set.
+
     help      Print this text (also -h, --help, or no subcommand).
 
 REDIS SERVICES:
@@ -148,10 +172,20 @@ REDIS SERVICES:
     missing prints `skipped: <reason>` and passes. TIERKIT_REDIS_SERVER and TIERKIT_REDIS_CLI,
     when set, also choose the binaries the xtask runs.
 
+S3 ENDPOINT:
+    Without the variables below, the S3 tests start in-process S3 servers (tierkit-s3-server:
+    s3s over a temporary directory, on free ports of 127.0.0.1). `s3-compat` sets them to
+    point the tests at moto; set them by hand to use another endpoint:
+{S3_VARS}
 The exit status is 0 when every step passed, 1 when one failed, 2 for a usage error.
 ",
     );
-    text
+    let s3_vars: String = s3compat::ENV_VARS
+        .iter()
+        .map(|(name, meaning)| format!("      {name:<26} {meaning}\n"))
+        .collect();
+    text.replace("{MOTO}", s3compat::MOTO_VERSION)
+        .replace("{S3_VARS}", &s3_vars)
 }
 
 /// Runs the subcommand named on the command line.
@@ -198,6 +232,11 @@ mod tests {
             parse(&["test", "-p", "tierkit-core"]),
             Ok(Task::Test(vec!["-p".into(), "tierkit-core".into()]))
         );
+        assert_eq!(
+            parse(&["s3-compat", "--", "--nocapture"]),
+            Ok(Task::S3Compat(vec!["--".into(), "--nocapture".into()]))
+        );
+        assert_eq!(parse(&["s3-compat"]), Ok(Task::S3Compat(vec![])));
         assert!(parse(&["ci", "--fast"]).is_err());
         assert!(parse(&["deploy"]).is_err());
     }
@@ -243,5 +282,34 @@ mod tests {
             );
         }
         assert!(text.contains("apt-get install -y redis-server"));
+    }
+
+    #[test]
+    fn s3_compat_is_documented_and_not_part_of_ci() {
+        let text = super::usage();
+        assert!(text.contains("\n    s3-compat Run the S3 tests once more against moto"));
+        assert!(text.contains("Not part of `ci`"));
+        assert!(text.contains(&format!("moto[server] {}", super::s3compat::MOTO_VERSION)));
+        for name in [
+            "TIERKIT_S3_ENDPOINT",
+            "TIERKIT_S3_REGION",
+            "TIERKIT_S3_ACCESS_KEY",
+            "TIERKIT_S3_SECRET_KEY",
+            "TIERKIT_S3_BUCKET",
+        ] {
+            assert!(
+                text.contains(&format!("      {name} ")),
+                "{name} is not documented"
+            );
+        }
+        assert!(
+            !text.contains('{'),
+            "a placeholder is left in the usage text"
+        );
+        let suite = Task::S3Compat(Vec::new()).suite().unwrap();
+        let names: Vec<_> = suite.steps.iter().map(|step| step.name).collect();
+        assert_eq!(names, ["moto", "compat"]);
+        let ci = Task::Ci.suite().unwrap();
+        assert!(ci.steps.iter().all(|step| !step.summary.contains("moto")));
     }
 }

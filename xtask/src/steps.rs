@@ -15,6 +15,7 @@ const HYGIENE: &[(&str, &[&str])] = &[
     ("tierkit-core", FORBIDDEN_IN_POLICY),
     ("tierkit-moka", &["fred", "aws-", "aws_"]),
     ("tierkit-redis", &["aws-", "aws_"]),
+    ("tierkit-testkit", &["moka", "fred", "aws-", "aws_"]),
 ];
 
 /// Name prefixes of crates `tierkit-policy` must not depend on, even as a dev-dependency.
@@ -119,7 +120,7 @@ pub fn build() -> Step {
         "build",
         "cargo build -p <each workspace crate but xtask>; \
          cargo build -p tierkit --no-default-features; \
-         cargo build -p tierkit --features redis",
+         cargo build -p tierkit --features redis; cargo build -p tierkit --features s3",
         |ws| {
             let metadata = Cmd::cargo(["metadata", "--no-deps", "--format-version", "1"]);
             let packages = member_packages(&metadata.output(ws)?)
@@ -142,6 +143,7 @@ pub fn build() -> Step {
                 "--features",
                 "redis",
             ]));
+            commands.push(Cmd::cargo(["build", "-p", "tierkit", "--features", "s3"]));
             for cmd in &commands {
                 println!("--> {}", cmd.display());
                 cmd.run(ws)?;
@@ -327,7 +329,7 @@ pub fn deny() -> Step {
 }
 
 /// The names of the workspace member packages, from `cargo metadata --format-version 1`.
-fn member_packages(metadata: &str) -> Result<Vec<String>, String> {
+pub(crate) fn member_packages(metadata: &str) -> Result<Vec<String>, String> {
     let doc = json::parse(metadata)?;
     let members: Vec<&str> = doc
         .get("workspace_members")

@@ -289,6 +289,7 @@ impl RedisBackendBuilder {
     ///
     /// Messages name the servers (`host:port`) and never contain a password.
     pub async fn build(self) -> Result<RedisBackend, RedisError> {
+        ensure_crypto_provider();
         let namespace = Namespace::new(&self.namespace)?;
         if self.command_timeout.is_zero() {
             return Err(invalid_config("command_timeout must not be zero"));
@@ -369,6 +370,19 @@ pub(crate) fn describe_servers(server: &ServerConfig) -> String {
             format!("{hosts} (sentinels of service {service_name:?})")
         }
         _ => hosts,
+    }
+}
+
+/// With the `tls` feature, installs ring as rustls' process-wide crypto provider unless one is
+/// installed already. fred builds its TLS settings from the process default, and rustls cannot
+/// pick one by itself when another crate of the application enables a second provider (the
+/// AWS SDK enables aws-lc-rs, for instance): it would panic at the first `rediss://`
+/// connection. An application that installs its own provider first keeps it.
+fn ensure_crypto_provider() {
+    #[cfg(feature = "tls")]
+    {
+        // Err means a provider is installed already: keep it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
@@ -554,6 +568,7 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn tls_urls_configure_tls() {
+        ensure_crypto_provider();
         let config = Config::from_url("rediss://:pw@cache.example.com:6380").unwrap();
         assert!(config.uses_tls());
         let config = Config::from_url("redis://cache.example.com:6379").unwrap();

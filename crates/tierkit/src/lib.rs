@@ -30,6 +30,7 @@
 //! | `tierkit-policy` | read, write and refill policies and the [`Composition`] of two tiers |
 //! | `tierkit-moka` | the in-process tier over moka (`moka::MokaBackend`, feature `moka`) |
 //! | `tierkit-redis` | the Redis tier over fred (`redis::RedisBackend`, feature `redis`) |
+//! | `tierkit-s3` | the S3 tier over aws-sdk-s3 (`s3::S3Backend`, feature `s3`) |
 //!
 //! This facade re-exports the core and policy crates flat, and each backend crate as a module
 //! behind its own feature, so a service depends on exactly what it deploys.
@@ -61,6 +62,7 @@
 //! | `moka` | yes | `tierkit::moka`: the in-process tier over `moka::sync::Cache` |
 //! | `redis` | no | `tierkit::redis`: the Redis tier over fred (standalone, cluster, sentinel) |
 //! | `redis-tls` | no | `redis` with TLS (rustls, ring) for `rediss://` URLs |
+//! | `s3` | no | `tierkit::s3`: the S3 tier over aws-sdk-s3, for AWS and S3-compatible stores |
 //!
 //! # Minimum supported Rust version
 //!
@@ -96,6 +98,11 @@ pub use tierkit_moka as moka;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use tierkit_redis as redis;
+
+/// The S3 tier over aws-sdk-s3: AWS and S3-compatible stores.
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub use tierkit_s3 as s3;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

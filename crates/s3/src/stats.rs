@@ -1,0 +1,223 @@
+//! Counters of the tier: undecodable objects (by reason), objects found expired and the
+//! background deletes of expired objects, kept in atomics; undecodable objects are mirrored to
+//! `metrics` counters resolved once, at build time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tierkit_core::envelope::Malformed;
+
+/// The reasons an undecodable object is counted under: the
+/// [`Malformed::reason`](tierkit_core::envelope::Malformed::reason) names, then `too_large` (the
+/// object is larger than any envelope the tier writes; it is not read), then `other` (a reason
+/// this build does not know).
+const REASONS: [&str; 10] = [
+    "too_short",
+    "bad_magic",
+    "unsupported_version",
+    "unknown_flags",
+    "length_mismatch",
+    "checksum_mismatch",
+    "bad_timestamps",
+    "key_mismatch",
+    "too_large",
+    "other",
+];
+
+const OTHER: usize = REASONS.len() - 1;
+
+/// The reason name under which an object too large to be an envelope of the tier is counted.
+pub(crate) const TOO_LARGE: &str = "too_large";
+
+/// The name of the metric counting undecodable values, labelled `reason`.
+pub(crate) const DECODE_ERRORS_METRIC: &str = "tierkit_s3_decode_errors_total";
+
+fn index_of(reason: &str) -> usize {
+    REASONS.iter().position(|r| *r == reason).unwrap_or(OTHER)
+}
+
+/// How many objects were read that could not be decoded, by reason. Each was answered as a miss.
+///
+/// ```
+/// use tierkit_s3::DecodeErrors;
+///
+/// let none = DecodeErrors::default();
+/// assert_eq!(none.total(), 0);
+/// assert_eq!(none.get("bad_magic"), 0);
+/// assert!(DecodeErrors::REASONS.contains(&"checksum_mismatch"));
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DecodeErrors {
+    counts: [u64; REASONS.len()],
+}
+
+impl DecodeErrors {
+    /// Every reason counted, in a stable order: the names of
+    /// [`Malformed::reason`](tierkit_core::envelope::Malformed::reason) (`too_short`,
+    /// `bad_magic`, `unsupported_version`, `unknown_flags`, `length_mismatch`,
+    /// `checksum_mismatch`, `bad_timestamps`, `key_mismatch`), then `too_large` (an object larger
+    /// than the largest envelope the tier writes, not read) and `other`.
+    pub const REASONS: &'static [&'static str] = &REASONS;
+
+    /// The count for `reason` (one of [`REASONS`](Self::REASONS); 0 for any other name).
+    #[must_use]
+    pub fn get(&self, reason: &str) -> u64 {
+        REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.counts[i])
+    }
+
+    /// The sum over every reason.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Each reason with its count, in the order of [`REASONS`](Self::REASONS).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        REASONS.iter().copied().zip(self.counts.iter().copied())
+    }
+}
+
+impl fmt::Debug for DecodeErrors {
+    /// Only the reasons with a non-zero count.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().filter(|(_, n)| *n > 0))
+            .finish()
+    }
+}
+
+/// A snapshot of a tier's counters, from [`S3Backend::stats`](crate::S3Backend::stats).
+///
+/// Counters start at zero when the tier is built and are shared by its clones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct S3Stats {
+    /// Objects read that could not be decoded (or were too large to be read), by reason; each
+    /// was answered as a miss. Also exported as the `metrics` counter
+    /// `tierkit_s3_decode_errors_total{reason}`.
+    pub decode_errors: DecodeErrors,
+    /// Objects read that had already expired by the tier's clock; each was answered as a miss.
+    pub expired_reads: u64,
+    /// Background deletes of expired objects that completed (the object is gone, or was
+    /// replaced by a newer one in the meantime and left alone). Only with an
+    /// [offload](crate::S3BackendBuilder::offload).
+    pub expired_deletes: u64,
+    /// Background deletes of expired objects that failed, or that the offload refused to run.
+    pub expired_delete_failures: u64,
+}
+
+/// The live counters.
+pub(crate) struct Counters {
+    decode: [AtomicU64; REASONS.len()],
+    decode_metrics: [metrics::Counter; REASONS.len()],
+    expired_reads: AtomicU64,
+    expired_deletes: AtomicU64,
+    expired_delete_failures: AtomicU64,
+}
+
+impl Counters {
+    /// Fresh counters, with the metric handles resolved now (against the recorder installed at
+    /// this moment, if any).
+    pub(crate) fn new() -> Self {
+        Counters {
+            decode: std::array::from_fn(|_| AtomicU64::new(0)),
+            decode_metrics: REASONS
+                .map(|reason| metrics::counter!(DECODE_ERRORS_METRIC, "reason" => reason)),
+            expired_reads: AtomicU64::new(0),
+            expired_deletes: AtomicU64::new(0),
+            expired_delete_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts an object that did not decode.
+    pub(crate) fn malformed(&self, malformed: &Malformed) {
+        self.decode_error(malformed.reason());
+    }
+
+    /// Counts an undecodable object under `reason`.
+    pub(crate) fn decode_error(&self, reason: &str) {
+        let i = index_of(reason);
+        self.decode[i].fetch_add(1, Ordering::Relaxed);
+        self.decode_metrics[i].increment(1);
+    }
+
+    /// Counts an object found expired.
+    pub(crate) fn expired_read(&self) {
+        self.expired_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a completed background delete of an expired object.
+    pub(crate) fn expired_deleted(&self) {
+        self.expired_deletes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed (or refused) background delete of an expired object.
+    pub(crate) fn expired_delete_failed(&self) {
+        self.expired_delete_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> S3Stats {
+        S3Stats {
+            decode_errors: DecodeErrors {
+                counts: std::array::from_fn(|i| self.decode[i].load(Ordering::Relaxed)),
+            },
+            expired_reads: self.expired_reads.load(Ordering::Relaxed),
+            expired_deletes: self.expired_deletes.load(Ordering::Relaxed),
+            expired_delete_failures: self.expired_delete_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_malformed_reason_has_its_own_counter() {
+        let counters = Counters::new();
+        let reasons = [
+            Malformed::TooShort { len: 0 },
+            Malformed::BadMagic,
+            Malformed::UnsupportedVersion(9),
+            Malformed::UnknownFlags(2),
+            Malformed::LengthMismatch {
+                expected: 1,
+                found: 2,
+            },
+            Malformed::ChecksumMismatch,
+            Malformed::BadTimestamps,
+            Malformed::KeyMismatch,
+        ];
+        for (i, malformed) in reasons.iter().enumerate() {
+            assert_eq!(index_of(malformed.reason()), i, "{malformed:?}");
+            counters.malformed(malformed);
+        }
+        counters.decode_error(TOO_LARGE);
+        counters.decode_error("something new");
+        counters.malformed(&Malformed::BadMagic);
+        let stats = counters.snapshot();
+        assert_eq!(stats.decode_errors.total(), 11);
+        assert_eq!(stats.decode_errors.get("bad_magic"), 2);
+        assert_eq!(stats.decode_errors.get("too_large"), 1);
+        assert_eq!(stats.decode_errors.get("other"), 1);
+        assert_eq!(stats.decode_errors.get("no such reason"), 0);
+        assert_eq!(stats.expired_reads, 0);
+        counters.expired_read();
+        counters.expired_deleted();
+        counters.expired_delete_failed();
+        counters.expired_delete_failed();
+        let stats = counters.snapshot();
+        assert_eq!(
+            (
+                stats.expired_reads,
+                stats.expired_deletes,
+                stats.expired_delete_failures
+            ),
+            (1, 1, 2)
+        );
+        assert!(format!("{:?}", stats.decode_errors).contains("\"bad_magic\": 2"));
+    }
+}
