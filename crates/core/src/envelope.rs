@@ -238,6 +238,118 @@ pub fn decode(bytes: &Bytes, key: &CacheKey) -> Result<CacheValue, Malformed> {
         .map_err(|_| Malformed::BadTimestamps)
 }
 
+/// The reasons remote tiers count undecodable values under, in a stable order: the
+/// [`Malformed::reason`] names, then `wrong_type` (a Redis key of another type than a string),
+/// `too_large` (an object larger than any envelope the tier writes, not even read) and `other`
+/// (a reason this build does not know).
+pub const DECODE_ERROR_REASONS: [&str; 11] = [
+    "too_short",
+    "bad_magic",
+    "unsupported_version",
+    "unknown_flags",
+    "length_mismatch",
+    "checksum_mismatch",
+    "bad_timestamps",
+    "key_mismatch",
+    "wrong_type",
+    "too_large",
+    "other",
+];
+
+const OTHER_REASON: usize = DECODE_ERROR_REASONS.len() - 1;
+
+/// The position of `reason` in [`DECODE_ERROR_REASONS`] (`other` for an unknown name).
+#[must_use]
+pub fn decode_error_index(reason: &str) -> usize {
+    DECODE_ERROR_REASONS
+        .iter()
+        .position(|known| *known == reason)
+        .unwrap_or(OTHER_REASON)
+}
+
+/// How many values a tier read that could not be decoded, by reason (a snapshot). Each was
+/// answered as a miss.
+///
+/// ```
+/// use tierkit_core::envelope::{DecodeErrorCounters, DecodeErrors, Malformed};
+///
+/// let counters = DecodeErrorCounters::default();
+/// counters.record(Malformed::BadMagic.reason());
+/// counters.record("wrong_type");
+/// let snapshot: DecodeErrors = counters.snapshot();
+/// assert_eq!(snapshot.total(), 2);
+/// assert_eq!(snapshot.get("bad_magic"), 1);
+/// assert_eq!(snapshot.get("no such reason"), 0);
+/// assert!(DecodeErrors::REASONS.contains(&"checksum_mismatch"));
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DecodeErrors {
+    counts: [u64; DECODE_ERROR_REASONS.len()],
+}
+
+impl DecodeErrors {
+    /// Every reason counted, in a stable order: [`DECODE_ERROR_REASONS`].
+    pub const REASONS: &'static [&'static str] = &DECODE_ERROR_REASONS;
+
+    /// The count for `reason` (0 for a name not in [`REASONS`](Self::REASONS)).
+    #[must_use]
+    pub fn get(&self, reason: &str) -> u64 {
+        DECODE_ERROR_REASONS
+            .iter()
+            .position(|known| *known == reason)
+            .map_or(0, |i| self.counts[i])
+    }
+
+    /// The sum over every reason.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Each reason with its count, in the order of [`REASONS`](Self::REASONS).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        DECODE_ERROR_REASONS
+            .iter()
+            .copied()
+            .zip(self.counts.iter().copied())
+    }
+}
+
+impl fmt::Debug for DecodeErrors {
+    /// Only the reasons with a non-zero count.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().filter(|(_, n)| *n > 0))
+            .finish()
+    }
+}
+
+/// Live counters of undecodable values by reason, for a tier to keep and snapshot.
+#[derive(Debug, Default)]
+pub struct DecodeErrorCounters {
+    counts: [std::sync::atomic::AtomicU64; DECODE_ERROR_REASONS.len()],
+}
+
+impl DecodeErrorCounters {
+    /// Counts one value under `reason` and returns the reason's position in
+    /// [`DECODE_ERROR_REASONS`] (for a tier's own per-reason metric handles).
+    pub fn record(&self, reason: &str) -> usize {
+        let index = decode_error_index(reason);
+        self.counts[index].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        index
+    }
+
+    /// The counts now.
+    #[must_use]
+    pub fn snapshot(&self) -> DecodeErrors {
+        DecodeErrors {
+            counts: std::array::from_fn(|i| {
+                self.counts[i].load(std::sync::atomic::Ordering::Relaxed)
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +412,35 @@ mod tests {
             decode(&Bytes::from(padded), &key),
             Err(Malformed::LengthMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn every_malformed_reason_has_its_own_counter() {
+        let reasons = [
+            Malformed::TooShort { len: 0 },
+            Malformed::BadMagic,
+            Malformed::UnsupportedVersion(9),
+            Malformed::UnknownFlags(2),
+            Malformed::LengthMismatch {
+                expected: 1,
+                found: 2,
+            },
+            Malformed::ChecksumMismatch,
+            Malformed::BadTimestamps,
+            Malformed::KeyMismatch,
+        ];
+        let counters = DecodeErrorCounters::default();
+        for (i, malformed) in reasons.iter().enumerate() {
+            assert_eq!(counters.record(malformed.reason()), i, "{malformed:?}");
+        }
+        assert_eq!(
+            counters.record("something new"),
+            DECODE_ERROR_REASONS.len() - 1
+        );
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot.total(), 9);
+        assert_eq!(snapshot.get("other"), 1);
+        assert!(format!("{snapshot:?}").contains("\"bad_magic\": 1"));
     }
 
     #[test]

@@ -140,7 +140,8 @@ mod stats;
 pub use backend::RedisBackend;
 pub use config::{RedisBackendBuilder, RedisSource};
 pub use error::RedisError;
-pub use stats::{DecodeErrors, RedisStats};
+pub use stats::RedisStats;
+pub use tierkit_core::envelope::DecodeErrors;
 
 /// The fred crate this tier is built on, for its `Config`, `Client`, `Pool` and
 /// `ReconnectPolicy` types.

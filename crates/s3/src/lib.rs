@@ -126,7 +126,8 @@ mod stats;
 pub use backend::S3Backend;
 pub use config::S3BackendBuilder;
 pub use error::S3Error;
-pub use stats::{DecodeErrors, S3Stats};
+pub use stats::S3Stats;
+pub use tierkit_core::envelope::DecodeErrors;
 
 /// The AWS SDK for S3 this tier is built on, for its `Client`, `Config` and credentials types.
 pub use aws_sdk_s3;

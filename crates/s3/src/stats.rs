@@ -2,92 +2,19 @@
 //! background deletes of expired objects, kept in atomics; undecodable objects are mirrored to
 //! `metrics` counters resolved once, at build time.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tierkit_core::envelope::Malformed;
+use tierkit_core::envelope::{DECODE_ERROR_REASONS, DecodeErrorCounters, DecodeErrors, Malformed};
 
 /// The reasons an undecodable object is counted under: the
 /// [`Malformed::reason`](tierkit_core::envelope::Malformed::reason) names, then `too_large` (the
 /// object is larger than any envelope the tier writes; it is not read), then `other` (a reason
 /// this build does not know).
-const REASONS: [&str; 10] = [
-    "too_short",
-    "bad_magic",
-    "unsupported_version",
-    "unknown_flags",
-    "length_mismatch",
-    "checksum_mismatch",
-    "bad_timestamps",
-    "key_mismatch",
-    "too_large",
-    "other",
-];
-
-const OTHER: usize = REASONS.len() - 1;
-
 /// The reason name under which an object too large to be an envelope of the tier is counted.
 pub(crate) const TOO_LARGE: &str = "too_large";
 
 /// The name of the metric counting undecodable values, labelled `reason`.
 pub(crate) const DECODE_ERRORS_METRIC: &str = "tierkit_s3_decode_errors_total";
-
-fn index_of(reason: &str) -> usize {
-    REASONS.iter().position(|r| *r == reason).unwrap_or(OTHER)
-}
-
-/// How many objects were read that could not be decoded, by reason. Each was answered as a miss.
-///
-/// ```
-/// use tierkit_s3::DecodeErrors;
-///
-/// let none = DecodeErrors::default();
-/// assert_eq!(none.total(), 0);
-/// assert_eq!(none.get("bad_magic"), 0);
-/// assert!(DecodeErrors::REASONS.contains(&"checksum_mismatch"));
-/// ```
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct DecodeErrors {
-    counts: [u64; REASONS.len()],
-}
-
-impl DecodeErrors {
-    /// Every reason counted, in a stable order: the names of
-    /// [`Malformed::reason`](tierkit_core::envelope::Malformed::reason) (`too_short`,
-    /// `bad_magic`, `unsupported_version`, `unknown_flags`, `length_mismatch`,
-    /// `checksum_mismatch`, `bad_timestamps`, `key_mismatch`), then `too_large` (an object larger
-    /// than the largest envelope the tier writes, not read) and `other`.
-    pub const REASONS: &'static [&'static str] = &REASONS;
-
-    /// The count for `reason` (one of [`REASONS`](Self::REASONS); 0 for any other name).
-    #[must_use]
-    pub fn get(&self, reason: &str) -> u64 {
-        REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.counts[i])
-    }
-
-    /// The sum over every reason.
-    #[must_use]
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// Each reason with its count, in the order of [`REASONS`](Self::REASONS).
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        REASONS.iter().copied().zip(self.counts.iter().copied())
-    }
-}
-
-impl fmt::Debug for DecodeErrors {
-    /// Only the reasons with a non-zero count.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.iter().filter(|(_, n)| *n > 0))
-            .finish()
-    }
-}
 
 /// A snapshot of a tier's counters, from [`S3Backend::stats`](crate::S3Backend::stats).
 ///
@@ -111,8 +38,8 @@ pub struct S3Stats {
 
 /// The live counters.
 pub(crate) struct Counters {
-    decode: [AtomicU64; REASONS.len()],
-    decode_metrics: [metrics::Counter; REASONS.len()],
+    decode: DecodeErrorCounters,
+    decode_metrics: [metrics::Counter; DECODE_ERROR_REASONS.len()],
     expired_reads: AtomicU64,
     expired_deletes: AtomicU64,
     expired_delete_failures: AtomicU64,
@@ -123,8 +50,8 @@ impl Counters {
     /// this moment, if any).
     pub(crate) fn new() -> Self {
         Counters {
-            decode: std::array::from_fn(|_| AtomicU64::new(0)),
-            decode_metrics: REASONS
+            decode: DecodeErrorCounters::default(),
+            decode_metrics: DECODE_ERROR_REASONS
                 .map(|reason| metrics::counter!(DECODE_ERRORS_METRIC, "reason" => reason)),
             expired_reads: AtomicU64::new(0),
             expired_deletes: AtomicU64::new(0),
@@ -139,8 +66,7 @@ impl Counters {
 
     /// Counts an undecodable object under `reason`.
     pub(crate) fn decode_error(&self, reason: &str) {
-        let i = index_of(reason);
-        self.decode[i].fetch_add(1, Ordering::Relaxed);
+        let i = self.decode.record(reason);
         self.decode_metrics[i].increment(1);
     }
 
@@ -161,9 +87,7 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> S3Stats {
         S3Stats {
-            decode_errors: DecodeErrors {
-                counts: std::array::from_fn(|i| self.decode[i].load(Ordering::Relaxed)),
-            },
+            decode_errors: self.decode.snapshot(),
             expired_reads: self.expired_reads.load(Ordering::Relaxed),
             expired_deletes: self.expired_deletes.load(Ordering::Relaxed),
             expired_delete_failures: self.expired_delete_failures.load(Ordering::Relaxed),
@@ -192,7 +116,10 @@ mod tests {
             Malformed::KeyMismatch,
         ];
         for (i, malformed) in reasons.iter().enumerate() {
-            assert_eq!(index_of(malformed.reason()), i, "{malformed:?}");
+            assert_eq!(
+                tierkit_core::envelope::decode_error_index(malformed.reason()),
+                i
+            );
             counters.malformed(malformed);
         }
         counters.decode_error(TOO_LARGE);
