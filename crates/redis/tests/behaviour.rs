@@ -1,8 +1,8 @@
 //! What the conformance suite cannot see: the Redis side of the tier. Refill from Redis into
 //! moka with unchanged timestamps, the physical TTL (`PTTL`) set from `expires_at`, undecodable
 //! values counted as misses, the key layout, value limits, namespace isolation of `clear` (in a
-//! cluster too, across every primary), typed connection errors without credentials, timeouts
-//! against a server that stops answering, and the ownership of connections.
+//! cluster too, across every primary), typed connection errors without credentials, and the
+//! ownership of connections. (A server that stops answering is in `faults.rs`.)
 //!
 //! Servers come from the environment (see `tests/common/mod.rs`); tests that need one skip
 //! without it, unless `TIERKIT_REQUIRE_SERVICES` is set. Raw commands go through a fred client
@@ -15,12 +15,11 @@
 mod common;
 
 use std::error::Error as _;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    CLUSTER, STANDALONE, builder, count_keys_per_primary, free_port, k, raw_client, silent_server,
+    CLUSTER, STANDALONE, builder, count_keys_per_primary, free_port, k, raw_client,
     unique_namespace,
 };
 use tierkit_core::{
@@ -652,63 +651,6 @@ async fn tls_urls_speak_tls() {
             RedisError::Connect { .. } | RedisError::ConnectTimeout { .. }
         ),
         "{err:?}"
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Timeouts
-
-/// A server that completes the handshake and then never answers: every operation fails with a
-/// transient error within the command timeout (+ 1 s of slack), never hangs. The first one is
-/// a `Timeout` naming the bound. Though commands keep coming (so fred's own unresponsive check,
-/// which needs a pause in writes, never fires), the tier has the silent connection replaced.
-#[tokio::test]
-async fn operations_on_a_server_that_stops_answering_time_out() {
-    let (port, accepted) = silent_server().await;
-    let command_timeout = Duration::from_millis(300);
-    let tier = RedisBackend::builder(format!("redis://127.0.0.1:{port}"))
-        .command_timeout(command_timeout)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .expect("the handshake is answered");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    let key = k("k");
-    let value = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), HOUR);
-    let bound = command_timeout + Duration::from_secs(1);
-
-    let started = Instant::now();
-    let err = tier.get(&key).await.expect_err("no answer");
-    assert!(started.elapsed() <= bound, "{:?}", started.elapsed());
-    assert!(
-        matches!(err, BackendError::Timeout { after, .. } if after == command_timeout),
-        "{err:?}"
-    );
-    assert_eq!(err.to_string(), "redis: get timed out after 300ms");
-
-    // Back-to-back operations, of every kind, until the connection was replaced (the second
-    // timeout, 600 ms after the last answer, triggers it).
-    let mut operations = 0;
-    while accepted.load(Ordering::SeqCst) < 2 && operations < 20 {
-        let started = Instant::now();
-        let result = match operations % 4 {
-            0 => tier.get(&key).await.map(drop),
-            1 => tier.set(&key, value.clone()).await,
-            2 => tier.delete(&key).await,
-            _ => tier.clear().await,
-        };
-        assert!(started.elapsed() <= bound, "{:?}", started.elapsed());
-        let err = result.expect_err("no answer");
-        assert!(
-            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Connection),
-            "{err:?}"
-        );
-        assert!(err.is_transient(), "{err:?}");
-        operations += 1;
-    }
-    assert!(
-        accepted.load(Ordering::SeqCst) >= 2,
-        "the silent connection was not replaced after {operations} operations"
     );
 }
 

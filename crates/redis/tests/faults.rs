@@ -451,6 +451,99 @@ async fn a_stopped_server_fails_fast_and_the_same_tier_recovers_after_restart() 
 }
 
 // ---------------------------------------------------------------------------------------------
+// A server that stops answering
+
+/// The `total_connections_received` counter of `server`'s `INFO stats`.
+fn connections_received(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "stats"]).expect("INFO stats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_connections_received in INFO stats")
+}
+
+/// A real server frozen (`SIGSTOP`) after the tier connected: it accepts bytes but answers
+/// nothing. Every operation fails with a transient error within the command timeout (+ 1 s),
+/// the first one a `Timeout` naming the bound; though commands keep coming (so fred's own
+/// unresponsive check, which needs a pause in writes, never fires), the tier has the silent
+/// connection replaced, and once the server runs again the same tier works.
+#[tokio::test]
+async fn operations_on_a_server_that_stops_answering_time_out() {
+    let Some(binaries) = binaries() else {
+        return;
+    };
+    let server = RedisServer::start(&binaries, RedisServerOptions::new()).expect("a server");
+    let mut processes = Processes::default();
+    processes.record([&server]);
+    let command_timeout = Duration::from_millis(300);
+    let redis = RedisBackend::builder(server.url())
+        .namespace(&unique_namespace("silent"))
+        .command_timeout(command_timeout)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("the tier connects");
+    let key = k("k");
+    let value = value("v");
+    redis.set(&key, value.clone()).await.expect("set");
+    let before = connections_received(&server);
+    let bound = command_timeout + Duration::from_secs(1);
+
+    server.pause().expect("SIGSTOP");
+    let started = Instant::now();
+    let err = redis.get(&key).await.expect_err("no answer");
+    assert!(started.elapsed() <= bound, "{:?}", started.elapsed());
+    assert!(
+        matches!(err, BackendError::Timeout { after, .. } if after == command_timeout),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "redis: get timed out after 300ms");
+
+    // Back-to-back operations of every kind: the second timeout, 600 ms after the last answer,
+    // has the watchdog replace the connection (fred reconnects once the server answers).
+    for operation in 0..6 {
+        let started = Instant::now();
+        let result = match operation % 4 {
+            0 => redis.get(&key).await.map(drop),
+            1 => redis.set(&key, value.clone()).await,
+            2 => redis.delete(&key).await,
+            _ => redis.clear().await,
+        };
+        assert!(started.elapsed() <= bound, "{:?}", started.elapsed());
+        let err = result.expect_err("no answer");
+        assert!(
+            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Connection),
+            "{err:?}"
+        );
+        assert!(err.is_transient(), "{err:?}");
+    }
+
+    server.resume().expect("SIGCONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = k("after");
+        let works = redis.set(&probe, value.clone()).await.is_ok()
+            && redis.get(&probe).await.ok().flatten() == Some(value.clone());
+        if works {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tier did not recover after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        connections_received(&server) > before + 1,
+        "the silent connection was not replaced (only the test's own INFO connections arrived)"
+    );
+
+    drop(redis);
+    drop(server);
+    processes.assert_gone();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Garbage bytes
 
 /// Another program writes bytes that are not an envelope under a key of the tier: the

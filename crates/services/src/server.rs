@@ -248,6 +248,52 @@ impl RedisServer {
         kill_and_wait(&mut child, self.instance.port)
     }
 
+    /// Freezes the process (`SIGSTOP`): the kernel still accepts connections and data for it,
+    /// but nothing is answered, like a Redis hung on a slow command or a stalled machine.
+    /// [`RedisServer::resume`] lets it run again; [`RedisServer::stop`] and dropping the server
+    /// work on a frozen process too.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::NotRunning`] when stopped, [`ServiceError::Io`] when the signal cannot
+    /// be sent.
+    pub fn pause(&self) -> Result<(), ServiceError> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a process frozen by [`RedisServer::pause`] run again (`SIGCONT`); it then answers
+    /// what it received meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisServer::pause`].
+    pub fn resume(&self) -> Result<(), ServiceError> {
+        self.signal("-CONT")
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to the running process with `kill`.
+    fn signal(&self, signal: &str) -> Result<(), ServiceError> {
+        let pid = self.pid().ok_or(ServiceError::NotRunning {
+            port: self.instance.port,
+        })?;
+        let action = format!("sending {signal} to redis-server {pid}");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .map_err(|source| ServiceError::Io {
+                action: action.clone(),
+                source,
+            })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ServiceError::Io {
+                action,
+                source: std::io::Error::other(format!("kill exited with {status}")),
+            })
+        }
+    }
+
     /// Stops the server if it runs, then starts it again on the same port, with the same
     /// options and directory (a cluster node keeps its `nodes.conf`, hence its identity), and
     /// waits until it answers `PING`. Clients that reconnect find it at the same address.

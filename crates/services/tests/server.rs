@@ -142,3 +142,28 @@ fn handles_can_be_shared_across_threads() {
     assert_send_sync::<RedisBinaries>();
     assert_send_sync::<ServiceError>();
 }
+
+#[test]
+fn a_paused_server_answers_nothing_until_resumed() {
+    let Some(binaries) = RedisBinaries::for_tests().unwrap_or_else(|err| panic!("{err}")) else {
+        return;
+    };
+    let server = RedisServer::start(&binaries, RedisServerOptions::new()).unwrap();
+    let pid = server.pid().unwrap();
+    server.pause().unwrap();
+    let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        state
+            .lines()
+            .any(|line| line.starts_with("State:") && line.contains('T')),
+        "{state}"
+    );
+    server.resume().unwrap();
+    assert_eq!(server.command(&["PING"]).unwrap(), "PONG");
+    server.pause().unwrap();
+    drop(server); // dropping a frozen server kills it
+    assert!(
+        !process_exists(pid),
+        "redis-server {pid} survived drop while paused"
+    );
+}

@@ -7,8 +7,7 @@
 //! `TIERKIT_REQUIRE_SERVICES=1` to make a missing variable a failure instead of a skip.
 #![allow(dead_code)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tierkit_core::{BackendError, CacheKey};
@@ -17,8 +16,7 @@ use tierkit_redis::fred::prelude::*;
 use tierkit_redis::{RedisBackend, fred};
 use tierkit_testkit::ConformanceContext;
 use tierkit_testkit::conformance::skip;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// The standalone server.
 pub const STANDALONE: &str = "TIERKIT_REDIS_URL";
@@ -154,76 +152,4 @@ pub async fn count_keys_per_primary(raw: &Client, pattern: &str) -> Vec<usize> {
 pub async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("an address").port()
-}
-
-/// A fake server on a local port that answers the handshake fred sends on each connection
-/// (`PING`, `CLIENT ID`, `INFO`) and then never answers anything else: a Redis that hangs.
-/// Returns its port and the number of connections it accepted so far; it runs until the
-/// test's runtime ends.
-pub async fn silent_server() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("an address").port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(answer_handshake_only(socket));
-        }
-    });
-    (port, accepted)
-}
-
-async fn answer_handshake_only(mut socket: TcpStream) {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Some((name, used)) = parse_command(&buffer) {
-            buffer.drain(..used);
-            let reply: Vec<u8> = match name.to_ascii_uppercase().as_slice() {
-                b"PING" => b"+PONG\r\n".to_vec(),
-                b"CLIENT" => b":7\r\n".to_vec(),
-                b"INFO" => {
-                    let info = "# Server\r\nredis_version:7.0.0\r\n";
-                    format!("${}\r\n{info}\r\n", info.len()).into_bytes()
-                }
-                b"QUIT" => b"+OK\r\n".to_vec(),
-                // GET, SET, UNLINK, SCAN...: hang.
-                _ => continue,
-            };
-            if socket.write_all(&reply).await.is_err() {
-                return;
-            }
-        }
-        match socket.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Parses one RESP command (an array of bulk strings) at the start of `buffer`: its name and
-/// the number of bytes it used, or `None` when incomplete.
-fn parse_command(buffer: &[u8]) -> Option<(Vec<u8>, usize)> {
-    fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
-        let end = buffer.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
-        Some((&buffer[at..end], end + 2))
-    }
-    fn number(text: &[u8]) -> Option<usize> {
-        std::str::from_utf8(text).ok()?.parse().ok()
-    }
-    let (header, mut at) = line(buffer, 0)?;
-    let count = number(header.strip_prefix(b"*")?)?;
-    let mut name = None;
-    for _ in 0..count {
-        let (len_line, next) = line(buffer, at)?;
-        let len = number(len_line.strip_prefix(b"$")?)?;
-        let data = buffer.get(next..next + len)?;
-        if buffer.get(next + len..next + len + 2)? != b"\r\n" {
-            return None;
-        }
-        name.get_or_insert_with(|| data.to_vec());
-        at = next + len + 2;
-    }
-    Some((name.unwrap_or_default(), at))
 }
