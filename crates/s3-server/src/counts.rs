@@ -199,6 +199,8 @@ pub(crate) struct CountingService {
     pub(crate) inner: S3Service,
     /// Where the counts go.
     pub(crate) counters: Arc<Counters>,
+    /// While `true`, requests are held unanswered (see `S3Server::pause`).
+    pub(crate) paused: tokio::sync::watch::Receiver<bool>,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for CountingService {
@@ -210,10 +212,13 @@ impl hyper::service::Service<hyper::Request<Incoming>> for CountingService {
         self.counters.with(|counts| counts.http += 1);
         let slot = OpSlot::default();
         req.extensions_mut().insert(slot.clone());
-        let response = hyper::service::Service::call(&self.inner, req);
+        let inner = self.inner.clone();
         let counters = Arc::clone(&self.counters);
+        let mut paused = self.paused.clone();
         Box::pin(async move {
-            let response = response.await;
+            // A closed sender means the server is gone: answer rather than hang.
+            let _ = paused.wait_for(|paused| !*paused).await;
+            let response = hyper::service::Service::call(&inner, req).await;
             let failed = match &response {
                 Ok(response) => {
                     response.status().is_client_error() || response.status().is_server_error()

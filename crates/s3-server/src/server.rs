@@ -167,6 +167,8 @@ pub struct S3Server {
     service: CountingService,
     /// The request counts, shared with the service.
     counters: Arc<Counters>,
+    /// Holds requests unanswered while `true` ([`S3Server::pause`]).
+    paused: tokio::sync::watch::Sender<bool>,
     /// The accept loop and its shutdown switch, while running.
     running: Mutex<Option<Running>>,
 }
@@ -234,9 +236,11 @@ impl S3Server {
         builder.set_access(CountingAccess {
             counters: Arc::clone(&counters),
         });
+        let (paused, paused_rx) = tokio::sync::watch::channel(false);
         let service = CountingService {
             inner: builder.build(),
             counters: Arc::clone(&counters),
+            paused: paused_rx,
         };
 
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -255,6 +259,7 @@ impl S3Server {
             data_dir,
             service,
             counters,
+            paused,
             running: Mutex::new(Some(running)),
         })
     }
@@ -355,6 +360,18 @@ impl S3Server {
     /// Sets every request count back to zero (for instance after a test's setup).
     pub fn reset_requests(&self) {
         self.counters.reset();
+    }
+
+    /// Keeps accepting connections and reading requests, but answers none of them until
+    /// [`S3Server::resume`]: a server that hangs (overloaded, or a stalled network path).
+    /// Held requests are answered on resume, unless their client gave up first.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Answers the requests held since [`S3Server::pause`], and every later one.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
     }
 
     /// Stops accepting connections and closes every open one (requests in flight are cut

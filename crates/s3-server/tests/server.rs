@@ -564,3 +564,23 @@ fn the_server_can_be_shared_between_tasks() {
     assert_send_sync::<tierkit_s3_server::RequestCounts>();
     assert_send_sync::<S3ServerError>();
 }
+
+#[tokio::test]
+async fn a_paused_server_holds_requests_until_resumed() {
+    let server = S3Server::start(S3ServerOptions::new()).await.unwrap();
+    let client = server.client();
+    server.pause();
+    let held = tokio::time::timeout(
+        Duration::from_millis(300),
+        client.head_bucket().bucket(server.bucket()).send(),
+    )
+    .await;
+    assert!(held.is_err(), "a paused server answered");
+    server.resume();
+    client
+        .head_bucket()
+        .bucket(server.bucket())
+        .send()
+        .await
+        .expect("answered once resumed");
+}

@@ -612,16 +612,10 @@ async fn expired_objects_are_misses_and_deleted_in_the_background() {
 }
 
 /// The background delete of an expired object is conditional on the ETag read (`If-Match`): a
-/// newer object written before the delete runs survives it. Needs a server that honors
-/// conditional deletes (Amazon S3, moto: `cargo xtask s3-compat`); the in-process server
-/// (s3s-fs 0.14.1) ignores `If-Match` on `DeleteObject`, so the test skips there.
+/// newer object written before the delete runs survives it.
 #[tokio::test]
 async fn a_newer_object_survives_the_background_delete_of_an_expired_one() {
     let env = S3Env::new().await;
-    if env.server().is_some() {
-        eprintln!("skipped: the in-process server ignores If-Match on DeleteObject");
-        return;
-    }
     let raw = env.raw().await;
     let clock = ManualClock::starting_now();
     let offload = ManualOffload::new();
@@ -714,32 +708,21 @@ async fn a_stopped_server_is_a_transient_connection_error() {
     assert_eq!(tier.get(&key).await.expect("get"), Some(value));
 }
 
-/// A server that accepts connections and never answers: every operation fails with a
-/// `Timeout` naming the bound, within the operation timeout (+ 1 s), never hangs.
+/// The in-process server paused: it accepts connections and requests and answers none. Every
+/// operation fails with a `Timeout` naming the bound, within the operation timeout (+ 1 s),
+/// never hangs; resumed, the same tier works again.
 #[tokio::test]
 async fn a_silent_server_times_out() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("an address").port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket); // never read, never answered, never closed
-        }
-    });
+    let env = S3Env::local().await;
+    let server = env.server().expect("a local server");
     let timeout = Duration::from_millis(500);
-    let tier = S3Backend::compatible(
-        &format!("http://127.0.0.1:{port}"),
-        "us-east-1",
-        "key",
-        "secret",
-        "tierkit",
-    )
-    .operation_timeout(timeout)
-    .build()
-    .await
-    .expect("builds without a request");
+    let tier = env
+        .builder(&unique_prefix("silent"))
+        .operation_timeout(timeout)
+        .build()
+        .await
+        .expect("builds");
+    server.pause();
     let key = k("k");
     let value = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), HOUR);
     for op in ["get", "set", "delete", "clear"] {
@@ -764,6 +747,12 @@ async fn a_silent_server_times_out() {
     }
     let err = tier.get(&key).await.expect_err("no answer");
     assert_eq!(err.to_string(), "s3: get timed out after 500ms");
+
+    // Running again, the same tier works.
+    server.resume();
+    tier.set(&key, value.clone()).await.expect("set");
+    assert_eq!(tier.get(&key).await.expect("get"), Some(value));
+    tier.clear().await.expect("clear");
 }
 
 /// A missing bucket: `check_bucket` fails the build with `NoSuchBucket` naming it; without the
