@@ -12,12 +12,13 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{capture, expect_pending, expect_ready};
+use common::{expect_pending, expect_ready};
 use tierkit_core::{
     Backend, BackendError, CacheKey, CacheValue, Clock, ErrorKind, ManualClock, Op, Probe,
     SharedBackend, Timestamp,
 };
 use tierkit_policy::{AnyReadPolicy, AnyWritePolicy, Composition, CompositionError, RefillPolicy};
+use tierkit_testkit::logs::capture;
 use tierkit_testkit::{
     CallCounts, Fault, FaultyBackend, ManualOffload, MemoryBackend, injected_error, key, scripted,
 };

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{
-    Capture, EventLog, assert_same_error, capture, controlled, cx, expect_pending, expect_ready,
-    fresh, fresh_created, immediate, l1_error, l2_error, stale, stale_created, val,
+    EventLog, assert_same_error, controlled, cx, expect_pending, expect_ready, fresh,
+    fresh_created, immediate, l1_error, l2_error, stale, stale_created, val,
 };
 use tierkit_core::{BackendError, CacheValue, ErrorKind, Op};
 use tierkit_policy::{
@@ -23,6 +23,7 @@ use tierkit_policy::{
     RaceReadPolicy, ReadOutcome, ReadPolicy, RefillPolicy, SequentialReadPolicy, TierRead,
 };
 use tierkit_testkit::ManualOffload;
+use tierkit_testkit::logs::{Capture, capture};
 use tracing::Level;
 
 /// What a tier answers in a row.

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{
-    Capture, EventLog, assert_same_error, capture, controlled, cx, expect_pending, expect_ready,
-    immediate, l1_error, l2_error,
+    EventLog, assert_same_error, controlled, cx, expect_pending, expect_ready, immediate, l1_error,
+    l2_error,
 };
 use tierkit_core::{BackendError, ErrorKind, Op};
 use tierkit_policy::{
@@ -28,6 +28,7 @@ use tierkit_policy::{
     SequentialWritePolicy, TierWrite, WriteOutcome, WritePolicy, WriteStatus,
 };
 use tierkit_testkit::ManualOffload;
+use tierkit_testkit::logs::{Capture, capture};
 use tracing::Level;
 
 /// What one cell run produced.

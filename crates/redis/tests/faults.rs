@@ -23,8 +23,6 @@
 mod common;
 
 use std::future::Future;
-use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{k, unique_namespace};
@@ -33,8 +31,8 @@ use tierkit_moka::MokaBackend;
 use tierkit_policy::Composition;
 use tierkit_redis::RedisBackend;
 use tierkit_services::{RedisBinaries, RedisCluster, RedisServer, RedisServerOptions};
+use tierkit_testkit::logs::capture;
 use tracing::Level;
-use tracing_subscriber::fmt::MakeWriter;
 
 /// The command timeout of every tier here: small, so that the tests are fast.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(400);
@@ -190,84 +188,6 @@ fn cmdline(pid: u32) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Log capture
-
-/// Log output captured from the current thread while its guard lives (the tests run on
-/// current-thread runtimes, so every task logs on this thread).
-struct Capture {
-    buffer: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-/// A [`MakeWriter`] appending to a shared buffer.
-#[derive(Clone)]
-struct BufferWriter(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for BufferWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for BufferWriter {
-    type Writer = BufferWriter;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// Captures every event at `level` or above emitted on this thread until the returned
-/// [`Capture`] is dropped.
-fn capture(level: Level) -> Capture {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(BufferWriter(Arc::clone(&buffer)))
-        .with_max_level(level)
-        .with_ansi(false)
-        .without_time()
-        .finish();
-    Capture {
-        buffer,
-        _guard: tracing::subscriber::set_default(subscriber),
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buffer.lock().unwrap_or_else(PoisonError::into_inner))
-            .into_owned()
-    }
-
-    /// How many captured lines contain every one of `parts`.
-    fn count(&self, parts: &[&str]) -> usize {
-        self.text()
-            .lines()
-            .filter(|line| parts.iter().all(|part| line.contains(part)))
-            .count()
-    }
-
-    /// Asserts that exactly `expected` captured lines contain every one of `parts`.
-    fn assert_count(&self, expected: usize, parts: &[&str]) {
-        let found = self.count(parts);
-        assert_eq!(
-            found,
-            expected,
-            "expected {expected} log line(s) with {parts:?}, found {found}; captured:\n{}",
-            self.text()
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // A standalone server stopped mid-run
 
 /// The warning of the optimistic parallel write when Redis failed and moka holds the value.
@@ -329,7 +249,7 @@ async fn a_stopped_server_fails_fast_and_the_same_tier_recovers_after_restart() 
             Some(values[*i].clone())
         );
     }
-    logs.assert_count(0, &["WARN"]);
+    logs.assert_lines(0, &["WARN"]);
 
     server.stop().expect("stop");
     assert!(!server.is_running());
@@ -380,10 +300,10 @@ async fn a_stopped_server_fails_fast_and_the_same_tier_recovers_after_restart() 
         transient_errors += 4;
     }
     assert_eq!(transient_errors, ROUNDS * (only_in_redis.len() + 4));
-    logs.assert_count(ROUNDS, &WRITE_WARNING);
-    logs.assert_count(ROUNDS * only_in_redis.len(), &READ_WARNING);
-    logs.assert_count(ROUNDS, &DELETE_WARNING);
-    logs.assert_count(0, &["l1 (moka)"]);
+    logs.assert_lines(ROUNDS, &WRITE_WARNING);
+    logs.assert_lines(ROUNDS * only_in_redis.len(), &READ_WARNING);
+    logs.assert_lines(ROUNDS, &DELETE_WARNING);
+    logs.assert_lines(0, &["l1 (moka)"]);
 
     // Back on the same port, empty. The same tier reconnects by itself (fred's backoff is
     // capped at 2 s): poll a set + get round trip through the bare tier.
@@ -442,8 +362,8 @@ async fn a_stopped_server_fails_fast_and_the_same_tier_recovers_after_restart() 
     cache.delete(&key).await.expect("delete");
     assert_eq!(l2.get(&key).await.expect("get"), None);
     // No warning after the restart.
-    logs.assert_count(ROUNDS, &WRITE_WARNING);
-    logs.assert_count(ROUNDS, &DELETE_WARNING);
+    logs.assert_lines(ROUNDS, &WRITE_WARNING);
+    logs.assert_lines(ROUNDS, &DELETE_WARNING);
 
     drop((cache, l1, l2));
     drop(server);
@@ -589,8 +509,8 @@ async fn garbage_under_a_key_is_a_counted_miss_through_the_composition() {
     );
     assert_eq!(l2.get(&key).await.expect("get"), Some(good));
     assert_eq!(l2.stats().decode_errors.total(), 1);
-    logs.assert_count(0, &["WARN"]);
-    logs.assert_count(0, &["ERROR"]);
+    logs.assert_lines(0, &["WARN"]);
+    logs.assert_lines(0, &["ERROR"]);
 
     drop((cache, l1, l2));
     drop(server);

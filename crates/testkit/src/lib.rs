@@ -83,6 +83,7 @@
 mod alloc;
 pub mod conformance;
 mod faulty;
+pub mod logs;
 mod memory;
 mod offload;
 mod scripted;
