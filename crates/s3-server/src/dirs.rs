@@ -15,36 +15,14 @@ const BASE_DIR_NAME: &str = "tierkit-s3";
 /// Sequence number of data directories created by this process.
 static NEXT_INSTANCE: AtomicU32 = AtomicU32::new(0);
 
-/// Where data directories go by default: `<cargo target dir>/tierkit-s3`.
-///
-/// The target directory is `$CARGO_TARGET_DIR` when it is an absolute path, else the nearest
-/// ancestor of the running executable that holds cargo's `CACHEDIR.TAG` (test binaries and
-/// examples live under the target directory), else the `target` directory of the workspace
-/// this crate was built in, else [`std::env::temp_dir`]. The directory may not exist yet.
+/// Where data directories go by default: `<cargo target dir>/tierkit-s3` (the target
+/// directory as [`tierkit_services::target_dir`] finds it), else under
+/// [`std::env::temp_dir`]. The directory may not exist yet.
 #[must_use]
 pub fn default_base_dir() -> PathBuf {
-    target_dir()
+    tierkit_services::target_dir()
         .unwrap_or_else(std::env::temp_dir)
         .join(BASE_DIR_NAME)
-}
-
-/// The cargo target directory this process belongs to, if it can be found.
-fn target_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)
-        && dir.is_absolute()
-    {
-        return Some(dir);
-    }
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe
-            .ancestors()
-            .skip(1)
-            .find(|dir| dir.join("CACHEDIR.TAG").is_file())
-    {
-        return Some(dir.to_path_buf());
-    }
-    let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    workspace_target.is_dir().then_some(workspace_target)
 }
 
 /// Creates `base` and a fresh, empty data directory `<base>/<pid>-<seq>` in it, after removing

@@ -99,34 +99,17 @@ impl Counters {
 mod tests {
     use super::*;
 
+    // The mapping of every reason is tested with the shared counters in tierkit-core's
+    // envelope module; here, the tier's own reasons and the snapshot.
     #[test]
-    fn every_malformed_reason_has_its_own_counter() {
+    fn the_tiers_reasons_and_snapshot_are_counted() {
         let counters = Counters::new();
-        let reasons = [
-            Malformed::TooShort { len: 0 },
-            Malformed::BadMagic,
-            Malformed::UnsupportedVersion(9),
-            Malformed::UnknownFlags(2),
-            Malformed::LengthMismatch {
-                expected: 1,
-                found: 2,
-            },
-            Malformed::ChecksumMismatch,
-            Malformed::BadTimestamps,
-            Malformed::KeyMismatch,
-        ];
-        for (i, malformed) in reasons.iter().enumerate() {
-            assert_eq!(
-                tierkit_core::envelope::decode_error_index(malformed.reason()),
-                i
-            );
-            counters.malformed(malformed);
-        }
         counters.decode_error(TOO_LARGE);
         counters.decode_error("something new");
         counters.malformed(&Malformed::BadMagic);
+        counters.malformed(&Malformed::BadMagic);
         let stats = counters.snapshot();
-        assert_eq!(stats.decode_errors.total(), 11);
+        assert_eq!(stats.decode_errors.total(), 4);
         assert_eq!(stats.decode_errors.get("bad_magic"), 2);
         assert_eq!(stats.decode_errors.get("too_large"), 1);
         assert_eq!(stats.decode_errors.get("other"), 1);

@@ -79,8 +79,13 @@ pub fn default_base_dir() -> PathBuf {
         .join(SERVICES_DIR)
 }
 
-/// The cargo target directory this process belongs to, if it can be found.
-fn target_dir() -> Option<PathBuf> {
+/// The cargo target directory this process belongs to, if it can be found:
+/// `$CARGO_TARGET_DIR` when it is an absolute path, else the nearest ancestor of the running
+/// executable that holds cargo's `CACHEDIR.TAG` (test binaries, examples and the xtask live
+/// under the target directory), else the `target` directory of the workspace this crate was
+/// built in. Test services keep their files there, so that `cargo clean` removes them.
+#[must_use]
+pub fn target_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)
         && dir.is_absolute()
     {

@@ -44,7 +44,7 @@ mod server;
 
 pub use binaries::{RedisBinaries, install_command, running_as_root, services_required};
 pub use cluster::{RedisCluster, SLOT_COUNT, key_slot};
-pub use dirs::{CleanupReport, cleanup_stale, default_base_dir};
+pub use dirs::{CleanupReport, cleanup_stale, default_base_dir, target_dir};
 pub use error::ServiceError;
 pub use resp::Reply;
 pub use server::{CLUSTER_NODE_TIMEOUT_MS, RedisServer, RedisServerOptions};
