@@ -278,38 +278,45 @@ where
         result
     }
 
-    /// One tier's write (`op` is set, delete or clear), in a span, bounded and counted.
-    async fn tier_write(
-        &self,
-        layer: Layer,
-        op: Op,
-        key: Option<&CacheKey>,
-        value: Option<CacheValue>,
-    ) -> TierWrite {
+    /// Starts `write` on one tier (the tier's own future, without span, bound or count).
+    fn start<'a>(&'a self, layer: Layer, write: Write<'a>) -> WriteFuture<'a> {
+        match (layer, write) {
+            (Layer::L1, Write::Set(key, value) | Write::Refill(key, value)) => {
+                self.l1.set(key, value)
+            }
+            (Layer::L2, Write::Set(key, value) | Write::Refill(key, value)) => {
+                self.l2.set(key, value)
+            }
+            (Layer::L1, Write::Delete(key)) => self.l1.delete(key),
+            (Layer::L2, Write::Delete(key)) => self.l2.delete(key),
+            (Layer::L1, Write::Clear) => self.l1.clear(),
+            (Layer::L2, Write::Clear) => self.l2.clear(),
+        }
+    }
+
+    /// One tier's write, in a span, bounded and counted.
+    async fn tier_write(&self, layer: Layer, write: Write<'_>) -> TierWrite {
         let tier = self.tier(layer);
+        let (op, refill) = (write.op(), matches!(write, Write::Refill(..)));
         let span = tracing::debug_span!(
             "tierkit.tier",
             tier = %tier.path,
             backend = %tier.label,
-            op = %op
+            op = %write.name()
         );
-        let call = match (layer, op, key, value) {
-            (Layer::L1, Op::Set, Some(key), Some(value)) => self.l1.set(key, value),
-            (Layer::L2, Op::Set, Some(key), Some(value)) => self.l2.set(key, value),
-            (Layer::L1, Op::Delete, Some(key), _) => self.l1.delete(key),
-            (Layer::L2, Op::Delete, Some(key), _) => self.l2.delete(key),
-            (Layer::L1, Op::Clear, ..) => self.l1.clear(),
-            (Layer::L2, Op::Clear, ..) => self.l2.clear(),
-            _ => TierFuture::ready(Err(BackendError::internal(
-                tier.label.clone(),
-                op,
-                "tier write called with arguments that do not match the operation",
-            ))),
-        };
-        let result = bounded(self.timeouts[index(layer)], &tier.label, op, call)
-            .instrument(span)
-            .await;
-        tier.writes(op).record(&result);
+        let result = bounded(
+            self.timeouts[index(layer)],
+            &tier.label,
+            op,
+            self.start(layer, write),
+        )
+        .instrument(span)
+        .await;
+        if refill {
+            tier.refill.record(&result);
+        } else {
+            tier.writes(op).record(&result);
+        }
         result
     }
 
@@ -322,21 +329,7 @@ where
             return;
         }
         let finish = Finish::new(self, Layer::L1, key);
-        let span = tracing::debug_span!(
-            "tierkit.tier",
-            tier = %tier.path,
-            backend = %tier.label,
-            op = %"refill"
-        );
-        let result = bounded(
-            self.timeouts[0],
-            &tier.label,
-            Op::Set,
-            self.l1.set(key, value),
-        )
-        .instrument(span)
-        .await;
-        tier.refill.record(&result);
+        let result = self.tier_write(Layer::L1, Write::Refill(key, value)).await;
         finish.run().await;
         if let Err(error) = result {
             tracing::warn!(tier = %tier.name(), %error, "refill failed; the read is served anyway");
@@ -355,9 +348,7 @@ where
         value: CacheValue,
         finish: Finish<L1, L2, R, W>,
     ) -> TierWrite {
-        let result = self
-            .tier_write(layer, Op::Set, Some(key), Some(value))
-            .await;
+        let result = self.tier_write(layer, Write::Set(key, value)).await;
         let reapplied = finish.run().await;
         if result.is_err() && !reapplied {
             self.remove_if_synchronous(layer, key);
@@ -372,7 +363,7 @@ where
         key: &CacheKey,
         finish: Finish<L1, L2, R, W>,
     ) -> TierWrite {
-        let result = self.tier_write(layer, Op::Delete, Some(key), None).await;
+        let result = self.tier_write(layer, Write::Delete(key)).await;
         finish.run().await;
         result
     }
@@ -383,11 +374,7 @@ where
     /// stays until it expires; the write's warning is the signal.
     fn remove_if_synchronous(&self, layer: Layer, key: &CacheKey) {
         let tier = self.tier(layer);
-        let call = match layer {
-            Layer::L1 => self.l1.delete(key),
-            Layer::L2 => self.l2.delete(key),
-        };
-        match call.into_ready() {
+        match self.start(layer, Write::Delete(key)).into_ready() {
             Ok(result) => {
                 tier.delete.record(&result);
                 if let Err(error) = result {
@@ -411,11 +398,8 @@ where
         let tier = self.tier(layer);
         tracing::debug!(tier = %tier.name(), "overlapping operations on a key: applying the newest again");
         let result = match effect {
-            Effect::Store(value) => {
-                self.tier_write(layer, Op::Set, Some(key), Some(value))
-                    .await
-            }
-            Effect::Remove => self.tier_write(layer, Op::Delete, Some(key), None).await,
+            Effect::Store(value) => self.tier_write(layer, Write::Set(key, value)).await,
+            Effect::Remove => self.tier_write(layer, Write::Delete(key)).await,
         };
         if let Err(error) = result {
             tracing::warn!(
@@ -520,6 +504,37 @@ where
     }
 }
 
+/// A write operation on one tier of a composition.
+enum Write<'a> {
+    /// Store a value written through the composition.
+    Set(&'a CacheKey, CacheValue),
+    /// Store a value read from L2 (counted as a refill).
+    Refill(&'a CacheKey, CacheValue),
+    /// Remove a key.
+    Delete(&'a CacheKey),
+    /// Remove every key.
+    Clear,
+}
+
+impl Write<'_> {
+    /// The operation, for errors and write counts.
+    fn op(&self) -> Op {
+        match self {
+            Write::Set(..) | Write::Refill(..) => Op::Set,
+            Write::Delete(_) => Op::Delete,
+            Write::Clear => Op::Clear,
+        }
+    }
+
+    /// The name in spans: the operation, or `refill`.
+    fn name(&self) -> &'static str {
+        match self {
+            Write::Refill(..) => "refill",
+            other => other.op().as_str(),
+        }
+    }
+}
+
 /// What L1's probe told the composition.
 enum L1Probe {
     FreshHit(CacheValue),
@@ -617,8 +632,8 @@ where
             }
             None => {
                 shared.ops.begin_clear();
-                let r2 = shared.tier_write(Layer::L2, op, None, None).await;
-                let r1 = shared.tier_write(Layer::L1, op, None, None).await;
+                let r2 = shared.tier_write(Layer::L2, Write::Clear).await;
+                let r1 = shared.tier_write(Layer::L1, Write::Clear).await;
                 (r1, r2)
             }
         };
