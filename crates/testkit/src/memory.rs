@@ -183,8 +183,7 @@ impl MemoryBackend {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get_now(&self, key: &CacheKey) -> Option<CacheValue> {
-        let now = self.clock.now();
+    fn get_at(&self, key: &CacheKey, now: tierkit_core::Timestamp) -> Option<CacheValue> {
         let mut map = self.lock();
         match map.get(key) {
             Some(value) if value.is_expired(now) => {
@@ -240,12 +239,13 @@ impl Backend for MemoryBackend {
             return Probe::Unknown;
         }
         self.shared.calls.count(tierkit_core::Op::Get);
-        Probe::found(self.get_now(key), self.clock.now())
+        let now = self.clock.now();
+        Probe::found(self.get_at(key, now), now)
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a> {
         self.shared.calls.count(tierkit_core::Op::Get);
-        self.answer(move |this| this.get_now(key))
+        self.answer(move |this| this.get_at(key, this.clock.now()))
     }
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
