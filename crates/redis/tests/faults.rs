@@ -651,10 +651,18 @@ fn coverage(full_coverage: bool) -> RedisServerOptions {
     ])
 }
 
-/// Whether every failure of `tally` is Redis' own `CLUSTERDOWN` (a surviving master refusing
-/// keys while the cluster is down), not an error of the tier's connection to it.
+/// Whether the failures of `tally` all come from the cluster being down, not from the tier's
+/// connection to a healthy master: the first is Redis' own `CLUSTERDOWN` (a surviving master
+/// refusing keys), and every later one is either `CLUSTERDOWN` again or fred's fail-fast
+/// `Canceled` for a call made while that connection reconnects (fred reconnects a connection
+/// that answered `CLUSTERDOWN`).
 fn only_cluster_down(tally: &Tally) -> bool {
-    tally.kinds.iter().all(|kind| kind.contains("CLUSTERDOWN"))
+    let cluster_down = |kind: &String| kind.contains("CLUSTERDOWN");
+    tally.kinds.first().is_none_or(cluster_down)
+        && tally
+            .kinds
+            .iter()
+            .all(|kind| cluster_down(kind) || kind.starts_with("Connection: Canceled"))
 }
 
 /// Whether `node` flags the node on `port` as failed (`fail`, not only `fail?`).
