@@ -13,6 +13,7 @@ pub const CARGO_DENY_VERSION: &str = "0.20.2";
 const HYGIENE: &[(&str, &[&str])] = &[
     ("tierkit-policy", FORBIDDEN_IN_POLICY),
     ("tierkit-core", FORBIDDEN_IN_POLICY),
+    ("tierkit-cache", FORBIDDEN_IN_POLICY),
     ("tierkit-moka", &["fred", "aws-", "aws_"]),
     ("tierkit-redis", &["aws-", "aws_"]),
     ("tierkit-testkit", &["moka", "fred", "aws-", "aws_"]),

@@ -1,5 +1,5 @@
 //! An in-process tier for tierkit over [moka]'s synchronous cache: a hit answers at once and
-//! allocates nothing.
+//! allocates nothing of its own.
 //!
 //! ```
 //! use std::time::Duration;
@@ -30,7 +30,7 @@
 //! `Arc<dyn Backend>`, boxing) a future on every hit. `moka::sync::Cache::get` is a plain
 //! function, so [`MokaBackend`] answers every operation with
 //! [`TierFuture::ready`](tierkit_core::TierFuture::ready): no await point and no allocation on
-//! the hit path. The sync cache never blocks on I/O, and its writes are short, so calling it
+//! the hit path (moka's own housekeeping, run on some reads, may allocate now and then). The sync cache never blocks on I/O, and its writes are short, so calling it
 //! from async code is fine.
 //!
 //! # Expiry
@@ -83,6 +83,8 @@
 
 mod backend;
 mod config;
+mod local;
 
 pub use backend::MokaBackend;
 pub use config::MokaBackendBuilder;
+pub use local::{MokaLocal, MokaLocalBuilder, Weigher};

@@ -93,7 +93,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tierkit_core::{CacheKey, CacheValue};
 
-pub use alloc::{CountingAllocator, count_allocations};
+pub use alloc::{Allocations, CountingAllocator, count_allocations, measure_allocations};
 pub use conformance::ConformanceContext;
 pub use faulty::{Fault, FaultyBackend, InjectedFault, injected_error};
 pub use memory::{CallCounts, MemoryBackend};

@@ -1,6 +1,32 @@
 //! tierkit: multi-tier async caching. A fast in-process cache in front of shared caches and
 //! object storage, composed under explicit read, write and refill policies.
 //!
+//! Most services start with the typed read-through handle, [`Cache`]:
+//!
+//! ```
+//! # #[cfg(all(feature = "moka", feature = "postcard"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tierkit::CacheError> {
+//! use tierkit::moka::MokaLocal;
+//! use tierkit::{Cache, Source, codec::Postcard};
+//! # async fn load_user_from_db(id: u64) -> Result<String, std::io::Error> { Ok(format!("user {id}")) }
+//!
+//! // L1: decoded values in moka. In production, add `.l2(redis)` and `.l3(s3)`.
+//! let users: Cache<String> = Cache::builder(MokaLocal::new(10_000), Postcard).build();
+//!
+//! // However many callers miss at once, the loader runs once per key.
+//! let user = users.get_or_fetch("user:42", || load_user_from_db(42)).await?;
+//! assert_eq!(user.source(), Source::Loader);
+//! let again = users.get_or_fetch("user:42", || load_user_from_db(42)).await?;
+//! assert_eq!(again.source(), Source::L1); // no await, no decode, no allocation
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "moka", feature = "postcard")))]
+//! # fn main() {}
+//! ```
+//!
+//! Underneath, tiers are [`Backend`]s, and two of them compose into one:
+//!
 //! ```
 //! # #[cfg(feature = "moka")]
 //! # #[tokio::main(flavor = "current_thread")]
@@ -28,7 +54,8 @@
 //! |---|---|
 //! | `tierkit-core` | [`CacheKey`], [`CacheValue`], the [`Backend`] trait, [`Offload`], [`Clock`], [`BackendError`] |
 //! | `tierkit-policy` | read, write and refill policies and the [`Composition`] of two tiers |
-//! | `tierkit-moka` | the in-process tier over moka (`moka::MokaBackend`, feature `moka`) |
+//! | `tierkit-cache` | the typed read-through [`Cache`]: `get_or_fetch`, one flight per key, codecs, compression |
+//! | `tierkit-moka` | the in-process tiers over moka (`moka::MokaBackend`, `moka::MokaLocal`, feature `moka`) |
 //! | `tierkit-redis` | the Redis tier over fred (`redis::RedisBackend`, feature `redis`) |
 //! | `tierkit-s3` | the S3 tier over aws-sdk-s3 (`s3::S3Backend`, feature `s3`) |
 //!
@@ -63,6 +90,10 @@
 //! | `redis` | no | `tierkit::redis`: the Redis tier over fred (standalone, cluster, sentinel) |
 //! | `redis-tls` | no | `redis` with TLS (rustls, ring) for `rediss://` URLs |
 //! | `s3` | no | `tierkit::s3`: the S3 tier over aws-sdk-s3, for AWS and S3-compatible stores |
+//! | `postcard` | yes | `codec::Postcard`, the compact binary serde codec of [`Cache`] |
+//! | `json` | no | `codec::Json`, a serde_json codec |
+//! | `zstd` | no | zstd compression of large values ([`Compression::zstd`]) |
+//! | `lz4` | no | lz4 compression of large values ([`Compression::lz4`]) |
 //!
 //! # Minimum supported Rust version
 //!
@@ -84,6 +115,14 @@ pub use tierkit_policy::{
     SequentialWritePolicy, TierName, TierRead, TierWrite, WriteOutcome, WritePolicy, WriteStatus,
 };
 
+pub use tierkit_cache::{
+    AbandonPolicy, AsCacheKey, Cache, CacheBuilder, CacheError, CacheStats, CancellationToken,
+    Compression, CompressionAlgorithm, EntryMeta, FetchContext, FetchOptions, Hit, HitFreshness,
+    LoaderError, LocalEntry, LocalTier, Source, TimeoutKind, WriteMode, codec, frame,
+};
+
+/// The read-through crate, for items not re-exported at the top level.
+pub use tierkit_cache as cache;
 /// The core crate, for items not re-exported at the top level.
 pub use tierkit_core as core;
 /// The policy crate, for items not re-exported at the top level.

@@ -1,0 +1,956 @@
+//! [`Cache`]: the typed read-through handle, and its builder.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tierkit_core::{
+    Backend, BackendError, CacheKey, Clock, Offload, OffloadTask, Op, SharedBackend, TokioOffload,
+};
+use tierkit_policy::{AnyWritePolicy, PolicyContext, TierName, WritePolicy};
+use tokio::sync::oneshot;
+use tracing::Instrument as _;
+
+use crate::codec::Codec;
+use crate::error::CacheError;
+use crate::flight::{self, BoxLoader, FetchContext, Flight, Published, Waiter, box_loader};
+use crate::frame::{Compression, encode_frame};
+use crate::hit::{Hit, HitFreshness, Source};
+use crate::local::{EntryMeta, LocalEntry, LocalTier};
+use crate::options::{AbandonPolicy, Adjustment, FetchOptions, Resolved};
+use crate::stats::{CacheStats, Stats};
+use crate::table::{Effect, FlightSlot, KeyTable};
+
+/// Anything a [`Cache`] accepts as a key: a [`CacheKey`] (used as is, no copy), or a string
+/// (checked: an empty or oversized string is [`CacheError::InvalidKey`]).
+pub trait AsCacheKey {
+    /// The key, borrowed when it already is a [`CacheKey`].
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidKey`] when the string cannot be a key.
+    fn as_cache_key(&self) -> Result<Cow<'_, CacheKey>, BackendError>;
+}
+
+impl AsCacheKey for CacheKey {
+    fn as_cache_key(&self) -> Result<Cow<'_, CacheKey>, BackendError> {
+        Ok(Cow::Borrowed(self))
+    }
+}
+
+impl AsCacheKey for str {
+    fn as_cache_key(&self) -> Result<Cow<'_, CacheKey>, BackendError> {
+        CacheKey::new(self).map(Cow::Owned)
+    }
+}
+
+impl AsCacheKey for String {
+    fn as_cache_key(&self) -> Result<Cow<'_, CacheKey>, BackendError> {
+        CacheKey::new(self).map(Cow::Owned)
+    }
+}
+
+/// A remote tier of the cache.
+pub(crate) struct RemoteTier {
+    pub(crate) backend: SharedBackend,
+    pub(crate) source: Source,
+}
+
+/// What every clone of a [`Cache`] shares.
+pub(crate) struct Shared<V> {
+    pub(crate) label: Arc<str>,
+    pub(crate) l1: Box<dyn LocalTier<V>>,
+    pub(crate) remote: [Option<RemoteTier>; 2],
+    pub(crate) codec: Arc<dyn Codec<V>>,
+    pub(crate) compression: Compression,
+    defaults: FetchOptions,
+    resolved_defaults: Resolved,
+    pub(crate) clock: Clock,
+    offload: Arc<dyn Offload>,
+    runtime: Option<tokio::runtime::Handle>,
+    write_policy: AnyWritePolicy,
+    pub(crate) table: KeyTable<V>,
+    pub(crate) stats: Stats,
+    next_flight: AtomicU64,
+    warned: Mutex<HashSet<Adjustment>>,
+}
+
+/// A typed read-through cache over an in-process tier of decoded values (L1) and up to two
+/// remote tiers of encoded bytes (L2, L3): [`get_or_fetch`](Cache::get_or_fetch) answers from
+/// the first tier that has a fresh value, or runs the loader once however many callers ask at
+/// once, and stores what it found in the tiers above.
+///
+/// Cheap to clone: clones share the tiers, the flights and the counters.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use tierkit_cache::{Cache, LocalEntry, LocalTier, Source, codec::Postcard};
+/// # use std::collections::HashMap;
+/// # use std::sync::Mutex;
+/// # use tierkit_core::{CacheKey, Timestamp};
+/// # #[derive(Debug, Default)]
+/// # struct MapTier(Mutex<HashMap<CacheKey, LocalEntry<String>>>);
+/// # impl LocalTier<String> for MapTier {
+/// #     fn label(&self) -> &str { "map" }
+/// #     fn get(&self, key: &CacheKey, now: Timestamp) -> Option<LocalEntry<String>> {
+/// #         self.0.lock().ok()?.get(key).filter(|e| !e.meta().is_expired(now)).cloned()
+/// #     }
+/// #     fn insert(&self, key: &CacheKey, entry: LocalEntry<String>) {
+/// #         if let Ok(mut map) = self.0.lock() { map.insert(key.clone(), entry); }
+/// #     }
+/// #     fn remove(&self, key: &CacheKey) { if let Ok(mut map) = self.0.lock() { map.remove(key); } }
+/// #     fn clear(&self) { if let Ok(mut map) = self.0.lock() { map.clear(); } }
+/// # }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tierkit_cache::CacheError> {
+/// // In a service: `MokaLocal` from tierkit-moka as L1, Redis and S3 tiers as L2 and L3.
+/// let cache: Cache<String> = Cache::builder(MapTier::default(), Postcard).build();
+/// let origin_calls = Arc::new(AtomicUsize::new(0));
+///
+/// let calls = origin_calls.clone();
+/// let first = cache
+///     .get_or_fetch("user:42", move || async move {
+///         calls.fetch_add(1, Ordering::SeqCst);
+///         Ok::<_, std::io::Error>("Ada".to_owned())
+///     })
+///     .await?;
+/// assert_eq!(first.source(), Source::Loader);
+///
+/// // The loader is not called again while the value is fresh.
+/// let again = cache.get_or_fetch("user:42", || async { Ok::<_, std::io::Error>(String::new()) }).await?;
+/// assert_eq!((again.source(), again.as_str()), (Source::L1, "Ada"));
+/// assert_eq!(origin_calls.load(Ordering::SeqCst), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Cache<V> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Cache {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<V: 'static> fmt::Debug for Cache<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.shared;
+        let remote = |tier: usize| {
+            shared.remote[tier]
+                .as_ref()
+                .map(|remote| remote.backend.label().to_owned())
+        };
+        f.debug_struct("Cache")
+            .field("label", &shared.label)
+            .field("l1", &shared.l1.label())
+            .field("l2", &remote(0))
+            .field("l3", &remote(1))
+            .field("codec", &shared.codec.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Cache`]: see [`Cache::builder`].
+pub struct CacheBuilder<V> {
+    label: Arc<str>,
+    l1: Box<dyn LocalTier<V>>,
+    remote: [Option<SharedBackend>; 2],
+    codec: Arc<dyn Codec<V>>,
+    compression: Compression,
+    defaults: FetchOptions,
+    clock: Clock,
+    offload: Option<Arc<dyn Offload>>,
+    runtime: Option<tokio::runtime::Handle>,
+    write_policy: AnyWritePolicy,
+}
+
+impl<V> fmt::Debug for CacheBuilder<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("label", &self.label)
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Send + Sync + 'static> CacheBuilder<V> {
+    /// The name of the cache in traces and logs. Default `"cache"`.
+    #[must_use]
+    pub fn label(mut self, label: impl Into<Arc<str>>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// The first remote tier (read after L1; usually Redis, or a composition).
+    #[must_use]
+    pub fn l2(mut self, tier: impl Backend) -> Self {
+        self.remote[0] = Some(Arc::new(tier));
+        self
+    }
+
+    /// The second remote tier (read after L2; usually S3). An L3 hit refills L2.
+    #[must_use]
+    pub fn l3(mut self, tier: impl Backend) -> Self {
+        self.remote[1] = Some(Arc::new(tier));
+        self
+    }
+
+    /// Compression of encoded values above a size threshold. Default: none.
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// The options of every call that does not override them.
+    #[must_use]
+    pub fn defaults(mut self, defaults: FetchOptions) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// The clock every freshness decision reads. Default [`Clock::System`].
+    #[must_use]
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where remote writes run (write-backs, refills, and the writes of `set` and `remove`).
+    /// Default: an unbounded [`TokioOffload`].
+    #[must_use]
+    pub fn offload(mut self, offload: impl Offload) -> Self {
+        self.offload = Some(Arc::new(offload));
+        self
+    }
+
+    /// The runtime flights are spawned on. Default: the runtime of the call that starts each
+    /// flight.
+    #[must_use]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// How a write reaches L2 and L3 when both exist, and what a `set` or `remove` returns
+    /// when one of them fails. Default: optimistic parallel (both at once; an error only when
+    /// both fail).
+    #[must_use]
+    pub fn write_policy(mut self, policy: impl Into<AnyWritePolicy>) -> Self {
+        self.write_policy = policy.into();
+        self
+    }
+
+    /// The cache.
+    pub fn build(self) -> Cache<V> {
+        let (resolved_defaults, adjustments) = self.defaults.resolve();
+        let shared = Shared {
+            label: self.label,
+            l1: self.l1,
+            remote: [
+                self.remote[0].clone().map(|backend| RemoteTier {
+                    backend,
+                    source: Source::L2,
+                }),
+                self.remote[1].clone().map(|backend| RemoteTier {
+                    backend,
+                    source: Source::L3,
+                }),
+            ],
+            codec: self.codec,
+            compression: self.compression,
+            defaults: self.defaults,
+            resolved_defaults,
+            clock: self.clock,
+            offload: self
+                .offload
+                .unwrap_or_else(|| Arc::new(TokioOffload::unbounded())),
+            runtime: self.runtime,
+            write_policy: self.write_policy,
+            table: KeyTable::new(),
+            stats: Stats::default(),
+            next_flight: AtomicU64::new(1),
+            warned: Mutex::new(HashSet::new()),
+        };
+        shared.warn_once(&adjustments);
+        Cache {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl<V: Send + Sync + 'static> Cache<V> {
+    /// A builder over the in-process tier `l1` and the codec of the remote tiers.
+    pub fn builder(l1: impl LocalTier<V>, codec: impl Codec<V>) -> CacheBuilder<V> {
+        CacheBuilder {
+            label: Arc::from("cache"),
+            l1: Box::new(l1),
+            remote: [None, None],
+            codec: Arc::new(codec),
+            compression: Compression::default(),
+            defaults: FetchOptions::new(),
+            clock: Clock::System,
+            offload: None,
+            runtime: None,
+            write_policy: AnyWritePolicy::default(),
+        }
+    }
+
+    /// The value of `key`: from the first tier holding it fresh, else from `loader`, which runs
+    /// at most once per key however many callers miss at once (they all get the same
+    /// [`Arc`]). The loader is called only on a miss, and runs detached from the caller: if
+    /// the caller goes away, the flight still completes and stores its result.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError`]: the loader's error or panic (shared by every caller of the flight),
+    /// the hard timeout, an invalid key, an aborted flight.
+    pub async fn get_or_fetch<K, F, Fut, E>(&self, key: &K, loader: F) -> Result<Hit<V>, CacheError>
+    where
+        K: AsCacheKey + ?Sized,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
+    {
+        self.get_or_fetch_with(key, &FetchOptions::new(), move |_| loader())
+            .await
+    }
+
+    /// [`get_or_fetch`](Cache::get_or_fetch) with per-call options and a loader that receives
+    /// a [`FetchContext`] (the key, a cancellation token, the flight's id).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_fetch`](Cache::get_or_fetch); also [`CacheError::NotFound`] with
+    /// [`no_loader`](FetchOptions::no_loader) when no tier has the value.
+    pub async fn get_or_fetch_with<K, F, Fut, E>(
+        &self,
+        key: &K,
+        options: &FetchOptions,
+        loader: F,
+    ) -> Result<Hit<V>, CacheError>
+    where
+        K: AsCacheKey + ?Sized,
+        F: FnOnce(FetchContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
+    {
+        let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
+        if !self.skips_l1_read(options)
+            && let Some(hit) = self.local_hit(&key)
+        {
+            return Ok(hit);
+        }
+        let no_loader = options
+            .get_no_loader()
+            .or(self.shared.defaults.get_no_loader())
+            .unwrap_or(false);
+        let loader = (!no_loader).then(|| box_loader(loader));
+        match self.fetch(key, options, loader).await? {
+            Some(hit) => Ok(hit),
+            None => Err(CacheError::NotFound),
+        }
+    }
+
+    /// The value of `key` from the first tier holding it fresh, without a loader: `None` when
+    /// no tier has it. Joins a flight already running for the key (and gets its loader's
+    /// result, if a caller with a loader joined it too).
+    ///
+    /// # Errors
+    ///
+    /// An invalid key; with [`strict_tiers`](FetchOptions::strict_tiers) or
+    /// [`strict_decode`](FetchOptions::strict_decode), a tier's failure; when joined to a
+    /// flight with a loader, that loader's failure.
+    pub async fn get<K: AsCacheKey + ?Sized>(&self, key: &K) -> Result<Option<Hit<V>>, CacheError> {
+        self.get_with(key, &FetchOptions::new()).await
+    }
+
+    /// [`get`](Cache::get) with per-call options.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Cache::get).
+    pub async fn get_with<K: AsCacheKey + ?Sized>(
+        &self,
+        key: &K,
+        options: &FetchOptions,
+    ) -> Result<Option<Hit<V>>, CacheError> {
+        let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
+        if !self.skips_l1_read(options)
+            && let Some(hit) = self.local_hit(&key)
+        {
+            return Ok(Some(hit));
+        }
+        self.fetch(key, options, None).await
+    }
+
+    /// The value of `key` if L1 holds it fresh: synchronous, never awaits, never reads a remote
+    /// tier. `None` for an invalid key.
+    pub fn try_get_local<K: AsCacheKey + ?Sized>(&self, key: &K) -> Option<Hit<V>> {
+        let key = key.as_cache_key().ok()?;
+        self.local_hit(&key)
+    }
+
+    /// Stores `value` under `key` in every tier, fresh for the `ttl` of the cache's defaults.
+    /// A flight running for the key is superseded: its callers get this value, and its own
+    /// result is never stored over it.
+    ///
+    /// L1 holds the value when this returns, whatever happens remotely.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Tier`] when the remote write fails (both tiers, under the default
+    /// optimistic parallel write policy); [`CacheError::Encode`] when the value cannot be
+    /// encoded (it is then in L1 only, and removed from the remote tiers so that no older value
+    /// survives there).
+    pub async fn set<K: AsCacheKey + ?Sized>(
+        &self,
+        key: &K,
+        value: impl Into<Arc<V>>,
+    ) -> Result<(), CacheError> {
+        self.set_with(key, value, &FetchOptions::new()).await
+    }
+
+    /// [`set`](Cache::set) with per-call options (`ttl`, the `skip_*_write` flags,
+    /// `max_payload`).
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Cache::set).
+    pub async fn set_with<K: AsCacheKey + ?Sized>(
+        &self,
+        key: &K,
+        value: impl Into<Arc<V>>,
+        options: &FetchOptions,
+    ) -> Result<(), CacheError> {
+        let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
+        let key = key.as_ref();
+        let value = value.into();
+        let options = self.resolve(options);
+        let meta = flight::fresh_meta(self.shared.clock.now(), options.ttl);
+        // An unencodable value still goes to L1 (and to a superseded flight's callers); the
+        // error is returned once that is done.
+        let (writes, encode_error) = self.shared.remote_writes(key, &value, meta, &options);
+        let published = Published {
+            value,
+            meta,
+            source: Source::Set,
+        };
+        let mut waits: [Option<oneshot::Receiver<_>>; 2] = [None, None];
+        let mut start = [false, false];
+        let superseded = {
+            let mut locked = self.shared.table.lock(key);
+            let state = locked.state();
+            let superseded = state.flight.take();
+            if !options.skip_l1_write {
+                self.shared.l1.insert(
+                    key,
+                    LocalEntry::new(Arc::clone(&published.value), published.meta),
+                );
+            }
+            for (tier, write) in writes.into_iter().enumerate() {
+                if let Some(effect) = write {
+                    let (sender, receiver) = oneshot::channel();
+                    waits[tier] = Some(receiver);
+                    start[tier] = state.queue_write(tier, effect, Some(sender));
+                }
+            }
+            superseded
+        };
+        if let Some(slot) = superseded {
+            self.supersede(slot, Some(published));
+        }
+        self.start_lanes(key, start);
+        if let Some(error) = encode_error {
+            return Err(error);
+        }
+        self.await_writes(waits).await
+    }
+
+    /// Removes `key` from every tier. A flight running for the key is superseded: its callers
+    /// still get its result, but it is not stored.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Tier`] when the remote delete fails (both tiers, under the default
+    /// optimistic parallel write policy). L1 no longer holds the key either way.
+    #[doc(alias = "invalidate")]
+    pub async fn remove<K: AsCacheKey + ?Sized>(&self, key: &K) -> Result<(), CacheError> {
+        let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
+        let key = key.as_ref();
+        let mut waits: [Option<oneshot::Receiver<_>>; 2] = [None, None];
+        let mut start = [false, false];
+        let superseded = {
+            let mut locked = self.shared.table.lock(key);
+            let state = locked.state();
+            let superseded = state.flight.take();
+            self.shared.l1.remove(key);
+            for tier in 0..2 {
+                if self.shared.remote[tier].is_some() {
+                    let (sender, receiver) = oneshot::channel();
+                    waits[tier] = Some(receiver);
+                    start[tier] = state.queue_write(tier, Effect::Remove, Some(sender));
+                }
+            }
+            superseded
+        };
+        if let Some(slot) = superseded {
+            self.supersede(slot, None);
+        }
+        self.start_lanes(key, start);
+        self.await_writes(waits).await
+    }
+
+    /// Counters of what the cache did off its L1-hit path.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Keys with a flight running. Zero once every flight finished: the table keeps no
+    /// residue.
+    pub fn flights_in_progress(&self) -> usize {
+        self.shared.table.flights()
+    }
+
+    /// Keys with a flight or a remote write in progress. Zero once everything finished.
+    pub fn keys_in_progress(&self) -> usize {
+        self.shared.table.len()
+    }
+
+    /// The cache's label.
+    pub fn label(&self) -> &str {
+        &self.shared.label
+    }
+
+    /// The hot path: a fresh L1 entry, with one clock read and no allocation of its own.
+    #[inline]
+    fn local_hit(&self, key: &CacheKey) -> Option<Hit<V>> {
+        let now = self.shared.clock.now();
+        let entry = self.shared.l1.get(key, now)?;
+        if !entry.meta().is_fresh(now) {
+            return None;
+        }
+        let (value, meta) = entry.into_parts();
+        Some(Hit {
+            value,
+            meta,
+            source: Source::L1,
+            freshness: HitFreshness::Fresh,
+            coalesced: false,
+            refresh_started: false,
+            elapsed: Duration::ZERO,
+            flight_id: None,
+        })
+    }
+
+    fn skips_l1_read(&self, options: &FetchOptions) -> bool {
+        options
+            .get_skip_l1_read()
+            .or(self.shared.defaults.get_skip_l1_read())
+            .unwrap_or(false)
+    }
+
+    fn resolve(&self, call: &FetchOptions) -> Resolved {
+        if *call == FetchOptions::new() {
+            return self.shared.resolved_defaults;
+        }
+        let (resolved, adjustments) = call.or(&self.shared.defaults).resolve();
+        self.shared.warn_once(&adjustments);
+        resolved
+    }
+
+    /// The slow path: join the key's flight or start one, then wait for it.
+    async fn fetch(
+        &self,
+        key: Cow<'_, CacheKey>,
+        call: &FetchOptions,
+        loader: Option<BoxLoader<V>>,
+    ) -> Result<Option<Hit<V>>, CacheError> {
+        let arrival = tokio::time::Instant::now();
+        let options = self.resolve(call);
+        let key = key.as_ref();
+        let span = tracing::debug_span!(
+            "tierkit.fetch",
+            cache = %self.shared.label,
+            flight_id = tracing::field::Empty,
+            coalesced = tracing::field::Empty,
+        );
+        let (flight, coalesced) = {
+            let mut locked = self.shared.table.lock(key);
+            // A flight may have stored the value since the caller's L1 probe.
+            if !options.skip_l1_read
+                && let Some(hit) = self.local_hit(key)
+            {
+                return Ok(Some(hit));
+            }
+            let state = locked.state();
+            match state.flight.as_mut() {
+                Some(slot) => {
+                    slot.waiters += 1;
+                    slot.flight.offer_loader(loader);
+                    (Arc::clone(&slot.flight), true)
+                }
+                None => {
+                    let id = self.shared.next_flight.fetch_add(1, Ordering::Relaxed);
+                    let flight = Arc::new(Flight::new(id, options, loader));
+                    state.flight = Some(FlightSlot {
+                        flight: Arc::clone(&flight),
+                        waiters: 1,
+                    });
+                    (flight, false)
+                }
+            }
+        };
+        span.record("flight_id", flight.id);
+        span.record("coalesced", coalesced);
+        let waiter = Waiter {
+            shared: &self.shared,
+            key,
+            flight: Arc::clone(&flight),
+        };
+        if coalesced {
+            self.shared.stats.record_coalesced();
+        } else {
+            self.shared.stats.record_flight();
+            if let Err(error) = self.spawn_flight(key, &flight, &span) {
+                drop(waiter);
+                let mut locked = self.shared.table.lock(key);
+                if let Some(state) = locked.existing() {
+                    state.remove_flight(&flight);
+                }
+                drop(locked);
+                flight.publish(Err(error.clone()));
+                return Err(error);
+            }
+        }
+        let result = flight::wait(
+            &flight,
+            arrival + options.hard_timeout,
+            options.hard_timeout,
+        )
+        .instrument(span)
+        .await;
+        drop(waiter);
+        let elapsed = arrival.elapsed();
+        result.map(|published| {
+            published.map(|published| Hit {
+                value: published.value,
+                meta: published.meta,
+                source: published.source,
+                freshness: HitFreshness::Fresh,
+                coalesced,
+                refresh_started: false,
+                elapsed,
+                flight_id: Some(flight.id),
+            })
+        })
+    }
+
+    fn spawn_flight(
+        &self,
+        key: &CacheKey,
+        flight: &Arc<Flight<V>>,
+        caller: &tracing::Span,
+    ) -> Result<(), CacheError> {
+        let handle = match &self.shared.runtime {
+            Some(handle) => handle.clone(),
+            None => tokio::runtime::Handle::try_current().map_err(|_| {
+                CacheError::Rejected(Arc::from(
+                    "no tokio runtime to run the flight on (call from a tokio runtime or set \
+                     CacheBuilder::runtime)",
+                ))
+            })?,
+        };
+        let task = handle.spawn(flight::run(
+            Arc::clone(&self.shared),
+            key.clone(),
+            Arc::clone(flight),
+            caller,
+        ));
+        flight.set_abort_handle(task.abort_handle());
+        Ok(())
+    }
+
+    /// Hands a superseded flight's callers the newer value (a `set`), or leaves them the
+    /// flight's own result (a `remove`). Under [`AbandonPolicy::CancelWhenUnobserved`], a
+    /// flight whose callers got the newer value has nobody left to serve: it is cancelled.
+    fn supersede(&self, slot: FlightSlot<V>, value: Option<Published<V>>) {
+        self.shared.stats.record_superseded();
+        let Some(value) = value else {
+            return;
+        };
+        slot.flight.publish(Ok(Some(value)));
+        if slot.flight.options.abandon == AbandonPolicy::CancelWhenUnobserved {
+            slot.flight.cancel();
+        }
+    }
+
+    fn start_lanes(&self, key: &CacheKey, start: [bool; 2]) {
+        for (tier, start) in start.into_iter().enumerate() {
+            if start {
+                self.shared.start_lane(key.clone(), tier);
+            }
+        }
+    }
+
+    /// Waits for the remote writes of a `set` or `remove`, combined by the write policy.
+    async fn await_writes(
+        &self,
+        waits: [Option<oneshot::Receiver<Result<(), BackendError>>>; 2],
+    ) -> Result<(), CacheError> {
+        fn answer(
+            receiver: oneshot::Receiver<Result<(), BackendError>>,
+            tier: &str,
+        ) -> impl Future<Output = Result<(), BackendError>> + Send + 'static {
+            let tier: Arc<str> = Arc::from(tier);
+            async move {
+                receiver.await.unwrap_or_else(|_| {
+                    Err(BackendError::internal(
+                        tier,
+                        Op::Set,
+                        "the write was dropped before it ran",
+                    ))
+                })
+            }
+        }
+        let [l2, l3] = waits;
+        let label = |tier: usize| {
+            self.shared.remote[tier]
+                .as_ref()
+                .map_or("", |remote| remote.backend.label())
+        };
+        match (l2, l3) {
+            (None, None) => Ok(()),
+            (Some(l2), None) => answer(l2, label(0))
+                .await
+                .map_err(|source| CacheError::Tier {
+                    tier: Source::L2,
+                    source,
+                }),
+            (None, Some(l3)) => answer(l3, label(1))
+                .await
+                .map_err(|source| CacheError::Tier {
+                    tier: Source::L3,
+                    source,
+                }),
+            (Some(l2), Some(l3)) => {
+                let context = PolicyContext::new(
+                    TierName {
+                        path: "l2",
+                        label: label(0),
+                    },
+                    TierName {
+                        path: "l3",
+                        label: label(1),
+                    },
+                    self.shared.clock.now(),
+                    &*self.shared.offload,
+                );
+                let (l2, l3) = (answer(l2, label(0)), answer(l3, label(1)));
+                self.shared
+                    .write_policy
+                    .write(&context, move || l2, move || l3)
+                    .await
+                    .map(|_| ())
+                    .map_err(|source| CacheError::Tier {
+                        tier: Source::L2,
+                        source,
+                    })
+            }
+        }
+    }
+}
+
+impl<V: Send + Sync + 'static> Shared<V> {
+    fn warn_once(&self, adjustments: &[Adjustment]) {
+        if adjustments.is_empty() {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        for adjustment in adjustments {
+            if warned.insert(*adjustment) {
+                tracing::warn!(
+                    cache = %self.label,
+                    option = adjustment.field,
+                    configured = ?adjustment.from,
+                    used = ?adjustment.to,
+                    "incoherent cache option normalised"
+                );
+            }
+        }
+    }
+
+    /// Stores a flight's value in L1 unless L1 holds a newer entry (a refill never overwrites
+    /// a newer value).
+    pub(crate) fn insert_local_if_newer(&self, key: &CacheKey, published: &Published<V>) {
+        let now = self.clock.now();
+        if published.meta.is_expired(now) {
+            return;
+        }
+        if let Some(current) = self.l1.get(key, now)
+            && current.meta().created_at() > published.meta.created_at()
+        {
+            return;
+        }
+        self.l1.insert(
+            key,
+            LocalEntry::new(Arc::clone(&published.value), published.meta),
+        );
+    }
+
+    /// The remote writes of a value: encoded once, the same bytes for every tier. A value that
+    /// cannot be encoded, or is larger than `max_payload` once encoded, is kept in L1 only
+    /// (counted), and the remote tiers get a removal instead, so that no older value of the
+    /// key outlives this newer one there. The encode error is returned alongside, for `set`.
+    pub(crate) fn remote_writes(
+        &self,
+        key: &CacheKey,
+        value: &V,
+        meta: EntryMeta,
+        options: &Resolved,
+    ) -> ([Option<Effect>; 2], Option<CacheError>) {
+        let wanted = [
+            self.remote[0].is_some() && !options.skip_l2_write,
+            self.remote[1].is_some() && !options.skip_l3_write,
+        ];
+        if wanted == [false, false] {
+            return ([None, None], None);
+        }
+        let removals = wanted.map(|wanted| wanted.then_some(Effect::Remove));
+        let frame = match encode_frame(key, &*self.codec, &self.compression, value) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.stats.record_encode_error();
+                tracing::warn!(cache = %self.label, %error, "a value could not be encoded; it is kept in L1 only");
+                return (removals, Some(CacheError::Encode(error)));
+            }
+        };
+        if frame.len() > options.max_payload {
+            self.stats.record_oversize();
+            tracing::debug!(
+                cache = %self.label,
+                size = frame.len(),
+                max_payload = options.max_payload,
+                "a value is larger than max_payload; it is kept in L1 only"
+            );
+            return (removals, None);
+        }
+        let stored = flight::stored_value(frame, meta);
+        (
+            wanted.map(|wanted| wanted.then(|| Effect::Store(stored.clone()))),
+            None,
+        )
+    }
+
+    /// Starts the runner of the write lane of `key` on remote tier `tier`.
+    pub(crate) fn start_lane(self: &Arc<Self>, key: CacheKey, tier: usize) {
+        let shared = Arc::clone(self);
+        let lane_key = key.clone();
+        let task = OffloadTask::new("tierkit.cache.write", async move {
+            shared.run_lane(lane_key, tier).await;
+            Ok(())
+        });
+        if let Err(rejected) = self.offload.spawn(task) {
+            drop(rejected.task);
+            self.stats.record_write_rejected(tier);
+            tracing::warn!(cache = %self.label, reason = %rejected.reason, "a remote write was refused by the offload");
+            self.fail_lane(&key, tier, &rejected.reason.to_string());
+        }
+    }
+
+    /// Frees a lane that cannot run, failing every write waiting on it.
+    fn fail_lane(&self, key: &CacheKey, tier: usize, why: &str) {
+        let lane = {
+            let mut locked = self.table.lock(key);
+            locked.existing().and_then(|state| state.lanes[tier].take())
+        };
+        let label = self.remote[tier]
+            .as_ref()
+            .map_or("", |remote| remote.backend.label());
+        for pending in lane.into_iter().filter_map(|lane| lane.pending) {
+            for notify in pending.notify {
+                let _ = notify.send(Err(BackendError::internal(
+                    label.to_owned(),
+                    Op::Set,
+                    format!("the write could not run: {why}"),
+                )));
+            }
+        }
+    }
+
+    /// Applies the writes of one key's lane, one at a time, until none is waiting.
+    async fn run_lane(&self, key: CacheKey, tier: usize) {
+        let Some(remote) = self.remote[tier].as_ref() else {
+            self.fail_lane(&key, tier, "no such tier");
+            return;
+        };
+        let mut guard = LaneGuard {
+            shared: self,
+            key: &key,
+            tier,
+            armed: true,
+        };
+        loop {
+            let next = {
+                let mut locked = self.table.lock(&key);
+                let Some(state) = locked.existing() else {
+                    break;
+                };
+                match state.lanes[tier]
+                    .as_mut()
+                    .and_then(|lane| lane.pending.take())
+                {
+                    Some(next) => next,
+                    None => {
+                        // Dropping the lane wakes the flights waiting for it to finish.
+                        state.lanes[tier] = None;
+                        break;
+                    }
+                }
+            };
+            let result = match next.effect {
+                Effect::Store(value) => remote.backend.set(&key, value).await,
+                Effect::Remove => remote.backend.delete(&key).await,
+            };
+            if let Err(error) = &result {
+                self.stats.record_write_error(tier);
+                tracing::warn!(
+                    cache = %self.label,
+                    tier = remote.source.as_str(),
+                    %error,
+                    "a remote write failed"
+                );
+            }
+            for notify in next.notify {
+                let _ = notify.send(result.clone());
+            }
+        }
+        guard.armed = false;
+    }
+}
+
+/// Frees a lane whose runner was dropped before it finished (runtime shut down).
+struct LaneGuard<'a, V: Send + Sync + 'static> {
+    shared: &'a Shared<V>,
+    key: &'a CacheKey,
+    tier: usize,
+    armed: bool,
+}
+
+impl<V: Send + Sync + 'static> Drop for LaneGuard<'_, V> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared
+                .fail_lane(self.key, self.tier, "the write task was stopped");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The in-process tier of a [`Cache`](crate::Cache): a synchronous map of decoded values.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tierkit_core::{CacheKey, CacheValue, Timestamp};
+
+/// The timestamps of a cached entry, the same in every tier: when it was written, when it stops
+/// being fresh (`stale_at`) and when it expires for good (`expires_at`).
+///
+/// Invariant: `created_at <= stale_at <= expires_at` (every constructor keeps it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EntryMeta {
+    created_at: Timestamp,
+    stale_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+impl EntryMeta {
+    /// The timestamps of a stored value.
+    pub fn of(value: &CacheValue) -> Self {
+        Self {
+            created_at: value.created_at(),
+            stale_at: value.stale_at(),
+            expires_at: value.expires_at(),
+        }
+    }
+
+    /// Timestamps from their parts; `stale_at` and `expires_at` are raised where needed so that
+    /// `created_at <= stale_at <= expires_at` holds.
+    pub fn new(created_at: Timestamp, stale_at: Timestamp, expires_at: Timestamp) -> Self {
+        let stale_at = stale_at.max(created_at);
+        Self {
+            created_at,
+            stale_at,
+            expires_at: expires_at.max(stale_at),
+        }
+    }
+
+    /// When the entry was written (by the loader or by a `set`), anywhere.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// The end of freshness.
+    pub fn stale_at(&self) -> Timestamp {
+        self.stale_at
+    }
+
+    /// The hard expiry: no tier serves the entry at or after it.
+    pub fn expires_at(&self) -> Timestamp {
+        self.expires_at
+    }
+
+    /// Whether the entry is fresh at `now`.
+    pub fn is_fresh(&self, now: Timestamp) -> bool {
+        now < self.stale_at
+    }
+
+    /// Whether the entry has expired at `now`.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        now >= self.expires_at
+    }
+}
+
+/// A decoded value in the in-process tier: the value behind an [`Arc`] (a hit clones the `Arc`,
+/// never the value) and its timestamps.
+pub struct LocalEntry<V> {
+    value: Arc<V>,
+    meta: EntryMeta,
+}
+
+impl<V> LocalEntry<V> {
+    /// An entry holding `value` with the timestamps `meta`.
+    pub fn new(value: Arc<V>, meta: EntryMeta) -> Self {
+        Self { value, meta }
+    }
+
+    /// The value.
+    pub fn value(&self) -> &Arc<V> {
+        &self.value
+    }
+
+    /// The timestamps.
+    pub fn meta(&self) -> EntryMeta {
+        self.meta
+    }
+
+    /// The value and its timestamps.
+    pub fn into_parts(self) -> (Arc<V>, EntryMeta) {
+        (self.value, self.meta)
+    }
+}
+
+impl<V> Clone for LocalEntry<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: Arc::clone(&self.value),
+            meta: self.meta,
+        }
+    }
+}
+
+impl<V> fmt::Debug for LocalEntry<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalEntry")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The in-process tier of a [`Cache`](crate::Cache): decoded values, answered synchronously.
+///
+/// Every method is a plain function: a hit is a map lookup and an [`Arc`] clone, with no await,
+/// no decode and no copy of the value. `tierkit-moka` implements it over moka
+/// (`tierkit_moka::MokaLocal`); implement it to put another map in front.
+///
+/// Contract, checked by the crate's tests for every implementation they cover:
+/// * `get` never returns an entry that has expired at `now` (`now >= expires_at`);
+/// * `insert` replaces whatever the key held; the entry should be evicted once `expires_at` is
+///   reached (it must not be returned after it either way);
+/// * the tier may evict any entry at any time (capacity): the cache treats that as a miss.
+pub trait LocalTier<V>: Send + Sync + fmt::Debug + 'static {
+    /// A short name for traces and metrics (`"moka"`).
+    fn label(&self) -> &str;
+
+    /// The entry for `key`, unless it is absent or expired at `now`.
+    fn get(&self, key: &CacheKey, now: Timestamp) -> Option<LocalEntry<V>>;
+
+    /// Stores `entry` under `key`, replacing any previous entry.
+    fn insert(&self, key: &CacheKey, entry: LocalEntry<V>);
+
+    /// Removes `key`.
+    fn remove(&self, key: &CacheKey);
+
+    /// Removes every entry.
+    fn clear(&self);
+}
+
+impl<V, T: LocalTier<V> + ?Sized> LocalTier<V> for Arc<T> {
+    fn label(&self) -> &str {
+        (**self).label()
+    }
+
+    fn get(&self, key: &CacheKey, now: Timestamp) -> Option<LocalEntry<V>> {
+        (**self).get(key, now)
+    }
+
+    fn insert(&self, key: &CacheKey, entry: LocalEntry<V>) {
+        (**self).insert(key, entry);
+    }
+
+    fn remove(&self, key: &CacheKey) {
+        (**self).remove(key);
+    }
+
+    fn clear(&self) {
+        (**self).clear();
+    }
+}

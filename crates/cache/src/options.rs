@@ -1,0 +1,272 @@
+//! [`FetchOptions`]: what a call may override, field by field, over the cache's defaults.
+
+use std::time::Duration;
+
+/// What happens to a flight whose callers have all gone away (dropped their futures or timed
+/// out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AbandonPolicy {
+    /// The flight runs to completion, bounded by its background cap, and stores its result, so
+    /// the next caller hits. The default.
+    #[default]
+    Continue,
+    /// When the last caller goes away, the loader's cancellation token fires, the flight stops
+    /// and stores nothing, and the key is free at once: a caller arriving after that starts a
+    /// new flight and never joins the doomed one. A `set` during the flight also cancels it
+    /// (its callers got the value set); after a `remove` the flight goes on for its callers
+    /// and stores nothing.
+    CancelWhenUnobserved,
+}
+
+/// When a loaded value reaches the remote tiers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WriteMode {
+    /// Waiters are released once the value is in L1; the remote write-back runs once per
+    /// flight in the background (on the cache's offload). The default.
+    #[default]
+    Background,
+    /// Waiters are released only after the remote write-back finished (its failures are still
+    /// only counted and logged, unless [`strict_tiers`](FetchOptions::strict_tiers) is on).
+    AwaitBeforeReturn,
+}
+
+/// Options of a call or of a cache: every field is optional, and a call's `Some` overrides the
+/// cache's defaults, which override the built-in defaults (given on each setter).
+///
+/// ```
+/// use std::time::Duration;
+/// use tierkit_cache::FetchOptions;
+///
+/// let defaults = FetchOptions::new().ttl(Duration::from_secs(600));
+/// let call = FetchOptions::new().hard_timeout(Duration::from_secs(2));
+/// let effective = call.or(&defaults);
+/// assert_eq!(effective.get_ttl(), Some(Duration::from_secs(600)));
+/// assert_eq!(effective.get_hard_timeout(), Some(Duration::from_secs(2)));
+/// ```
+///
+/// A flight runs with the options of the caller that started it; callers that join it keep
+/// only their own [`hard_timeout`](FetchOptions::hard_timeout) (the flight key is the cache
+/// key, never the options).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FetchOptions {
+    ttl: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    background_completion: Option<bool>,
+    background_cap: Option<Duration>,
+    abandon: Option<AbandonPolicy>,
+    write_mode: Option<WriteMode>,
+    tier_timeout: Option<Duration>,
+    strict_tiers: Option<bool>,
+    strict_decode: Option<bool>,
+    max_payload: Option<usize>,
+    skip_l1_read: Option<bool>,
+    skip_l1_write: Option<bool>,
+    skip_l2_read: Option<bool>,
+    skip_l2_write: Option<bool>,
+    skip_l3_read: Option<bool>,
+    skip_l3_write: Option<bool>,
+    no_loader: Option<bool>,
+}
+
+macro_rules! options {
+    ($($(#[$doc:meta])* $field:ident / $getter:ident: $ty:ty;)*) => {
+        impl FetchOptions {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $field(mut self, value: $ty) -> Self {
+                    self.$field = Some(value);
+                    self
+                }
+
+                #[doc = concat!("The `", stringify!($field), "` set here, if any.")]
+                pub fn $getter(&self) -> Option<$ty> {
+                    self.$field
+                }
+            )*
+
+            /// These options over `defaults`: every field set here wins, every other field
+            /// comes from `defaults`.
+            #[must_use]
+            pub fn or(&self, defaults: &FetchOptions) -> FetchOptions {
+                FetchOptions {
+                    $($field: self.$field.or(defaults.$field),)*
+                }
+            }
+        }
+    };
+}
+
+options! {
+    /// How long a stored value stays fresh (its `stale_at` is `created_at + ttl`). Default 5
+    /// minutes.
+    ttl / get_ttl: Duration;
+    /// How long a caller waits for a value, counted from its own arrival (also when it joins a
+    /// flight started earlier). After it the caller gets [`CacheError::Timeout`]; the flight
+    /// may go on (see [`background_completion`](FetchOptions::background_completion)).
+    /// Default 30 seconds.
+    ///
+    /// [`CacheError::Timeout`]: crate::CacheError::Timeout
+    hard_timeout / get_hard_timeout: Duration;
+    /// Whether a flight goes on after its starter's hard timeout, until its background cap,
+    /// and stores its result (default `true`). With `false`, the loader is cancelled at the
+    /// hard timeout and nothing is stored.
+    background_completion / get_background_completion: bool;
+    /// The longest a flight may run, from its start: after it the loader is cancelled (its
+    /// token fires and its future is dropped), nothing is stored, and the key is free again.
+    /// Default 4 x the hard timeout; never less than the hard timeout.
+    background_cap / get_background_cap: Duration;
+    /// What happens to a flight whose callers all went away. Default
+    /// [`AbandonPolicy::Continue`].
+    abandon / get_abandon: AbandonPolicy;
+    /// When the loaded value reaches the remote tiers. Default [`WriteMode::Background`].
+    write_mode / get_write_mode: WriteMode;
+    /// The longest a read of one remote tier may take; after it the read counts as a miss (an
+    /// error with `strict_tiers`). Default 5 seconds.
+    tier_timeout / get_tier_timeout: Duration;
+    /// Whether a remote tier's failure (error or timeout) fails the call instead of counting
+    /// as a miss. Default `false`.
+    strict_tiers / get_strict_tiers: bool;
+    /// Whether an entry that cannot be decoded fails the call instead of counting as a miss.
+    /// Default `false`.
+    strict_decode / get_strict_decode: bool;
+    /// The largest encoded value written to the remote tiers; a larger one is kept in L1 only
+    /// and counted. Default 1 MiB.
+    max_payload / get_max_payload: usize;
+    /// Skip the L1 lookup (the value found or loaded is still written to L1 unless
+    /// `skip_l1_write`). Default `false`.
+    skip_l1_read / get_skip_l1_read: bool;
+    /// Do not write L1. Default `false`.
+    skip_l1_write / get_skip_l1_write: bool;
+    /// Do not read the first remote tier. Default `false`.
+    skip_l2_read / get_skip_l2_read: bool;
+    /// Do not write the first remote tier. Default `false`.
+    skip_l2_write / get_skip_l2_write: bool;
+    /// Do not read the second remote tier. Default `false`.
+    skip_l3_read / get_skip_l3_read: bool;
+    /// Do not write the second remote tier. Default `false`.
+    skip_l3_write / get_skip_l3_write: bool;
+    /// Never run a loader: a value in no tier is [`CacheError::NotFound`]. Default `false`.
+    ///
+    /// [`CacheError::NotFound`]: crate::CacheError::NotFound
+    no_loader / get_no_loader: bool;
+}
+
+impl FetchOptions {
+    /// No option set: everything inherits.
+    pub const fn new() -> Self {
+        FetchOptions {
+            ttl: None,
+            hard_timeout: None,
+            background_completion: None,
+            background_cap: None,
+            abandon: None,
+            write_mode: None,
+            tier_timeout: None,
+            strict_tiers: None,
+            strict_decode: None,
+            max_payload: None,
+            skip_l1_read: None,
+            skip_l1_write: None,
+            skip_l2_read: None,
+            skip_l2_write: None,
+            skip_l3_read: None,
+            skip_l3_write: None,
+            no_loader: None,
+        }
+    }
+
+    /// Every field resolved against the built-in defaults, then normalised; also returns the
+    /// adjustments made.
+    pub(crate) fn resolve(&self) -> (Resolved, Vec<Adjustment>) {
+        let hard_timeout = self.hard_timeout.unwrap_or(DEFAULT_HARD_TIMEOUT);
+        let mut adjustments = Vec::new();
+        let background_cap = match self.background_cap {
+            Some(cap) if cap < hard_timeout => {
+                adjustments.push(Adjustment {
+                    field: "background_cap",
+                    from: cap,
+                    to: hard_timeout,
+                });
+                hard_timeout
+            }
+            Some(cap) => cap,
+            None => hard_timeout.saturating_mul(DEFAULT_CAP_FACTOR),
+        };
+        let resolved = Resolved {
+            ttl: self.ttl.unwrap_or(DEFAULT_TTL),
+            hard_timeout,
+            background_completion: self.background_completion.unwrap_or(true),
+            background_cap,
+            abandon: self.abandon.unwrap_or_default(),
+            write_mode: self.write_mode.unwrap_or_default(),
+            tier_timeout: self.tier_timeout.unwrap_or(DEFAULT_TIER_TIMEOUT),
+            strict_tiers: self.strict_tiers.unwrap_or(false),
+            strict_decode: self.strict_decode.unwrap_or(false),
+            max_payload: self.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD),
+            skip_l1_read: self.skip_l1_read.unwrap_or(false),
+            skip_l1_write: self.skip_l1_write.unwrap_or(false),
+            skip_l2_read: self.skip_l2_read.unwrap_or(false),
+            skip_l2_write: self.skip_l2_write.unwrap_or(false),
+            skip_l3_read: self.skip_l3_read.unwrap_or(false),
+            skip_l3_write: self.skip_l3_write.unwrap_or(false),
+            no_loader: self.no_loader.unwrap_or(false),
+        };
+        (resolved, adjustments)
+    }
+}
+
+/// The built-in freshness of a stored value.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// The built-in hard timeout of a call.
+pub const DEFAULT_HARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The built-in background cap is this many hard timeouts.
+pub const DEFAULT_CAP_FACTOR: u32 = 4;
+/// The built-in timeout of one remote tier read.
+pub const DEFAULT_TIER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The built-in largest encoded value written to the remote tiers.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// A normalisation of an incoherent option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Adjustment {
+    pub(crate) field: &'static str,
+    pub(crate) from: Duration,
+    pub(crate) to: Duration,
+}
+
+/// Options with every field decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub(crate) ttl: Duration,
+    pub(crate) hard_timeout: Duration,
+    pub(crate) background_completion: bool,
+    pub(crate) background_cap: Duration,
+    pub(crate) abandon: AbandonPolicy,
+    pub(crate) write_mode: WriteMode,
+    pub(crate) tier_timeout: Duration,
+    pub(crate) strict_tiers: bool,
+    pub(crate) strict_decode: bool,
+    pub(crate) max_payload: usize,
+    pub(crate) skip_l1_read: bool,
+    pub(crate) skip_l1_write: bool,
+    pub(crate) skip_l2_read: bool,
+    pub(crate) skip_l2_write: bool,
+    pub(crate) skip_l3_read: bool,
+    pub(crate) skip_l3_write: bool,
+    pub(crate) no_loader: bool,
+}
+
+impl Resolved {
+    /// How long the flight may run: the background cap, or the hard timeout when the flight
+    /// must not outlive its starter's deadline.
+    pub(crate) fn flight_limit(&self) -> Duration {
+        if self.background_completion {
+            self.background_cap
+        } else {
+            self.hard_timeout
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! [`CacheStats`]: counters of what a cache did off its L1-hit path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::frame::{FRAME_ERROR_REASONS, FrameErrorReason};
+
+/// Counters of a [`Cache`](crate::Cache), read with [`Cache::stats`](crate::Cache::stats).
+///
+/// L1 hits are not counted here: counting them would put a shared atomic on the hot path;
+/// every [`Hit`](crate::Hit) says where it came from instead. Per remote tier, index 0 is L2
+/// and index 1 is L3.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Flights started (one per key per burst of misses).
+    pub flights: u64,
+    /// Callers that joined a flight another caller started.
+    pub coalesced: u64,
+    /// Loader calls.
+    pub loader_calls: u64,
+    /// Loader calls that returned an error.
+    pub loader_errors: u64,
+    /// Loader calls that panicked.
+    pub loader_panics: u64,
+    /// Flights stopped at their background cap (or at the hard timeout without background
+    /// completion).
+    pub flights_capped: u64,
+    /// Flights stopped because all their callers went away
+    /// ([`AbandonPolicy::CancelWhenUnobserved`](crate::AbandonPolicy::CancelWhenUnobserved)).
+    pub flights_abandoned: u64,
+    /// Flights whose task ended without a result (aborted).
+    pub flights_aborted: u64,
+    /// Flights a `set` or `remove` superseded (their results are never stored).
+    pub superseded: u64,
+    /// Entries decoded, per remote tier.
+    pub decodes: [u64; 2],
+    /// Entries that could not be decoded, per remote tier and reason (indexed like
+    /// [`FRAME_ERROR_REASONS`]).
+    pub decode_errors: [[u64; FRAME_ERROR_REASONS.len()]; 2],
+    /// Remote reads that failed, per remote tier.
+    pub tier_errors: [u64; 2],
+    /// Remote reads that timed out, per remote tier.
+    pub tier_timeouts: [u64; 2],
+    /// Values that could not be encoded (kept in L1 only).
+    pub encode_errors: u64,
+    /// Values larger than `max_payload` once encoded (kept in L1 only).
+    pub oversize: u64,
+    /// Remote writes that failed, per remote tier.
+    pub write_errors: [u64; 2],
+    /// Remote writes the offload refused, per remote tier.
+    pub writes_rejected: [u64; 2],
+}
+
+impl CacheStats {
+    /// Undecodable entries of remote tier `tier` (0 = L2, 1 = L3) for `reason`.
+    pub fn decode_errors_for(&self, tier: usize, reason: FrameErrorReason) -> u64 {
+        self.decode_errors
+            .get(tier)
+            .map_or(0, |reasons| reasons[reason.index()])
+    }
+
+    /// Undecodable entries of remote tier `tier`, all reasons.
+    pub fn decode_errors_total(&self, tier: usize) -> u64 {
+        self.decode_errors
+            .get(tier)
+            .map_or(0, |reasons| reasons.iter().sum())
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    flights: AtomicU64,
+    coalesced: AtomicU64,
+    loader_calls: AtomicU64,
+    loader_errors: AtomicU64,
+    loader_panics: AtomicU64,
+    flights_capped: AtomicU64,
+    flights_abandoned: AtomicU64,
+    flights_aborted: AtomicU64,
+    superseded: AtomicU64,
+    decodes: [AtomicU64; 2],
+    decode_errors: [[AtomicU64; FRAME_ERROR_REASONS.len()]; 2],
+    tier_errors: [AtomicU64; 2],
+    tier_timeouts: [AtomicU64; 2],
+    encode_errors: AtomicU64,
+    oversize: AtomicU64,
+    write_errors: [AtomicU64; 2],
+    writes_rejected: [AtomicU64; 2],
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Stats {
+    pub(crate) fn record_flight(&self) {
+        bump(&self.flights);
+    }
+    pub(crate) fn record_coalesced(&self) {
+        bump(&self.coalesced);
+    }
+    pub(crate) fn record_loader_call(&self) {
+        bump(&self.loader_calls);
+    }
+    pub(crate) fn record_loader_error(&self) {
+        bump(&self.loader_errors);
+    }
+    pub(crate) fn record_loader_panic(&self) {
+        bump(&self.loader_panics);
+    }
+    pub(crate) fn record_capped(&self) {
+        bump(&self.flights_capped);
+    }
+    pub(crate) fn record_abandoned(&self) {
+        bump(&self.flights_abandoned);
+    }
+    pub(crate) fn record_aborted(&self) {
+        bump(&self.flights_aborted);
+    }
+    pub(crate) fn record_superseded(&self) {
+        bump(&self.superseded);
+    }
+    pub(crate) fn record_decode(&self, tier: usize) {
+        bump(&self.decodes[tier]);
+    }
+    pub(crate) fn record_decode_error(&self, tier: usize, reason: FrameErrorReason) {
+        bump(&self.decode_errors[tier][reason.index()]);
+    }
+    pub(crate) fn record_tier_error(&self, tier: usize) {
+        bump(&self.tier_errors[tier]);
+    }
+    pub(crate) fn record_tier_timeout(&self, tier: usize) {
+        bump(&self.tier_timeouts[tier]);
+    }
+    pub(crate) fn record_encode_error(&self) {
+        bump(&self.encode_errors);
+    }
+    pub(crate) fn record_oversize(&self) {
+        bump(&self.oversize);
+    }
+    pub(crate) fn record_write_error(&self, tier: usize) {
+        bump(&self.write_errors[tier]);
+    }
+    pub(crate) fn record_write_rejected(&self, tier: usize) {
+        bump(&self.writes_rejected[tier]);
+    }
+
+    pub(crate) fn snapshot(&self) -> CacheStats {
+        CacheStats {
+            flights: read(&self.flights),
+            coalesced: read(&self.coalesced),
+            loader_calls: read(&self.loader_calls),
+            loader_errors: read(&self.loader_errors),
+            loader_panics: read(&self.loader_panics),
+            flights_capped: read(&self.flights_capped),
+            flights_abandoned: read(&self.flights_abandoned),
+            flights_aborted: read(&self.flights_aborted),
+            superseded: read(&self.superseded),
+            decodes: self.decodes.each_ref().map(read),
+            decode_errors: self
+                .decode_errors
+                .each_ref()
+                .map(|reasons| reasons.each_ref().map(read)),
+            tier_errors: self.tier_errors.each_ref().map(read),
+            tier_timeouts: self.tier_timeouts.each_ref().map(read),
+            encode_errors: read(&self.encode_errors),
+            oversize: read(&self.oversize),
+            write_errors: self.write_errors.each_ref().map(read),
+            writes_rejected: self.writes_rejected.each_ref().map(read),
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! Read-through behaviours 63-65: writes racing flights (the generation guard): a `set`
+//! during a flight wins, a `remove` during a flight keeps the flight's result out of every
+//! tier, a refill never overwrites a newer L1 entry; and overlapping remote writes on one key
+//! end in the newest state in every tier.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Calls, Stack, key, settle};
+use tierkit_cache::codec::Postcard;
+use tierkit_cache::frame::decode_frame;
+use tierkit_cache::{
+    AbandonPolicy, Cache, CancellationToken, Compression, EntryMeta, FetchContext, FetchOptions,
+    LocalEntry, LocalTier, Source,
+};
+use tierkit_core::{Backend, Op};
+use tierkit_testkit::{Fault, FaultyBackend, MemoryBackend};
+use tokio::sync::watch;
+
+/// The value a remote tier holds for `name`, decoded.
+fn remote_value(tier: &MemoryBackend, name: &str) -> Option<String> {
+    let k = key(name);
+    tier.peek(&k).map(|stored| {
+        decode_frame::<String>(&k, &Postcard, &Compression::default(), stored.payload()).unwrap()
+    })
+}
+
+fn local_value(stack: &Stack<String>, name: &str) -> Option<String> {
+    stack
+        .l1
+        .peek(&key(name))
+        .map(|e| e.value().as_str().to_owned())
+}
+
+/// Sets its flag when dropped: put one inside a loader future to see the future dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A gated loader: records its token, counts its call, waits for the gate, answers `value`.
+#[derive(Clone, Default)]
+struct Gated {
+    calls: Calls,
+    token: Arc<Mutex<Option<CancellationToken>>>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Gated {
+    fn loader(
+        &self,
+        gate: &watch::Receiver<bool>,
+        value: &'static str,
+    ) -> impl FnOnce(
+        FetchContext,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<String, std::io::Error>> + Send>,
+    > + Send
+    + 'static {
+        let (this, mut gate) = (self.clone(), gate.clone());
+        move |ctx: FetchContext| {
+            this.calls.bump();
+            *this.token.lock().unwrap() = Some(ctx.cancellation().clone());
+            let flag = DropFlag(Arc::clone(&this.dropped));
+            Box::pin(async move {
+                let _flag = flag;
+                let _ = gate.wait_for(|open| *open).await;
+                Ok(value.to_owned())
+            })
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.token
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("the loader ran")
+            .is_cancelled()
+    }
+}
+
+/// A loader that answers `value` at once.
+fn instant(
+    value: &'static str,
+) -> impl FnOnce(FetchContext) -> std::future::Ready<Result<String, std::io::Error>> + Send + 'static
+{
+    move |_| std::future::ready(Ok(value.to_owned()))
+}
+
+/// Behaviour 63: a `set(key, v2)` during a loader flight wins: the flight's waiters (its
+/// starter and a joiner) get v2 with `Source::Set`; the loader, which keeps running under the
+/// default `Continue` policy (its token does not fire), has its result discarded: L1, L2 and
+/// L3 hold v2 afterwards and the discard is counted as superseded.
+#[tokio::test(start_paused = true)]
+async fn b63_a_set_during_a_flight_wins() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let loader = Gated::default();
+    let (open, gate) = watch::channel(false);
+
+    let starter = tokio::spawn({
+        let (cache, loader) = (cache.clone(), loader.loader(&gate, "loaded"));
+        async move {
+            cache
+                .get_or_fetch_with("k", &FetchOptions::new(), loader)
+                .await
+        }
+    });
+    settle().await;
+    let joiner = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_fetch_with("k", &FetchOptions::new(), instant("joiner"))
+                .await
+        }
+    });
+    settle().await;
+    assert_eq!(loader.calls.get(), 1);
+    assert_eq!(cache.flights_in_progress(), 1);
+
+    cache.set("k", "v2".to_owned()).await.unwrap();
+    let (a, b) = (
+        starter.await.unwrap().unwrap(),
+        joiner.await.unwrap().unwrap(),
+    );
+    assert_eq!((a.source(), a.as_str()), (Source::Set, "v2"));
+    assert_eq!((b.source(), b.as_str()), (Source::Set, "v2"));
+    assert!(!a.is_coalesced() && b.is_coalesced());
+    assert_eq!(a.flight_id(), b.flight_id());
+    assert!(Arc::ptr_eq(a.value(), b.value()));
+    assert_eq!(
+        cache.flights_in_progress(),
+        0,
+        "the superseded flight no longer holds the key"
+    );
+    assert!(
+        !loader.cancelled(),
+        "under Continue the loader keeps running"
+    );
+
+    // The loader answers late: its value goes nowhere.
+    open.send_replace(true);
+    settle().await;
+    assert!(
+        loader.dropped.load(Ordering::SeqCst),
+        "the loader ran to its end"
+    );
+    assert_eq!(cache.stats().superseded, 1);
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("v2"));
+    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v2"));
+    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v2"));
+    assert_eq!(
+        (stack.l2.calls().set, stack.l3.calls().set),
+        (1, 1),
+        "only the set's writes"
+    );
+    assert_eq!(
+        EntryMeta::of(&stack.l2.peek(&key("k")).unwrap()),
+        a.meta(),
+        "L2 holds the set's entry"
+    );
+    let hit = cache.get("k").await.unwrap().unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L1, "v2"));
+    assert_eq!(loader.calls.get(), 1);
+    assert_eq!(cache.keys_in_progress(), 0);
+}
+
+/// Behaviour 63 with `AbandonPolicy::CancelWhenUnobserved`: the `set` also cancels the
+/// flight: the loader's token fires and its future is dropped; the waiters still get v2 and
+/// every tier holds v2.
+#[tokio::test(start_paused = true)]
+async fn b63_a_set_cancels_the_loader_under_cancel_when_unobserved() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let loader = Gated::default();
+    let (_open, gate) = watch::channel(false);
+    let options = FetchOptions::new().abandon(AbandonPolicy::CancelWhenUnobserved);
+
+    let starter = tokio::spawn({
+        let (cache, loader) = (cache.clone(), loader.loader(&gate, "loaded"));
+        async move { cache.get_or_fetch_with("k", &options, loader).await }
+    });
+    settle().await;
+    let joiner = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_fetch_with("k", &options, instant("joiner"))
+                .await
+        }
+    });
+    settle().await;
+
+    cache.set("k", "v2".to_owned()).await.unwrap();
+    let (a, b) = (
+        starter.await.unwrap().unwrap(),
+        joiner.await.unwrap().unwrap(),
+    );
+    assert_eq!((a.source(), a.as_str()), (Source::Set, "v2"));
+    assert_eq!((b.source(), b.as_str()), (Source::Set, "v2"));
+    settle().await;
+    assert!(loader.cancelled(), "the set fired the loader's token");
+    assert!(
+        loader.dropped.load(Ordering::SeqCst),
+        "the loader's future was dropped"
+    );
+    assert_eq!(cache.flights_in_progress(), 0);
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("v2"));
+    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v2"));
+    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v2"));
+    assert_eq!(loader.calls.get(), 1);
+    assert_eq!(cache.keys_in_progress(), 0);
+}
+
+/// Behaviour 64: a `remove` during a flight: the loader's result still reaches the flight's
+/// current waiters, but is stored in no tier; the next call loads again.
+#[tokio::test(start_paused = true)]
+async fn b64_a_remove_during_a_flight_keeps_its_result_out_of_every_tier() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let loader = Gated::default();
+    let (open, gate) = watch::channel(false);
+
+    let starter = tokio::spawn({
+        let (cache, loader) = (cache.clone(), loader.loader(&gate, "loaded"));
+        async move {
+            cache
+                .get_or_fetch_with("k", &FetchOptions::new(), loader)
+                .await
+        }
+    });
+    settle().await;
+    let joiner = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_fetch_with("k", &FetchOptions::new(), instant("joiner"))
+                .await
+        }
+    });
+    settle().await;
+
+    cache.remove("k").await.unwrap();
+    assert_eq!(
+        cache.flights_in_progress(),
+        0,
+        "the flight no longer holds the key"
+    );
+    assert!(
+        !starter.is_finished() && !joiner.is_finished(),
+        "the waiters keep waiting"
+    );
+    open.send_replace(true);
+    let (a, b) = (
+        starter.await.unwrap().unwrap(),
+        joiner.await.unwrap().unwrap(),
+    );
+    assert_eq!((a.source(), a.as_str()), (Source::Loader, "loaded"));
+    assert_eq!((b.source(), b.as_str()), (Source::Loader, "loaded"));
+    assert!(Arc::ptr_eq(a.value(), b.value()));
+    settle().await;
+
+    assert_eq!(cache.stats().superseded, 1);
+    assert!(stack.l1.peek(&key("k")).is_none(), "not stored in L1");
+    assert!(stack.l2.peek(&key("k")).is_none(), "not stored in L2");
+    assert!(stack.l3.peek(&key("k")).is_none(), "not stored in L3");
+    assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 0));
+    assert_eq!(cache.keys_in_progress(), 0);
+
+    let next = Gated::default();
+    let hit = cache
+        .get_or_fetch_with("k", &FetchOptions::new(), next.loader(&gate, "reloaded"))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "reloaded"));
+    assert_eq!(next.calls.get(), 1, "the next call loads again");
+}
+
+/// Behaviour 65: a refill never overwrites a newer L1 entry. L2 holds an older entry, L1 a
+/// newer fresh one; a call with `skip_l1_read` makes the flight read L2, and L1 keeps the
+/// newer entry. Control: when L1's entry is the older one, the refill replaces it.
+#[tokio::test(start_paused = true)]
+async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let calls = Calls::default();
+    let loader = |calls: &Calls| {
+        let calls = calls.clone();
+        move |_: FetchContext| {
+            calls.bump();
+            std::future::ready(Ok::<_, std::io::Error>("loader".to_owned()))
+        }
+    };
+
+    // L2 and L3: "old" at t0. L1: "new" at t0 + 1 s.
+    cache.set("k", "old".to_owned()).await.unwrap();
+    stack.clock.advance(Duration::from_secs(1));
+    cache
+        .set_with(
+            "k",
+            "new".to_owned(),
+            &FetchOptions::new().skip_l2_write(true).skip_l3_write(true),
+        )
+        .await
+        .unwrap();
+    let newer = stack.l1.peek(&key("k")).unwrap().meta();
+    let inserts = stack.l1.inserts();
+
+    let hit = cache
+        .get_or_fetch_with("k", &FetchOptions::new().skip_l1_read(true), loader(&calls))
+        .await
+        .unwrap();
+    assert_eq!(
+        (hit.source(), hit.as_str()),
+        (Source::L2, "old"),
+        "the flight read L2"
+    );
+    assert!(hit.meta().created_at() < newer.created_at());
+    assert_eq!(
+        stack.l1.inserts(),
+        inserts,
+        "the older L2 entry was not written to L1"
+    );
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("new"));
+    assert_eq!(stack.l1.peek(&key("k")).unwrap().meta(), newer);
+    let hit = cache.get("k").await.unwrap().unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L1, "new"));
+
+    // Control: L2 and L3 get a newer entry than L1's; the refill replaces L1's.
+    stack.clock.advance(Duration::from_secs(1));
+    cache
+        .set_with(
+            "k",
+            "newest".to_owned(),
+            &FetchOptions::new().skip_l1_write(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("new"));
+    let hit = cache
+        .get_or_fetch_with("k", &FetchOptions::new().skip_l1_read(true), loader(&calls))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L2, "newest"));
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("newest"));
+    assert_eq!(stack.l1.peek(&key("k")).unwrap().meta(), hit.meta());
+    assert_eq!(calls.get(), 0);
+}
+
+/// Behaviour 65: L1 holds a newer entry that is stale but not expired; a read misses it, the
+/// flight finds an older but fresh entry in L2, and L1 is not overwritten with the older
+/// entry (L1 is written only when its entry's `created_at` <= the refilled entry's).
+#[tokio::test(start_paused = true)]
+async fn b65_a_refill_does_not_overwrite_a_newer_stale_l1_entry() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let t0 = stack.clock.now();
+    // L2 and L3: "old", written at t0, fresh for the default 5 minutes.
+    cache
+        .set_with(
+            "k",
+            "old".to_owned(),
+            &FetchOptions::new().skip_l1_write(true),
+        )
+        .await
+        .unwrap();
+    // L1: "new", written at t0 + 1 s, stale at t0 + 2 s, expiring at t0 + 1 h.
+    let newer = EntryMeta::new(
+        t0.saturating_add(Duration::from_secs(1)),
+        t0.saturating_add(Duration::from_secs(2)),
+        t0.saturating_add(Duration::from_secs(3600)),
+    );
+    stack.l1.insert(
+        &key("k"),
+        LocalEntry::new(Arc::new("new".to_owned()), newer),
+    );
+    stack.clock.advance(Duration::from_secs(3));
+
+    let hit = cache.get("k").await.unwrap().unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L2, "old"));
+    let entry = stack.l1.peek(&key("k")).unwrap();
+    assert_eq!((entry.value().as_str(), entry.meta()), ("new", newer));
+}
+
+/// A cache over the stack whose L2 is a [`FaultyBackend`] around the stack's memory L2.
+fn with_faulty_l2(stack: &Stack<String>) -> (Cache<String>, FaultyBackend<MemoryBackend>) {
+    let l2 = FaultyBackend::new(stack.l2.clone());
+    let cache = stack.builder().l2(l2.clone()).l3(stack.l3.clone()).build();
+    (cache, l2)
+}
+
+/// Behaviours 63-65 (remote side): several `set`s queued on one key while its L2 write is
+/// held end with the last set's value in every tier; the queued writes are coalesced (L2
+/// sees the held write and then the newest one only), and every `set` returns `Ok`.
+#[tokio::test(start_paused = true)]
+async fn b63_overlapping_sets_end_with_the_last_value_in_every_tier() {
+    let stack = Stack::<String>::new();
+    let (cache, l2) = with_faulty_l2(&stack);
+    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
+
+    let mut sets = Vec::new();
+    for value in ["v1", "v2", "v3", "v4"] {
+        let cache = cache.clone();
+        sets.push(tokio::spawn(async move {
+            cache.set("k", value.to_owned()).await
+        }));
+        settle().await;
+    }
+    assert_eq!(
+        l2.calls().set,
+        1,
+        "the first write is held; the others queue"
+    );
+    for set in sets {
+        set.await.unwrap().unwrap();
+    }
+    settle().await;
+    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v4"));
+    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v4"));
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("v4"));
+    assert_eq!(l2.calls().set, 2, "v1, then only the newest queued write");
+    assert_eq!(cache.keys_in_progress(), 0);
+}
+
+/// Overlapping writes of every kind on one key (a held `set`, a `remove`, a flight's
+/// write-back, another `set`) end with the newest state, the last `set`, in every tier.
+#[tokio::test(start_paused = true)]
+async fn b63_overlapping_set_remove_and_write_back_end_with_the_newest_state() {
+    let stack = Stack::<String>::new();
+    let (cache, l2) = with_faulty_l2(&stack);
+    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
+
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.set("k", "v1".to_owned()).await }
+    });
+    settle().await;
+    let removed = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.remove("k").await }
+    });
+    settle().await;
+    // L1 and L3 are empty, and the held v1 has not reached L2: the flight loads.
+    let hit = cache
+        .get_or_fetch_with("k", &FetchOptions::new(), instant("loaded"))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "loaded"));
+    let last = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.set("k", "v3".to_owned()).await }
+    });
+    settle().await;
+    first.await.unwrap().unwrap();
+    removed.await.unwrap().unwrap();
+    last.await.unwrap().unwrap();
+    settle().await;
+
+    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v3"));
+    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v3"));
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("v3"));
+    assert_eq!(cache.keys_in_progress(), 0);
+
+    // And when the newest state is a removal, every tier ends empty.
+    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
+    let held = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.set("k", "v4".to_owned()).await }
+    });
+    settle().await;
+    let queued = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.set("k", "v5".to_owned()).await }
+    });
+    settle().await;
+    cache.remove("k").await.unwrap();
+    held.await.unwrap().unwrap();
+    queued.await.unwrap().unwrap();
+    settle().await;
+    assert!(stack.l2.peek(&key("k")).is_none());
+    assert!(stack.l3.peek(&key("k")).is_none());
+    assert!(stack.l1.peek(&key("k")).is_none());
+    assert_eq!(cache.keys_in_progress(), 0);
+}
+
+/// Overlapping writes where the newest is a flight's write-back: a held `set` of v1, then a
+/// flight that skips every read and loads: every tier ends with the loaded value.
+#[tokio::test(start_paused = true)]
+async fn b63_a_later_write_back_wins_over_a_held_set() {
+    let stack = Stack::<String>::new();
+    let (cache, l2) = with_faulty_l2(&stack);
+    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
+    let held = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.set("k", "v1".to_owned()).await }
+    });
+    settle().await;
+    stack.clock.advance(Duration::from_secs(1));
+    let hit = cache
+        .get_or_fetch_with(
+            "k",
+            &FetchOptions::new()
+                .skip_l1_read(true)
+                .skip_l2_read(true)
+                .skip_l3_read(true),
+            instant("loaded"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    held.await.unwrap().unwrap();
+    settle().await;
+    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("loaded"));
+    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("loaded"));
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("loaded"));
+    assert_eq!(
+        EntryMeta::of(&stack.l2.get(&key("k")).await.unwrap().unwrap()),
+        hit.meta()
+    );
+}

@@ -1,0 +1,564 @@
+//! Read-through behaviours 60-62: option resolution (call over handle defaults over built-in
+//! defaults), normalisation of incoherent options with a warning logged once per distinct
+//! configuration, and the tier masks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Calls, MINUTE, Stack, key, settle};
+use tierkit_cache::{
+    Cache, CacheError, DEFAULT_HARD_TIMEOUT, DEFAULT_TTL, FetchContext, FetchOptions, Hit, Source,
+    TimeoutKind,
+};
+use tierkit_testkit::logs::capture;
+use tokio::time::Instant;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A loader that counts its call and answers `value` at once.
+fn instant(
+    calls: &Calls,
+    value: &'static str,
+) -> impl FnOnce(FetchContext) -> std::future::Ready<Result<String, std::io::Error>> + Send + 'static
+{
+    let calls = calls.clone();
+    move |_| {
+        calls.bump();
+        std::future::ready(Ok(value.to_owned()))
+    }
+}
+
+/// A loader that counts its call and never answers.
+fn never(
+    calls: &Calls,
+) -> impl FnOnce(FetchContext) -> std::future::Pending<Result<String, std::io::Error>> + Send + 'static
+{
+    let calls = calls.clone();
+    move |_| {
+        calls.bump();
+        std::future::pending()
+    }
+}
+
+/// How long a hit's value stays fresh.
+fn ttl_of<V>(hit: &Hit<V>) -> Duration {
+    hit.meta()
+        .stale_at()
+        .saturating_duration_since(hit.meta().created_at())
+}
+
+fn local_value(stack: &Stack<String>, name: &str) -> Option<String> {
+    stack
+        .l1
+        .peek(&key(name))
+        .map(|e| e.value().as_str().to_owned())
+}
+
+/// Behaviour 60: `FetchOptions::or` composes field by field: a field the call sets wins, a
+/// field it leaves unset comes from the defaults, and `Some(false)` overrides `Some(true)`.
+#[test]
+fn b60_or_composes_field_by_field() {
+    let defaults = FetchOptions::new()
+        .ttl(10 * MINUTE)
+        .hard_timeout(Duration::from_secs(2))
+        .no_loader(true);
+    let call = FetchOptions::new()
+        .ttl(MINUTE)
+        .no_loader(false)
+        .skip_l2_write(true);
+    let effective = call.or(&defaults);
+    assert_eq!(effective.get_ttl(), Some(MINUTE), "the call's field wins");
+    assert_eq!(
+        effective.get_hard_timeout(),
+        Some(Duration::from_secs(2)),
+        "inherited"
+    );
+    assert_eq!(
+        effective.get_no_loader(),
+        Some(false),
+        "an explicit false overrides a true"
+    );
+    assert_eq!(effective.get_skip_l2_write(), Some(true));
+    assert_eq!(
+        effective.get_background_cap(),
+        None,
+        "unset everywhere: the built-in applies"
+    );
+    assert_eq!(FetchOptions::new().or(&defaults), defaults);
+    assert_eq!(defaults.or(&FetchOptions::new()), defaults);
+}
+
+/// Behaviour 60, observed through the TTL of stored values: a call's TTL beats the handle's
+/// default TTL, which beats the built-in TTL; `set` and `set_with` resolve the same way.
+#[tokio::test(start_paused = true)]
+async fn b60_ttl_resolves_call_over_defaults_over_built_in() {
+    let stack = Stack::<String>::new();
+    let calls = Calls::default();
+    let with_defaults = stack
+        .builder()
+        .l2(stack.l2.clone())
+        .l3(stack.l3.clone())
+        .defaults(FetchOptions::new().ttl(10 * MINUTE))
+        .build();
+
+    let hit = with_defaults
+        .get_or_fetch_with("a", &FetchOptions::new(), instant(&calls, "v"))
+        .await
+        .unwrap();
+    assert_eq!(ttl_of(&hit), 10 * MINUTE, "the handle's default");
+    // A call setting another field still inherits the default TTL.
+    let hit = with_defaults
+        .get_or_fetch_with(
+            "b",
+            &FetchOptions::new().hard_timeout(Duration::from_secs(3)),
+            instant(&calls, "v"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl_of(&hit),
+        10 * MINUTE,
+        "unset fields inherit the handle's default"
+    );
+    let hit = with_defaults
+        .get_or_fetch_with("c", &FetchOptions::new().ttl(MINUTE), instant(&calls, "v"))
+        .await
+        .unwrap();
+    assert_eq!(ttl_of(&hit), MINUTE, "the call's own TTL");
+
+    let built_in = stack.builder().build();
+    let hit = built_in
+        .get_or_fetch_with("d", &FetchOptions::new(), instant(&calls, "v"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl_of(&hit),
+        DEFAULT_TTL,
+        "no default anywhere: the built-in TTL"
+    );
+
+    // `set` resolves its TTL the same way; the remote copies carry the same timestamps.
+    with_defaults.set("e", "v".to_owned()).await.unwrap();
+    let entry = stack.l1.peek(&key("e")).unwrap();
+    assert_eq!(
+        entry
+            .meta()
+            .stale_at()
+            .saturating_duration_since(entry.meta().created_at()),
+        10 * MINUTE
+    );
+    with_defaults
+        .set_with("f", "v".to_owned(), &FetchOptions::new().ttl(MINUTE))
+        .await
+        .unwrap();
+    let stored = stack.l2.peek(&key("f")).unwrap();
+    assert_eq!(
+        stored
+            .stale_at()
+            .saturating_duration_since(stored.created_at()),
+        MINUTE
+    );
+    assert_eq!(calls.get(), 4);
+}
+
+/// Behaviour 60, observed through `no_loader` and the hard timeout: fields a call leaves
+/// unset come from the handle's defaults, fields it sets override them (even to `false`),
+/// and without any default the built-in value applies.
+#[tokio::test(start_paused = true)]
+async fn b60_unset_call_fields_inherit_handle_defaults() {
+    let stack = Stack::<String>::new();
+    let calls = Calls::default();
+    let cache = stack
+        .builder()
+        .defaults(
+            FetchOptions::new()
+                .hard_timeout(Duration::from_secs(2))
+                .no_loader(true),
+        )
+        .build();
+
+    // `no_loader` from the defaults, although the call sets another field.
+    let error = cache
+        .get_or_fetch_with("k", &FetchOptions::new().ttl(MINUTE), instant(&calls, "v"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+    assert_eq!(calls.get(), 0);
+
+    // The call turns the loader back on; the hard timeout still comes from the defaults.
+    let start = Instant::now();
+    let error = cache
+        .get_or_fetch_with("k", &FetchOptions::new().no_loader(false), never(&calls))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, CacheError::Timeout { kind: TimeoutKind::Hard, after } if after == Duration::from_secs(2)),
+        "{error:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(calls.get(), 1);
+
+    // The call's own hard timeout wins over the default one.
+    let start = Instant::now();
+    let error = cache
+        .get_or_fetch_with(
+            "k2",
+            &FetchOptions::new().no_loader(false).hard_timeout(500 * MS),
+            never(&calls),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CacheError::Timeout { after, .. } if after == 500 * MS));
+    assert_eq!(start.elapsed(), 500 * MS);
+
+    // No default at all: the built-in hard timeout.
+    let plain = stack.builder().build();
+    let start = Instant::now();
+    let error = plain
+        .get_or_fetch_with("k3", &FetchOptions::new().ttl(MINUTE), never(&calls))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CacheError::Timeout { after, .. } if after == DEFAULT_HARD_TIMEOUT));
+    assert_eq!(start.elapsed(), DEFAULT_HARD_TIMEOUT);
+}
+
+/// Behaviour 61: a background cap below the hard timeout is raised to the hard timeout, and
+/// a warning is logged once per distinct configuration (per cache), whether the options come
+/// from a call or from the handle's defaults.
+///
+/// The other normalisations of behaviour 61 (soft timeout above hard, fail-safe max below the
+/// TTL, eager-refresh threshold outside (0, 1), SWR window too wide) concern options that do
+/// not exist yet.
+#[tokio::test(start_paused = true)]
+async fn b61_background_cap_below_hard_timeout_is_raised_and_warned_once() {
+    let logs = capture(tracing::Level::WARN);
+    const WARNING: &str = "incoherent cache option normalised";
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let calls = Calls::default();
+    let incoherent = FetchOptions::new()
+        .hard_timeout(100 * MS)
+        .background_cap(50 * MS);
+
+    // A loader answering at 80 ms: past the configured cap, within the raised one.
+    for name in ["a", "b", "c"] {
+        let calls = calls.clone();
+        let hit = cache
+            .get_or_fetch_with(name, &incoherent, move |_| async move {
+                calls.bump();
+                tokio::time::sleep(80 * MS).await;
+                Ok::<_, std::io::Error>("v".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            hit.source(),
+            Source::Loader,
+            "the cap was raised above 80 ms"
+        );
+    }
+    logs.assert_lines(
+        1,
+        &[WARNING, "background_cap", "configured=50ms", "used=100ms"],
+    );
+
+    // The raised cap is exactly the hard timeout: a loader that never answers is cancelled
+    // at 100 ms, together with its waiter's timeout.
+    let start = Instant::now();
+    let error = cache
+        .get_or_fetch_with("d", &incoherent, never(&calls))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CacheError::Timeout {
+                kind: TimeoutKind::Hard,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    settle().await;
+    assert_eq!(start.elapsed(), 100 * MS);
+    assert_eq!(cache.stats().flights_capped, 1);
+    assert_eq!(cache.flights_in_progress(), 0);
+    logs.assert_lines(1, &[WARNING]);
+
+    // Another incoherent configuration: one more warning, once.
+    let other = FetchOptions::new()
+        .hard_timeout(100 * MS)
+        .background_cap(60 * MS);
+    for name in ["e", "f"] {
+        cache
+            .get_or_fetch_with(name, &other, instant(&calls, "v"))
+            .await
+            .unwrap();
+    }
+    logs.assert_lines(2, &[WARNING]);
+    logs.assert_lines(1, &[WARNING, "configured=60ms"]);
+
+    // Incoherent handle defaults: warned when the cache is built, not again on calls that
+    // use them (with or without options of their own).
+    let with_defaults = stack
+        .builder()
+        .defaults(
+            FetchOptions::new()
+                .hard_timeout(200 * MS)
+                .background_cap(10 * MS),
+        )
+        .build();
+    logs.assert_lines(3, &[WARNING]);
+    logs.assert_lines(1, &[WARNING, "configured=10ms", "used=200ms"]);
+    with_defaults
+        .get_or_fetch_with("g", &FetchOptions::new(), instant(&calls, "v"))
+        .await
+        .unwrap();
+    with_defaults
+        .get_or_fetch_with("h", &FetchOptions::new().ttl(MINUTE), instant(&calls, "v"))
+        .await
+        .unwrap();
+    logs.assert_lines(3, &[WARNING]);
+
+    // A coherent configuration is never warned about.
+    cache
+        .get_or_fetch_with(
+            "i",
+            &FetchOptions::new()
+                .hard_timeout(100 * MS)
+                .background_cap(100 * MS),
+            instant(&calls, "v"),
+        )
+        .await
+        .unwrap();
+    logs.assert_lines(3, &[WARNING]);
+}
+
+/// Behaviour 62: `skip_l1_read` skips the L1 lookup but still writes L1; adding
+/// `skip_l1_write` leaves L1 untouched.
+#[tokio::test(start_paused = true)]
+async fn b62_skip_l1_read_still_writes_l1_unless_skip_l1_write() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let calls = Calls::default();
+    // L1 only holds a fresh "old".
+    cache
+        .set_with(
+            "k",
+            "old".to_owned(),
+            &FetchOptions::new().skip_l2_write(true).skip_l3_write(true),
+        )
+        .await
+        .unwrap();
+    stack.clock.advance(Duration::from_secs(1));
+
+    // skip_l1_read + skip_l1_write: the loader runs, L1 keeps "old".
+    let inserts = stack.l1.inserts();
+    let hit = cache
+        .get_or_fetch_with(
+            "k",
+            &FetchOptions::new().skip_l1_read(true).skip_l1_write(true),
+            instant(&calls, "new"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "new"));
+    assert_eq!(stack.l1.inserts(), inserts, "no L1 write");
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("old"));
+    settle().await;
+    assert_eq!(
+        stack.l2.calls().set,
+        1,
+        "the remote tiers are still written"
+    );
+
+    // skip_l1_read alone: the fresh L1 value is not read, but the result is written to L1.
+    stack.clock.advance(Duration::from_secs(1));
+    let hit = cache
+        .get_or_fetch_with(
+            "k",
+            &FetchOptions::new()
+                .skip_l1_read(true)
+                .skip_l2_read(true)
+                .skip_l3_read(true),
+            instant(&calls, "newer"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "newer"));
+    assert_eq!(stack.l1.inserts(), inserts + 1);
+    assert_eq!(local_value(&stack, "k").as_deref(), Some("newer"));
+    let hit = cache.get("k").await.unwrap().unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L1, "newer"));
+    assert_eq!(calls.get(), 2);
+}
+
+/// Behaviour 62: `skip_l2_read` and `skip_l3_read` skip exactly those reads (counted on the
+/// tiers).
+#[tokio::test(start_paused = true)]
+async fn b62_skip_l2_read_and_skip_l3_read() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let calls = Calls::default();
+    // L2 and L3 hold the value; L1 does not.
+    cache
+        .set_with(
+            "k",
+            "remote".to_owned(),
+            &FetchOptions::new().skip_l1_write(true),
+        )
+        .await
+        .unwrap();
+    let read_only = FetchOptions::new().skip_l1_write(true);
+
+    let hit = cache
+        .get_or_fetch_with(
+            "k",
+            &read_only.skip_l2_read(true),
+            instant(&calls, "loader"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L3, "remote"));
+    assert_eq!((stack.l2.calls().get, stack.l3.calls().get), (0, 1));
+
+    let hit = cache
+        .get_or_fetch_with(
+            "k",
+            &read_only.skip_l3_read(true),
+            instant(&calls, "loader"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L2, "remote"));
+    assert_eq!((stack.l2.calls().get, stack.l3.calls().get), (1, 1));
+
+    let hit = cache
+        .get_or_fetch_with(
+            "k",
+            &read_only.skip_l2_read(true).skip_l3_read(true),
+            instant(&calls, "loader"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "loader"));
+    assert_eq!(
+        (stack.l2.calls().get, stack.l3.calls().get),
+        (1, 1),
+        "no remote read"
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+/// Behaviour 62: `skip_l2_write` and `skip_l3_write` skip exactly those writes: for a loaded
+/// value, for an L3 hit's refill of L2, and for `set_with`.
+#[tokio::test(start_paused = true)]
+async fn b62_skip_l2_write_and_skip_l3_write() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let calls = Calls::default();
+
+    cache
+        .get_or_fetch_with(
+            "a",
+            &FetchOptions::new().skip_l2_write(true),
+            instant(&calls, "v"),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 1));
+    assert!(stack.l2.peek(&key("a")).is_none() && stack.l3.peek(&key("a")).is_some());
+
+    cache
+        .get_or_fetch_with(
+            "b",
+            &FetchOptions::new().skip_l3_write(true),
+            instant(&calls, "v"),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (1, 1));
+    assert!(stack.l2.peek(&key("b")).is_some() && stack.l3.peek(&key("b")).is_none());
+
+    // An L3 hit refills L2, unless skip_l2_write.
+    let fresh_l1 = Stack::<String>::new();
+    let reader = Cache::builder(std::sync::Arc::clone(&fresh_l1.l1), fresh_l1.codec.clone())
+        .clock(tierkit_core::Clock::from(stack.clock.clone()))
+        .l2(stack.l2.clone())
+        .l3(stack.l3.clone())
+        .build();
+    let hit = reader
+        .get_or_fetch_with(
+            "a",
+            &FetchOptions::new().skip_l2_write(true),
+            instant(&calls, "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hit.source(), Source::L3);
+    settle().await;
+    assert_eq!(stack.l2.calls().set, 1, "no refill of L2");
+    assert!(stack.l2.peek(&key("a")).is_none());
+
+    // set_with honours the same flags.
+    cache
+        .set_with(
+            "c",
+            "v".to_owned(),
+            &FetchOptions::new().skip_l3_write(true),
+        )
+        .await
+        .unwrap();
+    cache
+        .set_with(
+            "d",
+            "v".to_owned(),
+            &FetchOptions::new().skip_l2_write(true),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (2, 2));
+    assert!(stack.l2.peek(&key("c")).is_some() && stack.l3.peek(&key("c")).is_none());
+    assert!(stack.l2.peek(&key("d")).is_none() && stack.l3.peek(&key("d")).is_some());
+    assert_eq!(calls.get(), 2);
+}
+
+/// Behaviour 62: `no_loader` on a full miss returns `NotFound` after reading every tier,
+/// without calling the loader; a value in a tier is still returned.
+#[tokio::test(start_paused = true)]
+async fn b62_no_loader_on_a_full_miss_is_not_found() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let calls = Calls::default();
+    let no_loader = FetchOptions::new().no_loader(true);
+
+    let error = cache
+        .get_or_fetch_with("k", &no_loader, instant(&calls, "v"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+    assert_eq!(calls.get(), 0, "the loader is never called");
+    assert_eq!((stack.l2.calls().get, stack.l3.calls().get), (1, 1));
+    assert_eq!(cache.flights_in_progress(), 0);
+    assert!(stack.l1.peek(&key("k")).is_none());
+
+    cache
+        .set_with(
+            "k",
+            "in-l3".to_owned(),
+            &FetchOptions::new().skip_l1_write(true).skip_l2_write(true),
+        )
+        .await
+        .unwrap();
+    let hit = cache
+        .get_or_fetch_with("k", &no_loader, instant(&calls, "v"))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L3, "in-l3"));
+    assert_eq!(calls.get(), 0);
+}
