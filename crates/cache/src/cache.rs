@@ -445,31 +445,13 @@ impl<V: Send + Sync + 'static> Cache<V> {
             meta,
             source: Source::Set,
         };
-        let mut waits: [Option<oneshot::Receiver<_>>; 2] = [None, None];
-        let mut start = [false, false];
-        let superseded = {
-            let mut locked = self.shared.table.lock(key);
-            let state = locked.state();
-            let superseded = state.flight.take();
-            if !options.skip_l1_write {
-                self.shared.l1.insert(
-                    key,
-                    LocalEntry::new(Arc::clone(&published.value), published.meta),
-                );
-            }
-            for (tier, write) in writes.into_iter().enumerate() {
-                if let Some(effect) = write {
-                    let (sender, receiver) = oneshot::channel();
-                    waits[tier] = Some(receiver);
-                    start[tier] = state.queue_write(tier, effect, Some(sender));
-                }
-            }
-            superseded
-        };
-        if let Some(slot) = superseded {
-            self.supersede(slot, Some(published));
-        }
-        self.start_lanes(key, start);
+        let local = (!options.skip_l1_write).then(|| {
+            Some(LocalEntry::new(
+                Arc::clone(&published.value),
+                published.meta,
+            ))
+        });
+        let waits = self.write(key, local, writes, Some(published));
         if let Some(error) = encode_error {
             return Err(error);
         }
@@ -487,27 +469,48 @@ impl<V: Send + Sync + 'static> Cache<V> {
     pub async fn remove<K: AsCacheKey + ?Sized>(&self, key: &K) -> Result<(), CacheError> {
         let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
         let key = key.as_ref();
-        let mut waits: [Option<oneshot::Receiver<_>>; 2] = [None, None];
+        let removals =
+            std::array::from_fn(|tier| self.shared.remote[tier].as_ref().map(|_| Effect::Remove));
+        let waits = self.write(key, Some(None), removals, None);
+        self.await_writes(waits).await
+    }
+
+    /// The synchronous part of a `set` or `remove`, in one critical section of the key:
+    /// supersedes the running flight, applies `local` to L1 (`Some(Some(entry))` stores,
+    /// `Some(None)` removes, `None` leaves L1 alone), and queues `writes` on the remote lanes.
+    /// Returns what to wait on for the remote writes.
+    fn write(
+        &self,
+        key: &CacheKey,
+        local: Option<Option<LocalEntry<V>>>,
+        writes: [Option<Effect>; 2],
+        value: Option<Published<V>>,
+    ) -> [Option<oneshot::Receiver<Result<(), BackendError>>>; 2] {
+        let mut waits = [None, None];
         let mut start = [false, false];
         let superseded = {
             let mut locked = self.shared.table.lock(key);
             let state = locked.state();
             let superseded = state.flight.take();
-            self.shared.l1.remove(key);
-            for tier in 0..2 {
-                if self.shared.remote[tier].is_some() {
+            match local {
+                Some(Some(entry)) => self.shared.l1.insert(key, entry),
+                Some(None) => self.shared.l1.remove(key),
+                None => {}
+            }
+            for (tier, write) in writes.into_iter().enumerate() {
+                if let Some(effect) = write {
                     let (sender, receiver) = oneshot::channel();
                     waits[tier] = Some(receiver);
-                    start[tier] = state.queue_write(tier, Effect::Remove, Some(sender));
+                    start[tier] = state.queue_write(tier, effect, Some(sender));
                 }
             }
             superseded
         };
         if let Some(slot) = superseded {
-            self.supersede(slot, None);
+            self.supersede(slot, value);
         }
         self.start_lanes(key, start);
-        self.await_writes(waits).await
+        waits
     }
 
     /// Counters of what the cache did off its L1-hit path.

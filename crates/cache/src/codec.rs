@@ -216,3 +216,83 @@ impl Codec<String> for RawBytes {
             .map_err(|error| CodecError::new(Self::NAME, error))
     }
 }
+
+/// A codec that counts the work of another: how many values it encoded and decoded. It keeps
+/// the inner codec's id and name, so its frames are the inner codec's frames.
+///
+/// Clones share the counts: keep a clone to read them while the cache owns the other.
+///
+/// ```
+/// use tierkit_cache::codec::{Codec, Counted, RawBytes};
+///
+/// let codec = Counted::new(RawBytes);
+/// let mut out = Vec::new();
+/// Codec::<String>::encode(&codec, &"hello".to_owned(), &mut out)?;
+/// let _: String = codec.decode(&out)?;
+/// assert_eq!((codec.encodes(), codec.decodes()), (1, 1));
+/// # Ok::<(), tierkit_cache::codec::CodecError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Counted<C> {
+    inner: C,
+    counts: Arc<CodecCounts>,
+}
+
+#[derive(Debug, Default)]
+struct CodecCounts {
+    encodes: std::sync::atomic::AtomicU64,
+    decodes: std::sync::atomic::AtomicU64,
+}
+
+impl<C> Counted<C> {
+    /// Counts the work of `inner`.
+    pub fn new(inner: C) -> Self {
+        Counted {
+            inner,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Values encoded so far (failed attempts included).
+    pub fn encodes(&self) -> u64 {
+        self.counts
+            .encodes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Values decoded so far (failed attempts included).
+    pub fn decodes(&self) -> u64 {
+        self.counts
+            .decodes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The codec whose work is counted.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+}
+
+impl<V, C: Codec<V>> Codec<V> for Counted<C> {
+    fn id(&self) -> u8 {
+        self.inner.id()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.counts
+            .encodes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.encode(value, out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
+        self.counts
+            .decodes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.decode(bytes)
+    }
+}

@@ -138,15 +138,17 @@ options! {
     /// Skip the L1 lookup (the value found or loaded is still written to L1 unless
     /// `skip_l1_write`). Default `false`.
     skip_l1_read / get_skip_l1_read: bool;
-    /// Do not write L1. Default `false`.
+    /// Do not write L1 (an entry it already holds for the key stays until it expires).
+    /// Default `false`.
     skip_l1_write / get_skip_l1_write: bool;
     /// Do not read the first remote tier. Default `false`.
     skip_l2_read / get_skip_l2_read: bool;
-    /// Do not write the first remote tier. Default `false`.
+    /// Do not write the first remote tier (an entry it already holds stays). Default `false`.
     skip_l2_write / get_skip_l2_write: bool;
     /// Do not read the second remote tier. Default `false`.
     skip_l3_read / get_skip_l3_read: bool;
-    /// Do not write the second remote tier. Default `false`.
+    /// Do not write the second remote tier (an entry it already holds stays). Default
+    /// `false`.
     skip_l3_write / get_skip_l3_write: bool;
     /// Never run a loader: a value in no tier is [`CacheError::NotFound`]. Default `false`.
     ///

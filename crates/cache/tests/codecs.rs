@@ -75,7 +75,7 @@ where
     Postcard: Codec<W>,
 {
     let l1 = MapLocal::new();
-    let codec = CountingCodec::new();
+    let codec = CountingCodec::default();
     let builder = Cache::builder(Arc::clone(&l1), codec.clone())
         .clock(Clock::from(stack.clock.clone()))
         .l2(stack.l2.clone())

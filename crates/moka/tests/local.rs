@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tierkit_cache::codec::{Codec, CodecError, Postcard};
+use tierkit_cache::codec::{Counted, Postcard};
 use tierkit_cache::{Cache, EntryMeta, LocalEntry, LocalTier, Source};
 use tierkit_core::{CacheKey, Clock, ManualClock, Timestamp};
 use tierkit_moka::MokaLocal;
@@ -315,43 +315,7 @@ struct User {
 }
 
 /// Postcard, counting encodes and decodes. Clones share the counts.
-#[derive(Clone, Debug, Default)]
-struct CountingCodec {
-    counts: Arc<(AtomicUsize, AtomicUsize)>,
-}
-
-impl CountingCodec {
-    fn encodes(&self) -> usize {
-        self.counts.0.load(Ordering::SeqCst)
-    }
-
-    fn decodes(&self) -> usize {
-        self.counts.1.load(Ordering::SeqCst)
-    }
-}
-
-impl<V> Codec<V> for CountingCodec
-where
-    Postcard: Codec<V>,
-{
-    fn id(&self) -> u8 {
-        <Postcard as Codec<V>>::id(&Postcard)
-    }
-
-    fn name(&self) -> &'static str {
-        "counting-postcard"
-    }
-
-    fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        self.counts.0.fetch_add(1, Ordering::SeqCst);
-        Postcard.encode(value, out)
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
-        self.counts.1.fetch_add(1, Ordering::SeqCst);
-        Postcard.decode(bytes)
-    }
-}
+type CountingCodec = Counted<Postcard>;
 
 /// Polls `future` once with a no-op waker (allocates nothing itself); it must be ready.
 fn poll_ready<F: Future>(future: F) -> F::Output {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tierkit::codec::{Codec, CodecError, Postcard};
+use tierkit::codec::{Counted, Postcard};
 use tierkit::moka::MokaLocal;
 use tierkit::redis::RedisBackend;
 use tierkit::s3::S3Backend;
@@ -166,43 +166,7 @@ fn commands(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 // Test doubles in this process
 
 /// Postcard, counting encodes and decodes. Clones share the counts.
-#[derive(Clone, Debug, Default)]
-struct CountingCodec {
-    counts: Arc<(AtomicUsize, AtomicUsize)>,
-}
-
-impl CountingCodec {
-    fn encodes(&self) -> usize {
-        self.counts.0.load(Ordering::SeqCst)
-    }
-
-    fn decodes(&self) -> usize {
-        self.counts.1.load(Ordering::SeqCst)
-    }
-}
-
-impl<V> Codec<V> for CountingCodec
-where
-    Postcard: Codec<V>,
-{
-    fn id(&self) -> u8 {
-        <Postcard as Codec<V>>::id(&Postcard)
-    }
-
-    fn name(&self) -> &'static str {
-        "counting-postcard"
-    }
-
-    fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        self.counts.0.fetch_add(1, Ordering::SeqCst);
-        Postcard.encode(value, out)
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
-        self.counts.1.fetch_add(1, Ordering::SeqCst);
-        Postcard.decode(bytes)
-    }
-}
+type CountingCodec = Counted<Postcard>;
 
 /// A tier whose reads wait until the gate opens; everything else passes straight through.
 #[derive(Debug)]
@@ -273,8 +237,8 @@ struct Outcome {
     redis: BTreeMap<String, u64>,
     s3: tierkit_s3_server::RequestCounts,
     loads: usize,
-    encodes: usize,
-    decodes: usize,
+    encodes: u64,
+    decodes: u64,
     stats: tierkit::CacheStats,
     redis_tier: RedisBackend,
     s3_tier: S3Backend,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tierkit_cache::codec::{Codec, CodecError, Postcard};
+use tierkit_cache::codec::{Codec, Counted, Postcard};
 use tierkit_cache::{Cache, CacheBuilder, LocalEntry, LocalTier};
 use tierkit_core::{CacheKey, Clock, ManualClock, Timestamp};
 use tierkit_testkit::MemoryBackend;
@@ -76,47 +76,7 @@ impl<V: Send + Sync + 'static> LocalTier<V> for MapLocal<V> {
 }
 
 /// Postcard, counting encodes and decodes. Clones share the counts.
-#[derive(Clone, Debug, Default)]
-pub struct CountingCodec {
-    counts: Arc<(AtomicUsize, AtomicUsize)>,
-}
-
-impl CountingCodec {
-    pub fn new() -> Self {
-        CountingCodec::default()
-    }
-
-    pub fn encodes(&self) -> usize {
-        self.counts.0.load(Ordering::SeqCst)
-    }
-
-    pub fn decodes(&self) -> usize {
-        self.counts.1.load(Ordering::SeqCst)
-    }
-}
-
-impl<V> Codec<V> for CountingCodec
-where
-    Postcard: Codec<V>,
-{
-    fn id(&self) -> u8 {
-        <Postcard as Codec<V>>::id(&Postcard)
-    }
-
-    fn name(&self) -> &'static str {
-        "counting-postcard"
-    }
-
-    fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        self.counts.0.fetch_add(1, Ordering::SeqCst);
-        Postcard.encode(value, out)
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
-        self.counts.1.fetch_add(1, Ordering::SeqCst);
-        Postcard.decode(bytes)
-    }
-}
+pub type CountingCodec = Counted<Postcard>;
 
 /// Counts loader calls.
 #[derive(Clone, Debug, Default)]
@@ -156,7 +116,7 @@ where
             l3: MemoryBackend::new("l3")
                 .remote()
                 .with_clock(Clock::from(clock.clone())),
-            codec: CountingCodec::new(),
+            codec: CountingCodec::default(),
             clock,
         }
     }
