@@ -15,43 +15,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use support::{Calls, Stack, key, settle};
+use support::{
+    Calls, DropFlag, Gate, Stack, assert_one_shared_value, cancel_when_unobserved, hits, key,
+    settle,
+};
 use tierkit_cache::codec::{Codec, CodecError, Postcard};
 use tierkit_cache::{
-    AbandonPolicy, Cache, CacheError, FetchContext, FetchOptions, Hit, Source, TimeoutKind,
+    Cache, CacheBuilder, CacheError, FetchContext, FetchOptions, Source, TimeoutKind,
 };
-use tierkit_core::Clock;
-use tokio::sync::watch;
 
-type Answer = Result<Hit<String>, CacheError>;
+type Answer = support::Answer<String>;
 type LoaderFuture = Pin<Box<dyn Future<Output = Result<String, std::io::Error>> + Send>>;
-
-/// A gate the loaders wait on, opened by the test.
-fn gate() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(false)
-}
-
-async fn wait_open(mut gate: watch::Receiver<bool>) {
-    let _ = gate.wait_for(|open| *open).await;
-}
-
-/// Sets its flag when dropped while armed: tells whether a loader future was dropped before
-/// it finished.
-struct DropFlag(Arc<AtomicBool>, bool);
-
-impl DropFlag {
-    fn disarm(&mut self) {
-        self.1 = false;
-    }
-}
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        if self.1 {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-}
 
 /// What the loaders of a test saw: how many ran, the context each got, whether one was
 /// dropped before finishing, and whether the work a loader started elsewhere (a spawned task
@@ -66,13 +40,13 @@ struct LoaderProbe {
 
 impl LoaderProbe {
     /// A loader that records its context, starts "outside work" watching the token, waits
-    /// for `gate`, and returns `value`.
+    /// for `gate`, and returns `value`. Its future holds a drop flag, disarmed once it finishes.
     fn loader(
         &self,
-        gate: &watch::Receiver<bool>,
+        gate: &Gate,
         value: &str,
-    ) -> impl FnOnce(FetchContext) -> LoaderFuture + Send + 'static {
-        let (probe, gate, value) = (self.clone(), gate.clone(), value.to_owned());
+    ) -> impl FnOnce(FetchContext) -> LoaderFuture + Send + 'static + use<> {
+        let (probe, opened, value) = (self.clone(), gate.opened(), value.to_owned());
         move |ctx: FetchContext| {
             probe.calls.bump();
             probe.contexts.lock().unwrap().push(ctx.clone());
@@ -82,9 +56,9 @@ impl LoaderProbe {
                 token.cancelled().await;
                 seen.store(true, Ordering::SeqCst);
             });
-            let mut flag = DropFlag(Arc::clone(&probe.dropped), true);
+            let mut flag = DropFlag::new(&probe.dropped);
             Box::pin(async move {
-                wait_open(gate).await;
+                opened.await;
                 flag.disarm();
                 Ok(value)
             })
@@ -104,8 +78,11 @@ impl LoaderProbe {
     }
 }
 
-fn cancel_when_unobserved() -> FetchOptions {
-    FetchOptions::new().abandon(AbandonPolicy::CancelWhenUnobserved)
+/// A stack, the cache over it, a probe for its loaders and their gate (closed).
+fn setup() -> (Stack<String>, Cache<String>, LoaderProbe, Gate) {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    (stack, cache, LoaderProbe::default(), Gate::closed())
 }
 
 /// Spawns a caller of `k` with `options` and a probe loader.
@@ -114,11 +91,25 @@ fn spawn_caller(
     k: &'static str,
     options: FetchOptions,
     probe: &LoaderProbe,
-    gate: &watch::Receiver<bool>,
+    gate: &Gate,
 ) -> tokio::task::JoinHandle<Answer> {
     let cache = cache.clone();
     let loader = probe.loader(gate, "v");
     tokio::spawn(async move { cache.get_or_fetch_with(k, &options, loader).await })
+}
+
+/// Spawns `n` callers of `k` at once, as [`spawn_caller`].
+fn spawn_callers(
+    cache: &Cache<String>,
+    k: &'static str,
+    n: usize,
+    options: FetchOptions,
+    probe: &LoaderProbe,
+    gate: &Gate,
+) -> Vec<tokio::task::JoinHandle<Answer>> {
+    (0..n)
+        .map(|_| spawn_caller(cache, k, options, probe, gate))
+        .collect()
 }
 
 /// Polls `fut` exactly once (with a no-op waker); whether it finished.
@@ -145,6 +136,33 @@ async fn assert_stored(stack: &Stack<String>, k: &str) {
     assert!(stack.l3.peek(&key(k)).is_some());
 }
 
+/// Drops every spawned caller (aborts every task first), and asserts that each ended because
+/// it was cancelled.
+async fn drop_callers(tasks: Vec<tokio::task::JoinHandle<Answer>>) {
+    for task in &tasks {
+        task.abort();
+    }
+    for task in tasks {
+        assert_cancelled(task).await;
+    }
+}
+
+/// Asserts that the next call of "k" (under `CancelWhenUnobserved`) after a cancelled flight
+/// gets its value from its loader, the probe's `calls`-th call.
+async fn assert_the_next_call_loads(
+    cache: &Cache<String>,
+    probe: &LoaderProbe,
+    gate: &Gate,
+    calls: usize,
+) {
+    let hit = cache
+        .get_or_fetch_with("k", &cancel_when_unobserved(), probe.loader(gate, "v"))
+        .await
+        .unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    assert_eq!(probe.calls.get(), calls);
+}
+
 /// Asserts that nothing of key `k` was stored anywhere.
 async fn assert_nothing_stored(stack: &Stack<String>, k: &str) {
     settle().await;
@@ -158,33 +176,25 @@ async fn assert_nothing_stored(stack: &Stack<String>, k: &str) {
 /// they get the value, the loader runs once, the flight is not cancelled.
 #[tokio::test(start_paused = true)]
 async fn b14_dropping_the_creator_does_not_affect_the_other_waiters() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
-    let creator = spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate_rx);
+    let (stack, cache, probe, gate) = setup();
+    let creator = spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate);
     settle().await;
     assert_eq!(probe.calls.get(), 1, "the flight is in the loader");
-    let others: Vec<_> = (0..5)
-        .map(|_| spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate_rx))
-        .collect();
+    let others = spawn_callers(&cache, "k", 5, FetchOptions::new(), &probe, &gate);
     settle().await;
     creator.abort();
     assert_cancelled(creator).await;
     settle().await;
     assert!(!probe.token_fired(0));
     assert!(!probe.was_dropped());
-    open.send_replace(true);
-    let mut hits = Vec::new();
-    for task in others {
-        hits.push(task.await.unwrap().unwrap());
-    }
+    gate.open();
+    let hits = hits(others).await;
     assert!(
         hits.iter()
             .all(|h| h.as_str() == "v" && h.source() == Source::Loader)
     );
     assert!(hits.iter().all(|h| h.is_coalesced()));
-    assert!(hits.iter().all(|h| Arc::ptr_eq(h.value(), hits[0].value())));
+    assert_one_shared_value(&hits);
     assert_eq!(probe.calls.get(), 1);
     let stats = cache.stats();
     assert_eq!(
@@ -201,20 +211,15 @@ async fn b14_dropping_the_creator_does_not_affect_the_other_waiters() {
 #[tokio::test(start_paused = true)]
 async fn b14_dropping_one_joined_caller_does_not_affect_the_others() {
     for options in [FetchOptions::new(), cancel_when_unobserved()] {
-        let stack = Stack::<String>::new();
-        let cache = stack.cache();
-        let probe = LoaderProbe::default();
-        let (open, gate_rx) = gate();
-        let mut tasks: Vec<_> = (0..5)
-            .map(|_| spawn_caller(&cache, "k", options, &probe, &gate_rx))
-            .collect();
+        let (stack, cache, probe, gate) = setup();
+        let mut tasks = spawn_callers(&cache, "k", 5, options, &probe, &gate);
         settle().await;
         let victim = tasks.remove(2);
         victim.abort();
         assert_cancelled(victim).await;
         settle().await;
         assert!(!probe.token_fired(0));
-        open.send_replace(true);
+        gate.open();
         for task in tasks {
             assert_eq!(task.await.unwrap().unwrap().as_str(), "v");
         }
@@ -230,20 +235,10 @@ async fn b14_dropping_one_joined_caller_does_not_affect_the_others() {
 /// without calling its loader.
 #[tokio::test(start_paused = true)]
 async fn b15_every_caller_dropped_with_continue_the_flight_completes_and_stores() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
-    let tasks: Vec<_> = (0..8)
-        .map(|_| spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate_rx))
-        .collect();
+    let (stack, cache, probe, gate) = setup();
+    let tasks = spawn_callers(&cache, "k", 8, FetchOptions::new(), &probe, &gate);
     settle().await;
-    for task in &tasks {
-        task.abort();
-    }
-    for task in tasks {
-        assert_cancelled(task).await;
-    }
+    drop_callers(tasks).await;
     settle().await;
     assert_eq!(
         cache.flights_in_progress(),
@@ -251,7 +246,7 @@ async fn b15_every_caller_dropped_with_continue_the_flight_completes_and_stores(
         "the flight goes on without callers"
     );
     assert!(!probe.token_fired(0));
-    open.send_replace(true);
+    gate.open();
     settle().await;
     assert!(!probe.was_dropped(), "the loader ran to its end");
     assert_stored(&stack, "k").await;
@@ -259,7 +254,7 @@ async fn b15_every_caller_dropped_with_continue_the_flight_completes_and_stores(
 
     let later = LoaderProbe::default();
     let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), later.loader(&gate_rx, "other"))
+        .get_or_fetch_with("k", &FetchOptions::new(), later.loader(&gate, "other"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L1, "v"));
@@ -274,13 +269,10 @@ async fn b15_every_caller_dropped_with_continue_the_flight_completes_and_stores(
 /// a new flight and never joins the doomed one.
 #[tokio::test(start_paused = true)]
 async fn b16_every_caller_dropped_with_cancel_when_unobserved_cancels_the_flight() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
+    let (stack, cache, probe, gate) = setup();
     let options = cancel_when_unobserved();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
     let mut callers: Vec<_> = (0..4)
-        .map(|_| Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate_rx, "v"))))
+        .map(|_| Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate, "v"))))
         .collect();
     for caller in &mut callers {
         assert!(!poll_once(caller));
@@ -297,7 +289,7 @@ async fn b16_every_caller_dropped_with_cancel_when_unobserved_cancels_the_flight
         0,
         "the flight is removed at once"
     );
-    let mut next = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate_rx, "new")));
+    let mut next = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate, "new")));
     assert!(!poll_once(&mut next));
     assert_eq!(cache.flights_in_progress(), 1);
     assert_eq!(cache.stats().flights, 2, "a new flight, not the doomed one");
@@ -313,7 +305,7 @@ async fn b16_every_caller_dropped_with_cancel_when_unobserved_cancels_the_flight
     );
     assert_eq!(probe.calls.get(), 2, "the new flight ran its own loader");
     assert!(!probe.token_fired(1), "the new flight is not cancelled");
-    open.send_replace(true);
+    gate.open();
     let hit = next.await.unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "new"));
     assert!(!hit.is_coalesced());
@@ -332,33 +324,18 @@ async fn b16_every_caller_dropped_with_cancel_when_unobserved_cancels_the_flight
 /// nothing even when its loader could have finished, and the next caller runs a new flight.
 #[tokio::test(start_paused = true)]
 async fn b16_a_cancelled_flight_stores_nothing() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
-    let tasks: Vec<_> = (0..3)
-        .map(|_| spawn_caller(&cache, "k", cancel_when_unobserved(), &probe, &gate_rx))
-        .collect();
+    let (stack, cache, probe, gate) = setup();
+    let tasks = spawn_callers(&cache, "k", 3, cancel_when_unobserved(), &probe, &gate);
     settle().await;
-    for task in &tasks {
-        task.abort();
-    }
-    for task in tasks {
-        assert_cancelled(task).await;
-    }
+    drop_callers(tasks).await;
     assert!(probe.token_fired(0));
     assert_eq!(cache.flights_in_progress(), 0);
-    open.send_replace(true);
+    gate.open();
     assert_nothing_stored(&stack, "k").await;
     assert_eq!(cache.stats().flights_abandoned, 1);
     assert_eq!(cache.keys_in_progress(), 0);
 
-    let hit = cache
-        .get_or_fetch_with("k", &cancel_when_unobserved(), probe.loader(&gate_rx, "v"))
-        .await
-        .unwrap();
-    assert_eq!(hit.source(), Source::Loader);
-    assert_eq!(probe.calls.get(), 2);
+    assert_the_next_call_loads(&cache, &probe, &gate, 2).await;
 }
 
 /// Behaviour 17: a dropped caller's future simply ends (the task reports a cancellation, no
@@ -367,16 +344,11 @@ async fn b16_a_cancelled_flight_stores_nothing() {
 /// exactly when the last of three dropped callers goes, so every drop was counted.
 #[tokio::test(start_paused = true)]
 async fn b17_a_dropped_caller_ends_alone_and_releases_its_place() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
+    let (stack, cache, probe, gate) = setup();
     let options = cancel_when_unobserved();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
 
     // Two of three dropped, the creator first: the third is unaffected.
-    let mut tasks: Vec<_> = (0..3)
-        .map(|_| spawn_caller(&cache, "a", options, &probe, &gate_rx))
-        .collect();
+    let mut tasks = spawn_callers(&cache, "a", 3, options, &probe, &gate);
     settle().await;
     let survivor = tasks.pop().unwrap();
     for task in tasks {
@@ -386,7 +358,7 @@ async fn b17_a_dropped_caller_ends_alone_and_releases_its_place() {
     settle().await;
     assert!(!probe.token_fired(0), "one caller still waits");
     assert_eq!(cache.flights_in_progress(), 1);
-    open.send_replace(true);
+    gate.open();
     let hit = survivor.await.unwrap().unwrap();
     assert_eq!(
         (hit.source(), hit.as_str(), hit.is_coalesced()),
@@ -396,7 +368,7 @@ async fn b17_a_dropped_caller_ends_alone_and_releases_its_place() {
     assert_stored(&stack, "a").await;
 
     // Three callers dropped one at a time: the flight is cancelled at the third drop only.
-    let (_closed, never) = gate();
+    let never = Gate::closed();
     let probe = LoaderProbe::default();
     let mut callers: Vec<_> = (0..3)
         .map(|_| Box::pin(cache.get_or_fetch_with("b", &options, probe.loader(&never, "v"))))
@@ -492,6 +464,20 @@ fn assert_aborted(answer: Answer) {
     );
 }
 
+/// Asserts that every waiter gets `FlightAborted` without its task unwinding, promptly: no
+/// virtual time passes.
+async fn assert_aborted_promptly(tasks: Vec<tokio::task::JoinHandle<Answer>>) {
+    let start = tokio::time::Instant::now();
+    for task in tasks {
+        assert_aborted(task.await.expect("no waiter task unwinds"));
+    }
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "promptly: no deadline had to pass"
+    );
+}
+
 /// Behaviour 18: a panic in the flight outside the loader (here in the codec, while encoding
 /// the loaded value) aborts the flight's task. Every waiter gets `FlightAborted` at once (no
 /// deadline had to pass), no waiter unwinds, nothing is stored, the key is freed, and the next
@@ -501,28 +487,14 @@ async fn b18_a_panic_outside_the_loader_aborts_the_flight() {
     let stack = Stack::<String>::new();
     let codec = PanickyCodec::default();
     codec.armed.store(true, Ordering::SeqCst);
-    let cache = Cache::builder(Arc::clone(&stack.l1), codec.clone())
-        .clock(Clock::from(stack.clock.clone()))
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
-        .build();
+    let cache = stack.cache_with_codec(codec.clone());
     let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
-    let tasks: Vec<_> = (0..5)
-        .map(|_| spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate_rx))
-        .collect();
+    let gate = Gate::closed();
+    let tasks = spawn_callers(&cache, "k", 5, FetchOptions::new(), &probe, &gate);
     settle().await;
     assert_eq!(probe.calls.get(), 1);
-    let start = tokio::time::Instant::now();
-    open.send_replace(true);
-    for task in tasks {
-        assert_aborted(task.await.expect("no waiter task unwinds"));
-    }
-    assert_eq!(
-        start.elapsed(),
-        Duration::ZERO,
-        "promptly: no deadline had to pass"
-    );
+    gate.open();
+    assert_aborted_promptly(tasks).await;
     assert_eq!(cache.flights_in_progress(), 0, "the table entry is removed");
     assert!(probe.token_fired(0));
     let stats = cache.stats();
@@ -534,7 +506,7 @@ async fn b18_a_panic_outside_the_loader_aborts_the_flight() {
 
     codec.armed.store(false, Ordering::SeqCst);
     let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), probe.loader(&gate_rx, "v"))
+        .get_or_fetch_with("k", &FetchOptions::new(), probe.loader(&gate, "v"))
         .await
         .unwrap();
     assert_eq!(
@@ -560,28 +532,54 @@ fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
     (build(), build())
 }
 
+/// What a flight-runtime test starts from: the callers' and the flights' runtimes (see
+/// [`runtimes`]), a stack, a probe for its loaders and their gate (closed).
+fn runtime_setup() -> (
+    tokio::runtime::Runtime,
+    tokio::runtime::Runtime,
+    Stack<String>,
+    LoaderProbe,
+    Gate,
+) {
+    let (callers_rt, flights_rt) = runtimes();
+    let stack = Stack::<String>::new();
+    (
+        callers_rt,
+        flights_rt,
+        stack,
+        LoaderProbe::default(),
+        Gate::closed(),
+    )
+}
+
+/// Builds `builder`'s cache with its flights on the runtime `rt`.
+fn flights_on(rt: &tokio::runtime::Runtime, builder: CacheBuilder<String>) -> Cache<String> {
+    builder.runtime(rt.handle().clone()).build()
+}
+
+/// Spawns `n` callers of "k" on the runtime `rt`, and lets them reach the flight.
+fn spawn_callers_on(
+    rt: &tokio::runtime::Runtime,
+    cache: &Cache<String>,
+    n: usize,
+    probe: &LoaderProbe,
+    gate: &Gate,
+) -> Vec<tokio::task::JoinHandle<Answer>> {
+    rt.block_on(async {
+        let tasks = spawn_callers(cache, "k", n, FetchOptions::new(), probe, gate);
+        settle().await;
+        tasks
+    })
+}
+
 /// Behaviour 18: the runtime a flight runs on shuts down while the flight is in its loader.
 /// The loader's future is dropped and its token fires; every waiter (on another runtime) gets
 /// `FlightAborted` at once, and the table entry is removed.
 #[test]
 fn b18_runtime_shutdown_aborts_a_running_flight() {
-    let (callers_rt, flights_rt) = runtimes();
-    let stack = Stack::<String>::new();
-    let cache = stack
-        .builder()
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
-        .runtime(flights_rt.handle().clone())
-        .build();
-    let probe = LoaderProbe::default();
-    let (_open, gate_rx) = gate();
-    let tasks = callers_rt.block_on(async {
-        let tasks: Vec<_> = (0..5)
-            .map(|_| spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate_rx))
-            .collect();
-        settle().await;
-        tasks
-    });
+    let (callers_rt, flights_rt, stack, probe, gate) = runtime_setup();
+    let cache = flights_on(&flights_rt, stack.tiered_builder());
+    let tasks = spawn_callers_on(&callers_rt, &cache, 5, &probe, &gate);
     assert_eq!(probe.calls.get(), 0, "the flight runtime has not run yet");
     flights_rt.block_on(settle());
     assert_eq!(probe.calls.get(), 1, "the flight is in the loader");
@@ -593,15 +591,7 @@ fn b18_runtime_shutdown_aborts_a_running_flight() {
     assert_eq!(cache.flights_in_progress(), 0, "the table entry is removed");
 
     callers_rt.block_on(async {
-        let start = tokio::time::Instant::now();
-        for task in tasks {
-            assert_aborted(task.await.expect("no waiter task unwinds"));
-        }
-        assert_eq!(
-            start.elapsed(),
-            Duration::ZERO,
-            "promptly: no deadline had to pass"
-        );
+        assert_aborted_promptly(tasks).await;
         settle().await;
     });
     assert_eq!(cache.stats().flights_aborted, 1);
@@ -615,36 +605,13 @@ fn b18_runtime_shutdown_aborts_a_running_flight() {
 /// and the key is freed (it must not stay blocked by a flight that will never run).
 #[test]
 fn b18_a_flight_dropped_before_its_first_poll_is_aborted_too() {
-    let (callers_rt, flights_rt) = runtimes();
-    let stack = Stack::<String>::new();
-    let cache = stack
-        .builder()
-        .l2(stack.l2.clone())
-        .runtime(flights_rt.handle().clone())
-        .build();
-    let probe = LoaderProbe::default();
-    let (_open, gate_rx) = gate();
-    let tasks = callers_rt.block_on(async {
-        let tasks: Vec<_> = (0..3)
-            .map(|_| spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate_rx))
-            .collect();
-        settle().await;
-        tasks
-    });
+    let (callers_rt, flights_rt, stack, probe, gate) = runtime_setup();
+    let cache = flights_on(&flights_rt, stack.builder().l2(stack.l2.clone()));
+    let tasks = spawn_callers_on(&callers_rt, &cache, 3, &probe, &gate);
     assert_eq!(cache.flights_in_progress(), 1);
     // The flight's task is queued on the flight runtime but never polled.
     drop(flights_rt);
-    callers_rt.block_on(async {
-        let start = tokio::time::Instant::now();
-        for task in tasks {
-            assert_aborted(task.await.expect("no waiter task unwinds"));
-        }
-        assert_eq!(
-            start.elapsed(),
-            Duration::ZERO,
-            "promptly: no deadline had to pass"
-        );
-    });
+    callers_rt.block_on(assert_aborted_promptly(tasks));
     assert_eq!(probe.calls.get(), 0);
     assert_eq!(cache.flights_in_progress(), 0, "the key is free again");
 
@@ -653,7 +620,7 @@ fn b18_a_flight_dropped_before_its_first_poll_is_aborted_too() {
     callers_rt.block_on(async {
         let start = tokio::time::Instant::now();
         let answer = cache
-            .get_or_fetch_with("k", &FetchOptions::new(), probe.loader(&gate_rx, "v"))
+            .get_or_fetch_with("k", &FetchOptions::new(), probe.loader(&gate, "v"))
             .await;
         assert!(answer.is_err());
         assert_eq!(
@@ -671,12 +638,9 @@ fn b18_a_flight_dropped_before_its_first_poll_is_aborted_too() {
 /// still gets the result when it is finally polled.
 #[tokio::test(start_paused = true)]
 async fn b19_a_flight_completes_while_its_creator_is_not_polled() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
+    let (stack, cache, probe, gate) = setup();
     let options = FetchOptions::new();
-    let mut creator = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate_rx, "v")));
+    let mut creator = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate, "v")));
     tokio::select! {
         biased;
         _ = &mut creator => panic!("the loader waits for the gate"),
@@ -688,9 +652,9 @@ async fn b19_a_flight_completes_while_its_creator_is_not_polled() {
         1,
         "the flight runs without its creator being polled"
     );
-    let joiner = spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate_rx);
+    let joiner = spawn_caller(&cache, "k", FetchOptions::new(), &probe, &gate);
     settle().await;
-    open.send_replace(true);
+    gate.open();
     let joined = joiner.await.unwrap().unwrap();
     assert_eq!(
         (joined.source(), joined.as_str(), joined.is_coalesced()),
@@ -719,16 +683,13 @@ async fn b19_a_flight_completes_while_its_creator_is_not_polled() {
 #[tokio::test(start_paused = true)]
 async fn b19_two_calls_for_one_key_joined_in_one_task() {
     for options in [FetchOptions::new(), cancel_when_unobserved()] {
-        let stack = Stack::<String>::new();
-        let cache = stack.cache();
-        let probe = LoaderProbe::default();
-        let (open, gate_rx) = gate();
+        let (_stack, cache, probe, gate) = setup();
         let (a, b, ()) = tokio::join!(
-            cache.get_or_fetch_with("k", &options, probe.loader(&gate_rx, "v")),
-            cache.get_or_fetch_with("k", &options, probe.loader(&gate_rx, "w")),
+            cache.get_or_fetch_with("k", &options, probe.loader(&gate, "v")),
+            cache.get_or_fetch_with("k", &options, probe.loader(&gate, "w")),
             async {
                 settle().await;
-                open.send_replace(true);
+                gate.open();
             },
         );
         let (a, b) = (a.unwrap(), b.unwrap());
@@ -800,13 +761,10 @@ async fn b14_matrix_a_random_caller_dropped_over_20_seeds() {
         let case =
             format!("seed {seed}: {n} callers, victim {victim}, cancel {cancel}, early {early}");
 
-        let stack = Stack::<String>::new();
-        let cache = stack.cache();
-        let probe = LoaderProbe::default();
-        let (open, gate_rx) = gate();
+        let (stack, cache, probe, gate) = setup();
         let mut tasks = Vec::new();
         for i in 0..n {
-            tasks.push(Some(spawn_caller(&cache, "k", options, &probe, &gate_rx)));
+            tasks.push(Some(spawn_caller(&cache, "k", options, &probe, &gate)));
             settle().await;
             if early && i == victim {
                 drop_caller(tasks[i].take().unwrap()).await;
@@ -821,7 +779,7 @@ async fn b14_matrix_a_random_caller_dropped_over_20_seeds() {
         let restarted = cancel && early && victim == 0;
         let flights = if restarted { 2 } else { 1 };
         assert_eq!(probe.token_fired(0), restarted, "{case}");
-        open.send_replace(true);
+        gate.open();
         let mut hits = Vec::new();
         for task in tasks.into_iter().flatten() {
             hits.push(task.await.unwrap().unwrap());
@@ -866,13 +824,10 @@ async fn b14_matrix_a_random_caller_dropped_over_20_seeds() {
 /// stores its value, and the next call hits L1.
 #[tokio::test(start_paused = true)]
 async fn b15_matrix_a_call_polled_once_then_dropped_under_continue() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
-    open.send_replace(true);
+    let (stack, cache, probe, gate) = setup();
+    gate.open();
     let options = FetchOptions::new();
-    let mut call = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate_rx, "v")));
+    let mut call = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate, "v")));
     assert!(!poll_once(&mut call));
     assert_eq!(probe.calls.get(), 0, "the flight's task has not run yet");
     drop(call);
@@ -895,13 +850,10 @@ async fn b15_matrix_a_call_polled_once_then_dropped_under_continue() {
 /// never called, nothing is stored and the key is free at once.
 #[tokio::test(start_paused = true)]
 async fn b16_matrix_a_call_polled_once_then_dropped_under_cancel_when_unobserved() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let probe = LoaderProbe::default();
-    let (open, gate_rx) = gate();
-    open.send_replace(true);
+    let (stack, cache, probe, gate) = setup();
+    gate.open();
     let options = cancel_when_unobserved();
-    let mut call = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate_rx, "v")));
+    let mut call = Box::pin(cache.get_or_fetch_with("k", &options, probe.loader(&gate, "v")));
     assert!(!poll_once(&mut call));
     drop(call);
     assert_eq!(cache.flights_in_progress(), 0);
@@ -918,10 +870,5 @@ async fn b16_matrix_a_call_polled_once_then_dropped_under_cancel_when_unobserved
     );
     assert_eq!(cache.keys_in_progress(), 0);
 
-    let hit = cache
-        .get_or_fetch_with("k", &cancel_when_unobserved(), probe.loader(&gate_rx, "v"))
-        .await
-        .unwrap();
-    assert_eq!(hit.source(), Source::Loader);
-    assert_eq!(probe.calls.get(), 1);
+    assert_the_next_call_loads(&cache, &probe, &gate, 1).await;
 }

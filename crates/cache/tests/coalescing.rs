@@ -8,19 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Calls, MINUTE, Stack, key, settle};
-use tierkit_cache::{Cache, FetchOptions, Source};
+use support::{
+    Calls, Gate, MINUTE, Stack, assert_one_shared_value, counting, gated, hits, key, settle,
+    spawn_fetches,
+};
+use tierkit_cache::{FetchOptions, Source};
 use tierkit_core::{Backend, CacheValue};
-use tokio::sync::watch;
-
-/// A gate the loaders wait on, so a burst of callers is queued before the flight ends.
-fn gate() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(false)
-}
-
-async fn wait_open(mut gate: watch::Receiver<bool>) {
-    let _ = gate.wait_for(|open| *open).await;
-}
 
 /// Behaviour 1: a fresh L1 hit answers without awaiting a remote tier, without decoding, and
 /// without calling the loader closure at all.
@@ -74,27 +67,13 @@ async fn b02_one_flight_per_key_for_a_thousand_concurrent_misses() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     let calls = Calls::default();
-    let (open, gate_rx) = gate();
-    let mut tasks = Vec::new();
-    for _ in 0..1_000 {
-        let (cache, calls, gate_rx) = (cache.clone(), calls.clone(), gate_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_fetch("cold", move || async move {
-                    calls.bump();
-                    wait_open(gate_rx).await;
-                    Ok::<_, std::io::Error>("value".to_owned())
-                })
-                .await
-                .unwrap()
-        }));
-    }
+    let gate = Gate::closed();
+    let tasks = spawn_fetches(&cache, "cold", 1_000, || {
+        gated(&calls, &gate, "value".to_owned())
+    });
     settle().await;
-    open.send_replace(true);
-    let mut hits = Vec::new();
-    for task in tasks {
-        hits.push(task.await.unwrap());
-    }
+    gate.open();
+    let hits = hits(tasks).await;
     settle().await;
 
     assert_eq!(calls.get(), 1);
@@ -104,8 +83,7 @@ async fn b02_one_flight_per_key_for_a_thousand_concurrent_misses() {
     assert_eq!(stack.l2.calls().set, 1);
     assert_eq!(stack.l3.calls().set, 1);
     assert_eq!(stack.l1.inserts(), 1);
-    let first = hits[0].value().clone();
-    assert!(hits.iter().all(|hit| Arc::ptr_eq(hit.value(), &first)));
+    assert_one_shared_value(&hits);
     assert!(hits.iter().all(|hit| hit.source() == Source::Loader));
     assert_eq!(hits.iter().filter(|hit| !hit.is_coalesced()).count(), 1);
     let stats = cache.stats();
@@ -124,31 +102,14 @@ async fn b03_coalescing_on_an_l2_hit() {
     let writer = stack.cache();
     writer.set("warm", "from-l2".to_owned()).await.unwrap();
     // A second cache with a fresh L1 over the same remote tiers: the key is only in L2/L3.
-    let other = Stack::<String>::new();
-    let cache = Cache::builder(Arc::clone(&other.l1), other.codec.clone())
-        .clock(tierkit_core::Clock::from(stack.clock.clone()))
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
-        .build();
+    let other = stack.other_node::<String>();
+    let cache = other.cache();
     let before = (stack.l2.calls(), stack.l3.calls());
     let calls = Calls::default();
-    let mut tasks = Vec::new();
-    for _ in 0..1_000 {
-        let (cache, calls) = (cache.clone(), calls.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_fetch("warm", move || async move {
-                    calls.bump();
-                    Ok::<_, std::io::Error>("loader".to_owned())
-                })
-                .await
-                .unwrap()
-        }));
-    }
-    let mut hits = Vec::new();
-    for task in tasks {
-        hits.push(task.await.unwrap());
-    }
+    let tasks = spawn_fetches(&cache, "warm", 1_000, || {
+        counting(&calls, "loader".to_owned())
+    });
+    let hits = hits(tasks).await;
     settle().await;
     assert_eq!(calls.get(), 0);
     assert_eq!(stack.l2.calls().get - before.0.get, 1);
@@ -164,8 +125,7 @@ async fn b03_coalescing_on_an_l2_hit() {
         "one decode per flight, not per waiter"
     );
     assert_eq!(other.l1.inserts(), 1);
-    let first = hits[0].value().clone();
-    assert!(hits.iter().all(|hit| Arc::ptr_eq(hit.value(), &first)));
+    assert_one_shared_value(&hits);
     assert!(
         hits.iter()
             .all(|hit| hit.source() == Source::L2 || hit.source() == Source::L1)
@@ -180,10 +140,7 @@ async fn b04_a_loader_joins_a_get() {
     let stack = Stack::<String>::new();
     // Hold L2's read so the `get` flight is still reading when the loader joins.
     let (gated, handle) = tierkit_testkit::scripted("l2");
-    let cache = Cache::builder(Arc::clone(&stack.l1), stack.codec.clone())
-        .clock(tierkit_core::Clock::from(stack.clock.clone()))
-        .l2(gated)
-        .build();
+    let cache = stack.builder().l2(gated).build();
     let mut handle = handle;
     let getter = tokio::spawn({
         let cache = cache.clone();
@@ -254,16 +211,12 @@ async fn b06_callers_with_different_options_coalesce() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     let calls = Calls::default();
-    let (open, gate_rx) = gate();
+    let gate = Gate::closed();
     let first = tokio::spawn({
-        let (cache, calls, gate_rx) = (cache.clone(), calls.clone(), gate_rx.clone());
+        let (cache, load) = (cache.clone(), gated(&calls, &gate, "v".to_owned()));
         async move {
             cache
-                .get_or_fetch_with("k", &FetchOptions::new().ttl(MINUTE), move |_| async move {
-                    calls.bump();
-                    wait_open(gate_rx).await;
-                    Ok::<_, std::io::Error>("v".to_owned())
-                })
+                .get_or_fetch_with("k", &FetchOptions::new().ttl(MINUTE), |_| load())
                 .await
         }
     });
@@ -284,7 +237,7 @@ async fn b06_callers_with_different_options_coalesce() {
         }
     });
     settle().await;
-    open.send_replace(true);
+    gate.open();
     let (a, b) = (
         first.await.unwrap().unwrap(),
         second.await.unwrap().unwrap(),
@@ -305,36 +258,21 @@ async fn b06_callers_with_different_options_coalesce() {
 async fn b08_write_back_once_per_flight_even_with_every_waiter_dropped() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
-    let (open, gate_rx) = gate();
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (cache, gate_rx) = (cache.clone(), gate_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_fetch("k", move || async move {
-                    wait_open(gate_rx).await;
-                    Ok::<_, std::io::Error>("v".to_owned())
-                })
-                .await
-        }));
-    }
+    let gate = Gate::closed();
+    let tasks = spawn_fetches(&cache, "k", 32, || {
+        gated(&Calls::default(), &gate, "v".to_owned())
+    });
     settle().await;
     for task in &tasks {
         task.abort();
     }
     settle().await;
-    open.send_replace(true);
+    gate.open();
     settle().await;
     assert_eq!(stack.l2.calls().set, 1);
     assert_eq!(stack.l3.calls().set, 1);
     assert!(stack.l2.peek(&key("k")).is_some());
-    assert_eq!(
-        stack
-            .l1
-            .peek(&key("k"))
-            .map(|e| e.value().as_str().to_owned()),
-        Some("v".to_owned())
-    );
+    assert_eq!(stack.l1_value("k"), Some("v".to_owned()));
     assert_eq!(cache.keys_in_progress(), 0);
 }
 

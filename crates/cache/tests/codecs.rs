@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use support::{Calls, CountingCodec, MINUTE, MapLocal, Stack, key, settle};
+use support::{
+    Calls, Gate, MINUTE, Stack, assert_one_shared_value, counting, gated, instant, key, settle,
+    spawn_fetches,
+};
 use tierkit_cache::codec::{Codec, CodecError, Postcard};
 use tierkit_cache::frame::{HEADER_LEN, decode_frame, encode_frame};
-use tierkit_cache::{
-    Cache, CacheBuilder, CacheError, Compression, FetchOptions, FrameErrorReason, LocalTier, Source,
-};
-use tierkit_core::{CacheKey, CacheValue, Clock, Op};
+use tierkit_cache::{CacheError, Compression, FetchOptions, FrameErrorReason, LocalTier, Source};
+use tierkit_core::{CacheKey, CacheValue, Op};
 use tierkit_testkit::{Fault, FaultyBackend, MemoryBackend};
-use tokio::sync::watch;
 
 const L2: usize = 0;
 const L3: usize = 1;
@@ -66,41 +66,14 @@ fn decoded<V: Serialize + serde::de::DeserializeOwned + 'static>(
     decode_frame(k, &Postcard, &Compression::none(), &payload(tier, k)).unwrap()
 }
 
-/// A builder over the stack's remote tiers and clock with an L1 and a counting codec of its own
-/// (another process reading the same remote tiers), for values of type `W`.
-fn other_node<V, W: Send + Sync + 'static>(
-    stack: &Stack<V>,
-) -> (Arc<MapLocal<W>>, CountingCodec, CacheBuilder<W>)
-where
-    Postcard: Codec<W>,
-{
-    let l1 = MapLocal::new();
-    let codec = CountingCodec::default();
-    let builder = Cache::builder(Arc::clone(&l1), codec.clone())
-        .clock(Clock::from(stack.clock.clone()))
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone());
-    (l1, codec, builder)
-}
-
-/// A loader returning `value` and counting its calls.
-fn loader<V: Send + 'static>(
-    calls: &Calls,
-    value: V,
-) -> impl FnOnce() -> std::future::Ready<Result<V, std::io::Error>> + Send + 'static {
-    let calls = calls.clone();
-    move || {
-        calls.bump();
-        std::future::ready(Ok(value))
+/// Asserts that `error` is a decode error of `tier` for `reason`.
+fn assert_decode_error(error: CacheError, tier: Source, reason: FrameErrorReason) {
+    match error {
+        CacheError::Decode { tier: got, source } => {
+            assert_eq!((got, source.reason()), (tier, reason));
+        }
+        other => panic!("expected a decode error, got {other:?}"),
     }
-}
-
-fn gate() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(false)
-}
-
-async fn wait_open(mut gate: watch::Receiver<bool>) {
-    let _ = gate.wait_for(|open| *open).await;
 }
 
 /// A compressible text of `len` bytes.
@@ -185,7 +158,7 @@ async fn b51_an_l1_hit_performs_no_decode() {
             "L1 hands out the decoded Arc"
         );
         let hit = cache
-            .get_or_fetch(&k, loader(&calls, "loader".to_owned()))
+            .get_or_fetch(&k, counting(&calls, "loader".to_owned()))
             .await
             .unwrap();
         assert_eq!(hit.source(), Source::L1);
@@ -197,7 +170,7 @@ async fn b51_an_l1_hit_performs_no_decode() {
     // A value stored by the loader or by `set` is never decoded either.
     cache.set("user:2", "Bob".to_owned()).await.unwrap();
     cache
-        .get_or_fetch("user:3", loader(&calls, "Eve".to_owned()))
+        .get_or_fetch("user:3", counting(&calls, "Eve".to_owned()))
         .await
         .unwrap();
     for name in ["user:2", "user:3"] {
@@ -221,11 +194,12 @@ async fn b51_an_l3_hit_decodes_once_per_flight_not_once_per_waiter() {
         .l3
         .insert_raw(k.clone(), stored(&stack, bytes.clone()));
 
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let cache = cache.clone();
-        tasks.push(tokio::spawn(async move { cache.get("user:1").await }));
-    }
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get("user:1").await })
+        })
+        .collect();
     let mut hits = Vec::new();
     for task in tasks {
         hits.push(task.await.unwrap().unwrap().unwrap());
@@ -241,10 +215,7 @@ async fn b51_an_l3_hit_decodes_once_per_flight_not_once_per_waiter() {
     assert_eq!(stack.codec.decodes(), 1, "one decode for 50 waiters");
     assert_eq!(stats.decodes, [0, 1]);
     assert!(hits.iter().all(|hit| hit.source() == Source::L3));
-    assert!(
-        hits.iter()
-            .all(|hit| Arc::ptr_eq(hit.value(), hits[0].value()))
-    );
+    assert_one_shared_value(&hits);
     assert_eq!(
         stack.codec.encodes(),
         0,
@@ -265,25 +236,12 @@ async fn b52_a_loaded_value_is_encoded_once_and_the_same_bytes_reach_l2_and_l3()
     let stack = Stack::<UserV1>::new();
     let cache = stack.cache();
     let calls = Calls::default();
-    let (open, gate_rx) = gate();
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let (cache, calls, gate_rx) = (cache.clone(), calls.clone(), gate_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_fetch("user:42", move || async move {
-                    calls.bump();
-                    wait_open(gate_rx).await;
-                    Ok::<_, std::io::Error>(ada_v1())
-                })
-                .await
-                .unwrap()
-        }));
-    }
+    let gate = Gate::closed();
+    let tasks = spawn_fetches(&cache, "user:42", 20, || gated(&calls, &gate, ada_v1()));
     settle().await;
-    open.send_replace(true);
+    gate.open();
     for task in tasks {
-        assert_eq!(*task.await.unwrap(), ada_v1());
+        assert_eq!(*task.await.unwrap().unwrap(), ada_v1());
     }
     settle().await;
 
@@ -376,7 +334,7 @@ async fn b53_undecodable_entries_are_counted_misses_and_the_loaded_value_overwri
 
         let calls = Calls::default();
         let hit = cache
-            .get_or_fetch(&k, loader(&calls, "new value".to_owned()))
+            .get_or_fetch(&k, counting(&calls, "new value".to_owned()))
             .await
             .unwrap_or_else(|error| panic!("{what}: {error}"));
         assert_eq!(
@@ -422,7 +380,7 @@ async fn b53_a_bad_l2_entry_falls_through_to_l3_which_overwrites_it() {
 
     let calls = Calls::default();
     let hit = cache
-        .get_or_fetch(&k, loader(&calls, "loader".to_owned()))
+        .get_or_fetch(&k, counting(&calls, "loader".to_owned()))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L3, "from-l3"));
@@ -455,13 +413,7 @@ async fn b53_strict_decode_turns_a_bad_entry_into_a_decode_error() {
             .insert_raw(k.clone(), stored(&stack, bytes.clone()));
         let calls = Calls::default();
         let error = cache
-            .get_or_fetch_with(&k, &strict, {
-                let calls = calls.clone();
-                move |_| {
-                    calls.bump();
-                    std::future::ready(Ok::<_, std::io::Error>("loader".to_owned()))
-                }
-            })
+            .get_or_fetch_with(&k, &strict, instant(&calls, "loader"))
             .await
             .unwrap_err();
         match &error {
@@ -490,7 +442,7 @@ async fn b53_strict_decode_turns_a_bad_entry_into_a_decode_error() {
 
         // Strictness is per call: the default is a counted miss.
         let hit = cache
-            .get_or_fetch(&k, loader(&calls, "loader".to_owned()))
+            .get_or_fetch(&k, counting(&calls, "loader".to_owned()))
             .await
             .unwrap();
         assert_eq!(hit.source(), Source::Loader, "{what}");
@@ -507,11 +459,7 @@ async fn b53_a_frame_of_another_codec_is_a_counted_codec_mismatch_miss() {
     use tierkit_cache::codec::Json;
 
     let stack = Stack::<UserV1>::new();
-    let json_cache: Cache<UserV1> = Cache::builder(MapLocal::new(), Json)
-        .clock(Clock::from(stack.clock.clone()))
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
-        .build();
+    let json_cache = stack.other_node::<UserV1>().cache_with_codec(Json);
     json_cache.set("user:42", ada_v1()).await.unwrap();
     let k = key("user:42");
     assert_eq!(payload(&stack.l2, &k)[CODEC_BYTE], Json::ID);
@@ -521,15 +469,7 @@ async fn b53_a_frame_of_another_codec_is_a_counted_codec_mismatch_miss() {
         .get_with(&k, &FetchOptions::new().strict_decode(true))
         .await
         .unwrap_err();
-    match error {
-        CacheError::Decode { tier, source } => {
-            assert_eq!(
-                (tier, source.reason()),
-                (Source::L2, FrameErrorReason::CodecMismatch)
-            );
-        }
-        other => panic!("expected a decode error, got {other:?}"),
-    }
+    assert_decode_error(error, Source::L2, FrameErrorReason::CodecMismatch);
 
     let calls = Calls::default();
     let fresh = UserV1 {
@@ -537,7 +477,7 @@ async fn b53_a_frame_of_another_codec_is_a_counted_codec_mismatch_miss() {
         name: "Ada (reloaded)".to_owned(),
     };
     let hit = cache
-        .get_or_fetch(&k, loader(&calls, fresh.clone()))
+        .get_or_fetch(&k, counting(&calls, fresh.clone()))
         .await
         .unwrap();
     assert_eq!((hit.source(), &*hit), (Source::Loader, &fresh));
@@ -572,11 +512,11 @@ async fn b53_struct_v1_read_as_v2_is_a_counted_miss_and_the_tiers_are_overwritte
     let v1 = stack.cache();
     v1.set("user:42", ada_v1()).await.unwrap();
 
-    let (_, v2_codec, builder) = other_node(&stack);
-    let v2: Cache<UserV2> = builder.build();
+    let v2_node = stack.other_node::<UserV2>();
+    let v2 = v2_node.cache();
     let calls = Calls::default();
     let hit = v2
-        .get_or_fetch("user:42", loader(&calls, ada_v2()))
+        .get_or_fetch("user:42", counting(&calls, ada_v2()))
         .await
         .expect("no error: a changed type is a miss");
     assert_eq!((hit.source(), &*hit), (Source::Loader, &ada_v2()));
@@ -595,7 +535,7 @@ async fn b53_struct_v1_read_as_v2_is_a_counted_miss_and_the_tiers_are_overwritte
         (1, 1)
     );
     assert_eq!(
-        v2_codec.decodes(),
+        v2_node.codec.decodes(),
         2,
         "the codec tried each tier's body once"
     );
@@ -605,8 +545,7 @@ async fn b53_struct_v1_read_as_v2_is_a_counted_miss_and_the_tiers_are_overwritte
     assert_eq!(decoded::<UserV2>(&stack.l2, &k), ada_v2(), "L2 overwritten");
     assert_eq!(decoded::<UserV2>(&stack.l3, &k), ada_v2(), "L3 overwritten");
     // Another v2 reader now hits L2.
-    let (_, _, builder) = other_node(&stack);
-    let reader: Cache<UserV2> = builder.build();
+    let reader = stack.other_node::<UserV2>().cache();
     let hit = reader.get("user:42").await.unwrap().unwrap();
     assert_eq!((hit.source(), &*hit), (Source::L2, &ada_v2()));
     assert_eq!(reader.stats().decode_errors_total(L2), 0);
@@ -618,24 +557,17 @@ async fn b53_struct_v1_read_as_v2_is_a_counted_miss_and_the_tiers_are_overwritte
 async fn b53_struct_v1_read_as_v2_with_strict_decode_is_a_decode_error() {
     let stack = Stack::<UserV1>::new();
     stack.cache().set("user:42", ada_v1()).await.unwrap();
-    let (_, _, builder) = other_node(&stack);
-    let v2: Cache<UserV2> = builder
+    let v2 = stack
+        .other_node::<UserV2>()
+        .tiered_builder()
         .defaults(FetchOptions::new().strict_decode(true))
         .build();
     let calls = Calls::default();
     let error = v2
-        .get_or_fetch("user:42", loader(&calls, ada_v2()))
+        .get_or_fetch("user:42", counting(&calls, ada_v2()))
         .await
         .unwrap_err();
-    match error {
-        CacheError::Decode { tier, source } => {
-            assert_eq!(
-                (tier, source.reason()),
-                (Source::L2, FrameErrorReason::Deserialize)
-            );
-        }
-        other => panic!("expected a decode error, got {other:?}"),
-    }
+    assert_decode_error(error, Source::L2, FrameErrorReason::Deserialize);
     assert_eq!(calls.get(), 0);
     settle().await;
     assert_eq!(decoded::<UserV1>(&stack.l2, &key("user:42")), ada_v1());
@@ -662,15 +594,7 @@ async fn b54_a_frame_echoing_another_key_is_a_counted_key_mismatch_miss() {
         .get_with(&b, &FetchOptions::new().strict_decode(true))
         .await
         .unwrap_err();
-    match error {
-        CacheError::Decode { tier, source } => {
-            assert_eq!(
-                (tier, source.reason()),
-                (Source::L2, FrameErrorReason::KeyMismatch)
-            );
-        }
-        other => panic!("expected a decode error, got {other:?}"),
-    }
+    assert_decode_error(error, Source::L2, FrameErrorReason::KeyMismatch);
     assert!(
         cache.get(&b).await.unwrap().is_none(),
         "never A's value under B"
@@ -678,7 +602,7 @@ async fn b54_a_frame_echoing_another_key_is_a_counted_key_mismatch_miss() {
 
     let calls = Calls::default();
     let hit = cache
-        .get_or_fetch(&b, loader(&calls, "value of b".to_owned()))
+        .get_or_fetch(&b, counting(&calls, "value of b".to_owned()))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "value of b"));
@@ -737,14 +661,6 @@ impl Codec<String> for PickyCodec {
     }
 }
 
-fn picky_cache(stack: &Stack<String>, codec: &PickyCodec) -> Cache<String> {
-    Cache::builder(Arc::clone(&stack.l1), codec.clone())
-        .clock(Clock::from(stack.clock.clone()))
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
-        .build()
-}
-
 /// Behaviour 55: a loaded value that cannot be encoded still reaches every waiter (the same
 /// Arc) and L1; the remote writes are skipped and counted once (`encode_errors`), and later
 /// calls hit L1.
@@ -752,24 +668,14 @@ fn picky_cache(stack: &Stack<String>, codec: &PickyCodec) -> Cache<String> {
 async fn b55_an_unencodable_loaded_value_is_returned_and_kept_in_l1_only() {
     let stack = Stack::<String>::new();
     let codec = PickyCodec::default();
-    let cache = picky_cache(&stack, &codec);
+    let cache = stack.cache_with_codec(codec.clone());
     let calls = Calls::default();
-    let (open, gate_rx) = gate();
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let (cache, calls, gate_rx) = (cache.clone(), calls.clone(), gate_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_fetch("k", move || async move {
-                    calls.bump();
-                    wait_open(gate_rx).await;
-                    Ok::<_, std::io::Error>("unencodable value".to_owned())
-                })
-                .await
-        }));
-    }
+    let gate = Gate::closed();
+    let tasks = spawn_fetches(&cache, "k", 10, || {
+        gated(&calls, &gate, "unencodable value".to_owned())
+    });
     settle().await;
-    open.send_replace(true);
+    gate.open();
     let mut hits = Vec::new();
     for task in tasks {
         hits.push(
@@ -782,10 +688,7 @@ async fn b55_an_unencodable_loaded_value_is_returned_and_kept_in_l1_only() {
 
     assert_eq!(calls.get(), 1);
     assert!(hits.iter().all(|hit| hit.as_str() == "unencodable value"));
-    assert!(
-        hits.iter()
-            .all(|hit| Arc::ptr_eq(hit.value(), hits[0].value()))
-    );
+    assert_one_shared_value(&hits);
     assert_eq!(
         codec.encodes.load(Ordering::SeqCst),
         1,
@@ -804,7 +707,7 @@ async fn b55_an_unencodable_loaded_value_is_returned_and_kept_in_l1_only() {
         "unencodable value"
     );
     let again = cache
-        .get_or_fetch("k", loader(&calls, "other".to_owned()))
+        .get_or_fetch("k", counting(&calls, "other".to_owned()))
         .await
         .unwrap();
     assert_eq!(
@@ -816,7 +719,7 @@ async fn b55_an_unencodable_loaded_value_is_returned_and_kept_in_l1_only() {
 
     // An encodable value goes through the same codec to both tiers.
     cache
-        .get_or_fetch("k2", loader(&calls, "fine".to_owned()))
+        .get_or_fetch("k2", counting(&calls, "fine".to_owned()))
         .await
         .unwrap();
     settle().await;
@@ -831,7 +734,7 @@ async fn b55_an_unencodable_loaded_value_is_returned_and_kept_in_l1_only() {
 async fn b55_set_of_an_unencodable_value_is_an_encode_error_and_l1_holds_it() {
     let stack = Stack::<String>::new();
     let codec = PickyCodec::default();
-    let cache = picky_cache(&stack, &codec);
+    let cache = stack.cache_with_codec(codec.clone());
     let error = cache
         .set("k", "unencodable value".to_owned())
         .await
@@ -863,17 +766,12 @@ async fn b55_set_of_an_unencodable_value_is_an_encode_error_and_l1_holds_it() {
 #[cfg(any(feature = "zstd", feature = "lz4"))]
 async fn large_compressed_small_raw(compression: Compression, id: u8) {
     let stack = Stack::<String>::new();
-    let cache = stack
-        .builder()
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
-        .compression(compression)
-        .build();
+    let cache = stack.tiered_builder().compression(compression).build();
     let large = text(32 * 1024);
     let calls = Calls::default();
     // One through the loader, one through `set`.
     cache
-        .get_or_fetch("large", loader(&calls, large.clone()))
+        .get_or_fetch("large", counting(&calls, large.clone()))
         .await
         .unwrap();
     cache.set("small", "tiny".to_owned()).await.unwrap();
@@ -907,8 +805,11 @@ async fn large_compressed_small_raw(compression: Compression, id: u8) {
         assert_eq!(stored_len(&frame), decoded_len(&frame));
     }
     // The cache reads back what it wrote (through a fresh L1).
-    let (_, _, builder) = other_node(&stack);
-    let reader: Cache<String> = builder.compression(compression).build();
+    let reader = stack
+        .other_node::<String>()
+        .tiered_builder()
+        .compression(compression)
+        .build();
     assert_eq!(reader.get(&lk).await.unwrap().unwrap().as_str(), large);
     assert_eq!(reader.get(&sk).await.unwrap().unwrap().as_str(), "tiny");
     assert_eq!(reader.stats().decode_errors_total(L2), 0);
@@ -956,8 +857,7 @@ async fn b56_the_threshold_is_the_encoded_size_and_compression_must_help() {
         "compression that does not help is skipped"
     );
     assert_eq!(stored_len(&noisy), decoded_len(&noisy));
-    let (_, _, builder) = other_node(&stack);
-    let reader: Cache<Vec<u8>> = builder.build();
+    let reader = stack.other_node::<Vec<u8>>().cache();
     assert_eq!(
         *reader.get("noise").await.unwrap().unwrap(),
         noise(64 * 1024)
@@ -972,12 +872,7 @@ async fn b56_a_cache_configured_with_another_algorithm_still_reads_the_frame() {
     let large = text(16 * 1024);
     for (writer, id) in [(Compression::zstd(3), 1), (Compression::lz4(), 2)] {
         let stack = Stack::<String>::new();
-        let cache = stack
-            .builder()
-            .l2(stack.l2.clone())
-            .l3(stack.l3.clone())
-            .compression(writer)
-            .build();
+        let cache = stack.tiered_builder().compression(writer).build();
         cache.set("k", large.clone()).await.unwrap();
         assert_eq!(payload(&stack.l2, &key("k"))[COMPRESSION_BYTE], id);
         for reader_compression in [
@@ -985,11 +880,14 @@ async fn b56_a_cache_configured_with_another_algorithm_still_reads_the_frame() {
             Compression::zstd(9),
             Compression::lz4(),
         ] {
-            let (_, codec, builder) = other_node(&stack);
-            let reader: Cache<String> = builder.compression(reader_compression).build();
+            let node = stack.other_node::<String>();
+            let reader = node
+                .tiered_builder()
+                .compression(reader_compression)
+                .build();
             let calls = Calls::default();
             let hit = reader
-                .get_or_fetch("k", loader(&calls, String::new()))
+                .get_or_fetch("k", counting(&calls, String::new()))
                 .await
                 .unwrap();
             assert_eq!(
@@ -998,7 +896,7 @@ async fn b56_a_cache_configured_with_another_algorithm_still_reads_the_frame() {
                 "{writer:?} read by {reader_compression:?}"
             );
             assert_eq!(hit.as_str(), large);
-            assert_eq!((calls.get(), codec.decodes()), (0, 1));
+            assert_eq!((calls.get(), node.codec.decodes()), (0, 1));
         }
     }
 }
@@ -1011,9 +909,7 @@ async fn b56_a_cache_configured_with_another_algorithm_still_reads_the_frame() {
 async fn b56_max_decoded_is_enforced_through_the_cache() {
     let stack = Stack::<String>::new();
     let writer = stack
-        .builder()
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
+        .tiered_builder()
         .compression(Compression::zstd(3))
         .build();
     let large = text(32 * 1024);
@@ -1023,30 +919,21 @@ async fn b56_max_decoded_is_enforced_through_the_cache() {
     assert!(frame.len() < 4096, "small on the wire, large decoded");
 
     // A reader with the default bound reads it.
-    let (_, _, builder) = other_node(&stack);
-    let unbounded: Cache<String> = builder.build();
+    let unbounded = stack.other_node::<String>().cache();
     let hit = unbounded.get("k").await.unwrap().unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, large.as_str()));
 
     let bounded = Compression::zstd(3).max_decoded(16 * 1024);
-    let (_, codec, builder) = other_node(&stack);
-    let reader: Cache<String> = builder.compression(bounded).build();
+    let node = stack.other_node::<String>();
+    let reader = node.tiered_builder().compression(bounded).build();
     let error = reader
         .get_with("k", &FetchOptions::new().strict_decode(true))
         .await
         .unwrap_err();
-    match error {
-        CacheError::Decode { tier, source } => {
-            assert_eq!(
-                (tier, source.reason()),
-                (Source::L2, FrameErrorReason::TooLarge)
-            );
-        }
-        other => panic!("expected a decode error, got {other:?}"),
-    }
+    assert_decode_error(error, Source::L2, FrameErrorReason::TooLarge);
     let calls = Calls::default();
     let hit = reader
-        .get_or_fetch("k", loader(&calls, "short".to_owned()))
+        .get_or_fetch("k", counting(&calls, "short".to_owned()))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "short"));
@@ -1054,7 +941,7 @@ async fn b56_max_decoded_is_enforced_through_the_cache() {
     assert_eq!(stats.decode_errors_for(L2, FrameErrorReason::TooLarge), 2);
     assert_eq!(stats.decode_errors_for(L3, FrameErrorReason::TooLarge), 1);
     assert_eq!(
-        codec.decodes(),
+        node.codec.decodes(),
         0,
         "rejected before decompressing or decoding"
     );
@@ -1080,16 +967,14 @@ async fn b57_an_encoded_value_above_max_payload_is_kept_in_l1_only_and_counted()
     let cap = frame_of(&key("big"), &at_cap).len();
     assert_eq!(frame_of(&key("big"), &text(401)).len(), cap + 1);
     let cache = stack
-        .builder()
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
+        .tiered_builder()
         .defaults(FetchOptions::new().max_payload(cap))
         .build();
     let calls = Calls::default();
 
     let big = text(401);
     let hit = cache
-        .get_or_fetch("big", loader(&calls, big.clone()))
+        .get_or_fetch("big", counting(&calls, big.clone()))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, big.as_str()));
@@ -1102,14 +987,14 @@ async fn b57_an_encoded_value_above_max_payload_is_kept_in_l1_only_and_counted()
     );
     assert_eq!(stack.l1.peek(&key("big")).unwrap().value().as_str(), big);
     let again = cache
-        .get_or_fetch("big", loader(&calls, String::new()))
+        .get_or_fetch("big", counting(&calls, String::new()))
         .await
         .unwrap();
     assert_eq!(again.source(), Source::L1);
     assert_eq!(calls.get(), 1);
 
     cache
-        .get_or_fetch("cap", loader(&calls, at_cap.clone()))
+        .get_or_fetch("cap", counting(&calls, at_cap.clone()))
         .await
         .unwrap();
     settle().await;
@@ -1160,8 +1045,7 @@ async fn b57_an_oversized_set_leaves_no_older_value_in_the_remote_tiers() {
     assert_eq!(cache.stats().oversize, 1);
 
     // Another node, with an L1 of its own.
-    let (_, _, builder) = other_node(&stack);
-    let other: Cache<String> = builder.build();
+    let other = stack.other_node::<String>().cache();
     let seen = other.get("k").await.unwrap();
     assert!(
         seen.as_ref().is_none_or(|hit| hit.as_str() != "v1"),

@@ -6,23 +6,20 @@
 mod support;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Calls, Stack, key, settle};
-use tierkit_cache::{Cache, CacheError, FetchOptions, LoaderError, Source};
+use futures_util::future::BoxFuture;
+use support::{
+    Answer, Calls, FaultyStack, Gate, Stack, assert_one_shared_value, counting, hits, key, settle,
+    spawn_fetch, spawn_fetches, write_l3_only,
+};
+use tierkit_cache::{
+    Cache, CacheError, CacheStats, FetchContext, FetchOptions, LoaderError, Source,
+};
 use tierkit_core::{ErrorKind, Op};
-use tierkit_testkit::{Fault, FaultyBackend, InjectedFault, MemoryBackend};
-use tokio::sync::watch;
-
-/// A gate the loaders wait on, so every caller is queued before the flight ends.
-fn gate() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(false)
-}
-
-async fn wait_open(mut gate: watch::Receiver<bool>) {
-    let _ = gate.wait_for(|open| *open).await;
-}
+use tierkit_testkit::{Fault, InjectedFault};
 
 /// A loader error type of its own, to show that errors of different types coalesce.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,8 +47,27 @@ impl fmt::Display for NeverSeen {
 
 impl std::error::Error for NeverSeen {}
 
+/// A loader for `get_or_fetch` that counts its call, waits for `gate` (when given) and fails
+/// with `error`.
+fn failing<E: Send + 'static>(
+    calls: &Calls,
+    gate: Option<&Gate>,
+    error: E,
+) -> impl FnOnce() -> BoxFuture<'static, Result<String, E>> + Send + 'static + use<E> {
+    let (calls, opened) = (calls.clone(), gate.map(Gate::opened));
+    move || {
+        Box::pin(async move {
+            calls.bump();
+            if let Some(opened) = opened {
+                opened.await;
+            }
+            Err(error)
+        })
+    }
+}
+
 /// The loader error of a failed call.
-fn loader_error(result: Result<tierkit_cache::Hit<String>, CacheError>) -> LoaderError {
+fn loader_error(result: Answer<String>) -> LoaderError {
     match result {
         Err(CacheError::Loader(error)) => error,
         other => panic!("expected a loader error, got {other:?}"),
@@ -69,6 +85,16 @@ fn assert_nothing_stored(stack: &Stack<String>, k: &str) {
     assert_eq!(stack.codec.encodes(), 0, "nothing encoded");
 }
 
+/// Flights, coalesced callers, loader calls and loader errors, as counted.
+fn loader_counts(stats: &CacheStats) -> (u64, u64, u64, u64) {
+    (
+        stats.flights,
+        stats.coalesced,
+        stats.loader_calls,
+        stats.loader_errors,
+    )
+}
+
 /// Behaviour 10: a loader error reaches every one of 50 queued waiters as the same shared
 /// error (`LoaderError::ptr_eq`); the loader runs once and nothing is stored.
 #[tokio::test(start_paused = true)]
@@ -76,20 +102,10 @@ async fn b10_a_loader_error_is_shared_by_every_waiter() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     let calls = Calls::default();
-    let (open, gate_rx) = gate();
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (cache, calls, gate_rx) = (cache.clone(), calls.clone(), gate_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_fetch("k", move || async move {
-                    calls.bump();
-                    wait_open(gate_rx).await;
-                    Err::<String, _>(std::io::Error::other("origin down"))
-                })
-                .await
-        }));
-    }
+    let gate = Gate::closed();
+    let tasks = spawn_fetches(&cache, "k", 50, || {
+        failing(&calls, Some(&gate), std::io::Error::other("origin down"))
+    });
     settle().await;
     assert_eq!(
         cache.flights_in_progress(),
@@ -97,7 +113,7 @@ async fn b10_a_loader_error_is_shared_by_every_waiter() {
         "50 callers queued on one flight"
     );
     assert_eq!(calls.get(), 1);
-    open.send_replace(true);
+    gate.open();
     let mut errors = Vec::new();
     for task in tasks {
         errors.push(loader_error(task.await.unwrap()));
@@ -111,16 +127,7 @@ async fn b10_a_loader_error_is_shared_by_every_waiter() {
     );
     let io = errors[0].downcast_ref::<std::io::Error>().unwrap();
     assert_eq!(io.to_string(), "origin down");
-    let stats = cache.stats();
-    assert_eq!(
-        (
-            stats.flights,
-            stats.coalesced,
-            stats.loader_calls,
-            stats.loader_errors
-        ),
-        (1, 49, 1, 1)
-    );
+    assert_eq!(loader_counts(&cache.stats()), (1, 49, 1, 1));
     settle().await;
     assert_nothing_stored(&stack, "k");
     assert_eq!(cache.flights_in_progress(), 0);
@@ -153,16 +160,7 @@ async fn b11_errors_are_not_cached() {
     );
     assert_eq!(first.to_string(), "failure 1");
     assert_eq!(second.to_string(), "failure 2");
-    let stats = cache.stats();
-    assert_eq!(
-        (
-            stats.flights,
-            stats.coalesced,
-            stats.loader_calls,
-            stats.loader_errors
-        ),
-        (2, 0, 2, 2)
-    );
+    assert_eq!(loader_counts(&cache.stats()), (2, 0, 2, 2));
     settle().await;
     assert_nothing_stored(&stack, "k");
 
@@ -192,58 +190,26 @@ async fn b12_loaders_with_different_error_types_coalesce_and_downcast() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     let (starter_calls, joiner_calls) = (Calls::default(), Calls::default());
-    let (open, gate_rx) = gate();
+    let gate = Gate::closed();
 
-    let starter = tokio::spawn({
-        let (cache, calls, gate_rx) = (cache.clone(), starter_calls.clone(), gate_rx.clone());
-        async move {
-            cache
-                .get_or_fetch("k", move || async move {
-                    calls.bump();
-                    wait_open(gate_rx).await;
-                    Err::<String, _>(UpstreamDown { status: 503 })
-                })
-                .await
-        }
-    });
+    let starter = spawn_fetch(
+        &cache,
+        "k",
+        failing(&starter_calls, Some(&gate), UpstreamDown { status: 503 }),
+    );
     settle().await;
     // Joiners whose loaders have other error types: io::Error, NeverSeen, a boxed error.
-    let io_joiner = tokio::spawn({
-        let (cache, calls) = (cache.clone(), joiner_calls.clone());
-        async move {
-            cache
-                .get_or_fetch("k", move || async move {
-                    calls.bump();
-                    Err::<String, _>(std::io::Error::other("io"))
-                })
-                .await
-        }
-    });
-    let custom_joiner = tokio::spawn({
-        let (cache, calls) = (cache.clone(), joiner_calls.clone());
-        async move {
-            cache
-                .get_or_fetch("k", move || async move {
-                    calls.bump();
-                    Err::<String, _>(NeverSeen)
-                })
-                .await
-        }
-    });
-    let boxed_joiner = tokio::spawn({
-        let (cache, calls) = (cache.clone(), joiner_calls.clone());
-        async move {
-            cache
-                .get_or_fetch("k", move || async move {
-                    calls.bump();
-                    Err::<String, Box<dyn std::error::Error + Send + Sync>>("boxed".into())
-                })
-                .await
-        }
-    });
+    let io_joiner = spawn_fetch(
+        &cache,
+        "k",
+        failing(&joiner_calls, None, std::io::Error::other("io")),
+    );
+    let custom_joiner = spawn_fetch(&cache, "k", failing(&joiner_calls, None, NeverSeen));
+    let boxed: Box<dyn std::error::Error + Send + Sync> = "boxed".into();
+    let boxed_joiner = spawn_fetch(&cache, "k", failing(&joiner_calls, None, boxed));
     settle().await;
     assert_eq!(cache.stats().coalesced, 3, "the three joiners coalesced");
-    open.send_replace(true);
+    gate.open();
 
     let errors = [
         loader_error(starter.await.unwrap()),
@@ -271,67 +237,34 @@ async fn b12_loaders_with_different_error_types_coalesce_and_downcast() {
     assert_eq!(cache.flights_in_progress(), 0);
 }
 
-/// A stack whose remote tiers inject faults.
-struct FaultyStack {
-    stack: Stack<String>,
-    l2: FaultyBackend<MemoryBackend>,
-    l3: FaultyBackend<MemoryBackend>,
-    cache: Cache<String>,
-}
-
-impl FaultyStack {
-    fn new() -> Self {
-        let stack = Stack::<String>::new();
-        let l2 = FaultyBackend::new(stack.l2.clone());
-        let l3 = FaultyBackend::new(stack.l3.clone());
-        let cache = stack.builder().l2(l2.clone()).l3(l3.clone()).build();
-        FaultyStack {
-            stack,
-            l2,
-            l3,
-            cache,
-        }
-    }
-}
-
 /// Behaviour 13: an L2 read error is a counted miss by default: the flight goes on to L3,
 /// which answers; the loader is not called.
 #[tokio::test(start_paused = true)]
 async fn b13_an_l2_read_error_is_a_counted_miss_and_l3_answers() {
-    let t = FaultyStack::new();
+    let t = FaultyStack::<String>::new();
+    let cache = t.cache();
     // Only L3 holds the value.
-    t.cache
-        .set_with(
-            "k",
-            "from-l3".to_owned(),
-            &FetchOptions::new().skip_l1_write(true).skip_l2_write(true),
-        )
+    cache
+        .set_with("k", "from-l3".to_owned(), &write_l3_only())
         .await
         .unwrap();
     t.l2.push(Op::Get, Fault::Fail(ErrorKind::Connection));
     let calls = Calls::default();
-    let hit = t
-        .cache
-        .get_or_fetch("k", {
-            let calls = calls.clone();
-            move || async move {
-                calls.bump();
-                Ok::<_, std::io::Error>("loader".to_owned())
-            }
-        })
+    let hit = cache
+        .get_or_fetch("k", counting(&calls, "loader".to_owned()))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L3, "from-l3"));
     assert_eq!(calls.get(), 0);
     assert_eq!((t.l2.calls().get, t.l3.calls().get), (1, 1));
-    let stats = t.cache.stats();
+    let stats = cache.stats();
     assert_eq!(stats.tier_errors, [1, 0], "the L2 error is counted");
     assert_eq!(stats.tier_timeouts, [0, 0]);
     assert_eq!(stats.loader_calls, 0);
     settle().await;
     // The L3 hit refilled L2 (the failed read did not stop the flight's normal work).
     assert!(t.stack.l2.peek(&key("k")).is_some());
-    assert_eq!(t.cache.keys_in_progress(), 0);
+    assert_eq!(cache.keys_in_progress(), 0);
 }
 
 /// Behaviour 13: an L2 read that times out and an L3 read that fails are both counted
@@ -339,28 +272,20 @@ async fn b13_an_l2_read_error_is_a_counted_miss_and_l3_answers() {
 /// tiers.
 #[tokio::test(start_paused = true)]
 async fn b13_tier_timeout_and_error_are_misses_and_the_loader_runs() {
-    let t = FaultyStack::new();
+    let t = FaultyStack::<String>::new();
+    let cache = t.cache();
     t.l2.push(Op::Get, Fault::Hang);
     t.l3.push(Op::Get, Fault::Fail(ErrorKind::Internal));
     let options = FetchOptions::new().tier_timeout(Duration::from_secs(2));
     let calls = Calls::default();
-    let mut tasks = Vec::new();
-    for _ in 0..5 {
-        let (cache, calls) = (t.cache.clone(), calls.clone());
-        tasks.push(tokio::spawn(async move {
-            cache
-                .get_or_fetch_with("k", &options, move |_| async move {
-                    calls.bump();
-                    Ok::<_, std::io::Error>("loaded".to_owned())
-                })
-                .await
-        }));
-    }
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let (cache, load) = (cache.clone(), counting(&calls, "loaded".to_owned()));
+            tokio::spawn(async move { cache.get_or_fetch_with("k", &options, |_| load()).await })
+        })
+        .collect();
     let start = tokio::time::Instant::now();
-    let mut hits = Vec::new();
-    for task in tasks {
-        hits.push(task.await.unwrap().unwrap());
-    }
+    let hits = hits(tasks).await;
     assert_eq!(
         start.elapsed(),
         Duration::from_secs(2),
@@ -370,9 +295,9 @@ async fn b13_tier_timeout_and_error_are_misses_and_the_loader_runs() {
         hits.iter()
             .all(|h| h.source() == Source::Loader && h.as_str() == "loaded")
     );
-    assert!(hits.iter().all(|h| Arc::ptr_eq(h.value(), hits[0].value())));
+    assert_one_shared_value(&hits);
     assert_eq!(calls.get(), 1);
-    let stats = t.cache.stats();
+    let stats = cache.stats();
     assert_eq!(stats.tier_timeouts, [1, 0]);
     assert_eq!(stats.tier_errors, [0, 1]);
     assert_eq!(stats.loader_calls, 1);
@@ -384,13 +309,11 @@ async fn b13_tier_timeout_and_error_are_misses_and_the_loader_runs() {
     );
     assert!(t.stack.l2.peek(&key("k")).is_some());
     assert!(t.stack.l3.peek(&key("k")).is_some());
-    assert_eq!(t.cache.keys_in_progress(), 0);
+    assert_eq!(cache.keys_in_progress(), 0);
 }
 
 /// The tier error of a failed call.
-fn tier_error(
-    result: Result<tierkit_cache::Hit<String>, CacheError>,
-) -> (Source, tierkit_core::BackendError) {
+fn tier_error(result: Answer<String>) -> (Source, tierkit_core::BackendError) {
     match result {
         Err(CacheError::Tier { tier, source }) => (tier, source),
         other => panic!("expected a tier error, got {other:?}"),
@@ -401,23 +324,22 @@ fn tier_error(
 /// waiter gets it), the loader is not called and nothing is stored.
 #[tokio::test(start_paused = true)]
 async fn b13_strict_tiers_turns_tier_failures_into_errors() {
-    let t = FaultyStack::new();
+    let t = FaultyStack::<String>::new();
+    let cache = t.cache();
     let strict = FetchOptions::new()
         .strict_tiers(true)
         .tier_timeout(Duration::from_secs(2));
     let calls = Calls::default();
     let load = |calls: Calls| {
-        move |_| async move {
-            calls.bump();
-            Ok::<_, std::io::Error>("loaded".to_owned())
-        }
+        let load = counting(&calls, "loaded".to_owned());
+        move |_: FetchContext| load()
     };
 
     // An L2 read error, seen by two coalesced callers.
     t.l2.push(Op::Get, Fault::Fail(ErrorKind::Connection));
     let (a, b) = tokio::join!(
-        t.cache.get_or_fetch_with("k", &strict, load(calls.clone())),
-        t.cache.get_or_fetch_with("k", &strict, load(calls.clone())),
+        cache.get_or_fetch_with("k", &strict, load(calls.clone())),
+        cache.get_or_fetch_with("k", &strict, load(calls.clone())),
     );
     let (tier, error) = tier_error(a);
     assert_eq!(tier, Source::L2);
@@ -430,7 +352,7 @@ async fn b13_strict_tiers_turns_tier_failures_into_errors() {
     // An L2 read timeout.
     t.l2.push(Op::Get, Fault::Hang);
     let (tier, error) = tier_error(
-        t.cache
+        cache
             .get_or_fetch_with("k", &strict, load(calls.clone()))
             .await,
     );
@@ -440,7 +362,7 @@ async fn b13_strict_tiers_turns_tier_failures_into_errors() {
     // An L3 read error after an L2 miss.
     t.l3.push(Op::Get, Fault::Fail(ErrorKind::PermissionDenied));
     let (tier, error) = tier_error(
-        t.cache
+        cache
             .get_or_fetch_with("k", &strict, load(calls.clone()))
             .await,
     );
@@ -451,18 +373,17 @@ async fn b13_strict_tiers_turns_tier_failures_into_errors() {
     assert_eq!(injected.map(|f| f.op), Some(Op::Get));
 
     assert_eq!(calls.get(), 0, "the loader never ran");
-    let stats = t.cache.stats();
+    let stats = cache.stats();
     assert_eq!(stats.tier_errors, [1, 1]);
     assert_eq!(stats.tier_timeouts, [1, 0]);
     assert_eq!(stats.flights, 3);
     settle().await;
     assert!(t.stack.l1.peek(&key("k")).is_none());
     assert_eq!((t.l2.calls().set, t.l3.calls().set), (0, 0));
-    assert_eq!(t.cache.keys_in_progress(), 0);
+    assert_eq!(cache.keys_in_progress(), 0);
 
     // Without faults, the same strict call loads and stores normally.
-    let hit = t
-        .cache
+    let hit = cache
         .get_or_fetch_with("k", &strict, load(calls.clone()))
         .await
         .unwrap();
@@ -471,7 +392,7 @@ async fn b13_strict_tiers_turns_tier_failures_into_errors() {
 }
 
 /// The panic message of a failed call.
-fn panic_message(result: Result<tierkit_cache::Hit<String>, CacheError>) -> Arc<str> {
+fn panic_message(result: Answer<String>) -> Arc<str> {
     match result {
         Err(CacheError::LoaderPanicked { message }) => message,
         other => panic!("expected a loader panic, got {other:?}"),
@@ -485,17 +406,14 @@ async fn spawn_callers<F, Fut>(
     k: &'static str,
     n: usize,
     loader: impl Fn() -> F,
-) -> Vec<tokio::task::JoinHandle<Result<tierkit_cache::Hit<String>, CacheError>>>
+) -> Vec<tokio::task::JoinHandle<Answer<String>>>
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<String, std::io::Error>> + Send + 'static,
+    Fut: Future<Output = Result<String, std::io::Error>> + Send + 'static,
 {
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let (cache, loader) = (cache.clone(), loader());
-        tasks.push(tokio::spawn(
-            async move { cache.get_or_fetch(k, loader).await },
-        ));
+        tasks.push(spawn_fetch(cache, k, loader()));
         settle().await;
     }
     tasks
@@ -517,13 +435,7 @@ async fn assert_panic_aftermath(stack: &Stack<String>, cache: &Cache<String>, k:
     // The next call retries.
     let retry = Calls::default();
     let hit = cache
-        .get_or_fetch(k, {
-            let retry = retry.clone();
-            move || async move {
-                retry.bump();
-                Ok::<_, std::io::Error>("recovered".to_owned())
-            }
-        })
+        .get_or_fetch(k, counting(&retry, "recovered".to_owned()))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "recovered"));
@@ -540,12 +452,12 @@ async fn b21_a_panic_in_the_loader_future_is_shared_as_an_error() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     let calls = Calls::default();
-    let (open, gate_rx) = gate();
+    let gate = Gate::closed();
     let tasks = spawn_callers(&cache, "k", 10, || {
-        let (calls, gate_rx) = (calls.clone(), gate_rx.clone());
+        let (calls, opened) = (calls.clone(), gate.opened());
         move || async move {
             calls.bump();
-            wait_open(gate_rx).await;
+            opened.await;
             if calls.get() > 0 {
                 panic!("loader future blew up");
             }
@@ -554,7 +466,7 @@ async fn b21_a_panic_in_the_loader_future_is_shared_as_an_error() {
     })
     .await;
     assert_eq!(cache.stats().coalesced, 9);
-    open.send_replace(true);
+    gate.open();
     for task in tasks {
         // `task.await` is Err only if the waiter's task itself panicked.
         let result = task.await.expect("no waiter task unwinds");
@@ -638,18 +550,18 @@ async fn assert_panic_aftermath_scripted(stack: &Stack<String>, cache: &Cache<St
 async fn b21_a_panic_with_a_non_string_payload_is_caught_too() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
-    let (open, gate_rx) = gate();
+    let gate = Gate::closed();
     let tasks = spawn_callers(&cache, "k", 3, || {
-        let gate_rx = gate_rx.clone();
+        let opened = gate.opened();
         move || async move {
-            wait_open(gate_rx).await;
+            opened.await;
             std::panic::panic_any(42_u32);
             #[allow(unreachable_code)]
             Ok::<String, std::io::Error>(String::new())
         }
     })
     .await;
-    open.send_replace(true);
+    gate.open();
     for task in tasks {
         let message = panic_message(task.await.expect("no waiter task unwinds"));
         assert!(!message.is_empty());

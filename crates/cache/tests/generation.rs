@@ -6,20 +6,23 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Calls, Stack, key, settle};
+use support::{
+    Answer, Calls, Gate, Stack, TokenProbe, assert_stored_in_no_tier, cancel_when_unobserved,
+    instant, key, settle, skip_every_read, spawn_remove, spawn_set, write_l1_only,
+    write_remote_only,
+};
 use tierkit_cache::codec::Postcard;
 use tierkit_cache::frame::decode_frame;
 use tierkit_cache::{
-    AbandonPolicy, Cache, CancellationToken, Compression, EntryMeta, FetchContext, FetchOptions,
-    LocalEntry, LocalTier, Source,
+    Cache, CacheError, Compression, EntryMeta, FetchContext, FetchOptions, Hit, LocalEntry,
+    LocalTier, Source,
 };
 use tierkit_core::{Backend, Op};
 use tierkit_testkit::{Fault, FaultyBackend, MemoryBackend};
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// The value a remote tier holds for `name`, decoded.
 fn remote_value(tier: &MemoryBackend, name: &str) -> Option<String> {
@@ -29,70 +32,86 @@ fn remote_value(tier: &MemoryBackend, name: &str) -> Option<String> {
     })
 }
 
-fn local_value(stack: &Stack<String>, name: &str) -> Option<String> {
-    stack
-        .l1
-        .peek(&key(name))
-        .map(|e| e.value().as_str().to_owned())
-}
-
-/// Sets its flag when dropped: put one inside a loader future to see the future dropped.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// A gated loader: records its token, counts its call, waits for the gate, answers `value`.
-#[derive(Clone, Default)]
-struct Gated {
-    calls: Calls,
-    token: Arc<Mutex<Option<CancellationToken>>>,
-    dropped: Arc<AtomicBool>,
-}
-
-impl Gated {
-    fn loader(
-        &self,
-        gate: &watch::Receiver<bool>,
-        value: &'static str,
-    ) -> impl FnOnce(
-        FetchContext,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<String, std::io::Error>> + Send>,
-    > + Send
-    + 'static {
-        let (this, mut gate) = (self.clone(), gate.clone());
-        move |ctx: FetchContext| {
-            this.calls.bump();
-            *this.token.lock().unwrap() = Some(ctx.cancellation().clone());
-            let flag = DropFlag(Arc::clone(&this.dropped));
-            Box::pin(async move {
-                let _flag = flag;
-                let _ = gate.wait_for(|open| *open).await;
-                Ok(value.to_owned())
-            })
-        }
-    }
-
-    fn cancelled(&self) -> bool {
-        self.token
-            .lock()
-            .unwrap()
-            .as_ref()
-            .expect("the loader ran")
-            .is_cancelled()
-    }
-}
-
 /// A loader that answers `value` at once.
-fn instant(
+fn answers(
     value: &'static str,
 ) -> impl FnOnce(FetchContext) -> std::future::Ready<Result<String, std::io::Error>> + Send + 'static
 {
-    move |_| std::future::ready(Ok(value.to_owned()))
+    instant(&Calls::default(), value)
+}
+
+/// Holds the next write to `l2` for a second.
+fn hold_next_write(l2: &FaultyBackend<MemoryBackend>) {
+    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
+}
+
+/// A stack, the cache over it with a fault injector in front of L2, and the injector, which
+/// holds the next write for a second.
+fn with_a_held_l2_write() -> (Stack<String>, Cache<String>, FaultyBackend<MemoryBackend>) {
+    let stack = Stack::<String>::new();
+    let (cache, l2) = stack.cache_with_faulty_l2();
+    hold_next_write(&l2);
+    (stack, cache, l2)
+}
+
+/// As [`with_a_held_l2_write`], with a `set` of "v1" on "k" in a task of its own, held on its
+/// L2 write.
+async fn with_a_held_set_of_v1() -> (
+    Stack<String>,
+    Cache<String>,
+    FaultyBackend<MemoryBackend>,
+    JoinHandle<Result<(), CacheError>>,
+) {
+    let (stack, cache, l2) = with_a_held_l2_write();
+    let held = spawn_set(&cache, "k", "v1".to_owned());
+    settle().await;
+    (stack, cache, l2, held)
+}
+
+/// Asserts that L1, L2 and L3 each hold `value` for "k".
+fn assert_every_tier_holds(stack: &Stack<String>, value: &str) {
+    assert_eq!(stack.l1_value("k").as_deref(), Some(value));
+    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some(value));
+    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some(value));
+}
+
+/// A stack, the cache over it, a probe for the flight's loader and the gate it waits on.
+fn setup() -> (Stack<String>, Cache<String>, TokenProbe, Gate) {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    (stack, cache, TokenProbe::default(), Gate::closed())
+}
+
+/// Starts a flight on "k" whose loader (`loader`'s) waits for `gate` and answers "loaded",
+/// then a joiner of it (whose own loader never runs), each in a task of its own; returns both
+/// once they wait on the flight.
+async fn start_and_join(
+    cache: &Cache<String>,
+    options: FetchOptions,
+    loader: &TokenProbe,
+    gate: &Gate,
+) -> (JoinHandle<Answer<String>>, JoinHandle<Answer<String>>) {
+    let starter = tokio::spawn({
+        let (cache, loader) = (cache.clone(), loader.loader(gate.opened(), "loaded"));
+        async move { cache.get_or_fetch_with("k", &options, loader).await }
+    });
+    settle().await;
+    let joiner = tokio::spawn({
+        let (cache, loader) = (cache.clone(), answers("joiner"));
+        async move { cache.get_or_fetch_with("k", &options, loader).await }
+    });
+    settle().await;
+    (starter, joiner)
+}
+
+/// Awaits the starter and the joiner of [`start_and_join`]: their hits.
+async fn both_hits(
+    (starter, joiner): (JoinHandle<Answer<String>>, JoinHandle<Answer<String>>),
+) -> (Hit<String>, Hit<String>) {
+    (
+        starter.await.unwrap().unwrap(),
+        joiner.await.unwrap().unwrap(),
+    )
 }
 
 /// Behaviour 63: a `set(key, v2)` during a loader flight wins: the flight's waiters (its
@@ -101,37 +120,14 @@ fn instant(
 /// L3 hold v2 afterwards and the discard is counted as superseded.
 #[tokio::test(start_paused = true)]
 async fn b63_a_set_during_a_flight_wins() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let loader = Gated::default();
-    let (open, gate) = watch::channel(false);
+    let (stack, cache, loader, gate) = setup();
 
-    let starter = tokio::spawn({
-        let (cache, loader) = (cache.clone(), loader.loader(&gate, "loaded"));
-        async move {
-            cache
-                .get_or_fetch_with("k", &FetchOptions::new(), loader)
-                .await
-        }
-    });
-    settle().await;
-    let joiner = tokio::spawn({
-        let cache = cache.clone();
-        async move {
-            cache
-                .get_or_fetch_with("k", &FetchOptions::new(), instant("joiner"))
-                .await
-        }
-    });
-    settle().await;
+    let waiters = start_and_join(&cache, FetchOptions::new(), &loader, &gate).await;
     assert_eq!(loader.calls.get(), 1);
     assert_eq!(cache.flights_in_progress(), 1);
 
     cache.set("k", "v2".to_owned()).await.unwrap();
-    let (a, b) = (
-        starter.await.unwrap().unwrap(),
-        joiner.await.unwrap().unwrap(),
-    );
+    let (a, b) = both_hits(waiters).await;
     assert_eq!((a.source(), a.as_str()), (Source::Set, "v2"));
     assert_eq!((b.source(), b.as_str()), (Source::Set, "v2"));
     assert!(!a.is_coalesced() && b.is_coalesced());
@@ -148,16 +144,11 @@ async fn b63_a_set_during_a_flight_wins() {
     );
 
     // The loader answers late: its value goes nowhere.
-    open.send_replace(true);
+    gate.open();
     settle().await;
-    assert!(
-        loader.dropped.load(Ordering::SeqCst),
-        "the loader ran to its end"
-    );
+    assert!(loader.dropped(), "the loader ran to its end");
     assert_eq!(cache.stats().superseded, 1);
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("v2"));
-    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v2"));
-    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v2"));
+    assert_every_tier_holds(&stack, "v2");
     assert_eq!(
         (stack.l2.calls().set, stack.l3.calls().set),
         (1, 1),
@@ -179,44 +170,19 @@ async fn b63_a_set_during_a_flight_wins() {
 /// every tier holds v2.
 #[tokio::test(start_paused = true)]
 async fn b63_a_set_cancels_the_loader_under_cancel_when_unobserved() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let loader = Gated::default();
-    let (_open, gate) = watch::channel(false);
-    let options = FetchOptions::new().abandon(AbandonPolicy::CancelWhenUnobserved);
+    let (stack, cache, loader, gate) = setup();
 
-    let starter = tokio::spawn({
-        let (cache, loader) = (cache.clone(), loader.loader(&gate, "loaded"));
-        async move { cache.get_or_fetch_with("k", &options, loader).await }
-    });
-    settle().await;
-    let joiner = tokio::spawn({
-        let cache = cache.clone();
-        async move {
-            cache
-                .get_or_fetch_with("k", &options, instant("joiner"))
-                .await
-        }
-    });
-    settle().await;
+    let waiters = start_and_join(&cache, cancel_when_unobserved(), &loader, &gate).await;
 
     cache.set("k", "v2".to_owned()).await.unwrap();
-    let (a, b) = (
-        starter.await.unwrap().unwrap(),
-        joiner.await.unwrap().unwrap(),
-    );
+    let (a, b) = both_hits(waiters).await;
     assert_eq!((a.source(), a.as_str()), (Source::Set, "v2"));
     assert_eq!((b.source(), b.as_str()), (Source::Set, "v2"));
     settle().await;
     assert!(loader.cancelled(), "the set fired the loader's token");
-    assert!(
-        loader.dropped.load(Ordering::SeqCst),
-        "the loader's future was dropped"
-    );
+    assert!(loader.dropped(), "the loader's future was dropped");
     assert_eq!(cache.flights_in_progress(), 0);
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("v2"));
-    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v2"));
-    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v2"));
+    assert_every_tier_holds(&stack, "v2");
     assert_eq!(loader.calls.get(), 1);
     assert_eq!(cache.keys_in_progress(), 0);
 }
@@ -225,29 +191,9 @@ async fn b63_a_set_cancels_the_loader_under_cancel_when_unobserved() {
 /// current waiters, but is stored in no tier; the next call loads again.
 #[tokio::test(start_paused = true)]
 async fn b64_a_remove_during_a_flight_keeps_its_result_out_of_every_tier() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let loader = Gated::default();
-    let (open, gate) = watch::channel(false);
+    let (stack, cache, loader, gate) = setup();
 
-    let starter = tokio::spawn({
-        let (cache, loader) = (cache.clone(), loader.loader(&gate, "loaded"));
-        async move {
-            cache
-                .get_or_fetch_with("k", &FetchOptions::new(), loader)
-                .await
-        }
-    });
-    settle().await;
-    let joiner = tokio::spawn({
-        let cache = cache.clone();
-        async move {
-            cache
-                .get_or_fetch_with("k", &FetchOptions::new(), instant("joiner"))
-                .await
-        }
-    });
-    settle().await;
+    let (starter, joiner) = start_and_join(&cache, FetchOptions::new(), &loader, &gate).await;
 
     cache.remove("k").await.unwrap();
     assert_eq!(
@@ -259,26 +205,25 @@ async fn b64_a_remove_during_a_flight_keeps_its_result_out_of_every_tier() {
         !starter.is_finished() && !joiner.is_finished(),
         "the waiters keep waiting"
     );
-    open.send_replace(true);
-    let (a, b) = (
-        starter.await.unwrap().unwrap(),
-        joiner.await.unwrap().unwrap(),
-    );
+    gate.open();
+    let (a, b) = both_hits((starter, joiner)).await;
     assert_eq!((a.source(), a.as_str()), (Source::Loader, "loaded"));
     assert_eq!((b.source(), b.as_str()), (Source::Loader, "loaded"));
     assert!(Arc::ptr_eq(a.value(), b.value()));
     settle().await;
 
     assert_eq!(cache.stats().superseded, 1);
-    assert!(stack.l1.peek(&key("k")).is_none(), "not stored in L1");
-    assert!(stack.l2.peek(&key("k")).is_none(), "not stored in L2");
-    assert!(stack.l3.peek(&key("k")).is_none(), "not stored in L3");
+    assert_stored_in_no_tier(&stack, "k");
     assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 0));
     assert_eq!(cache.keys_in_progress(), 0);
 
-    let next = Gated::default();
+    let next = TokenProbe::default();
     let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), next.loader(&gate, "reloaded"))
+        .get_or_fetch_with(
+            "k",
+            &FetchOptions::new(),
+            next.loader(gate.opened(), "reloaded"),
+        )
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "reloaded"));
@@ -293,32 +238,26 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     let calls = Calls::default();
-    let loader = |calls: &Calls| {
-        let calls = calls.clone();
-        move |_: FetchContext| {
-            calls.bump();
-            std::future::ready(Ok::<_, std::io::Error>("loader".to_owned()))
-        }
+    // A read skipping L1, so that its flight reads L2.
+    let read_past_l1 = async || {
+        let skip_l1 = FetchOptions::new().skip_l1_read(true);
+        cache
+            .get_or_fetch_with("k", &skip_l1, instant(&calls, "loader"))
+            .await
+            .unwrap()
     };
 
     // L2 and L3: "old" at t0. L1: "new" at t0 + 1 s.
     cache.set("k", "old".to_owned()).await.unwrap();
     stack.clock.advance(Duration::from_secs(1));
     cache
-        .set_with(
-            "k",
-            "new".to_owned(),
-            &FetchOptions::new().skip_l2_write(true).skip_l3_write(true),
-        )
+        .set_with("k", "new".to_owned(), &write_l1_only())
         .await
         .unwrap();
     let newer = stack.l1.peek(&key("k")).unwrap().meta();
     let inserts = stack.l1.inserts();
 
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new().skip_l1_read(true), loader(&calls))
-        .await
-        .unwrap();
+    let hit = read_past_l1().await;
     assert_eq!(
         (hit.source(), hit.as_str()),
         (Source::L2, "old"),
@@ -330,7 +269,7 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
         inserts,
         "the older L2 entry was not written to L1"
     );
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("new"));
+    assert_eq!(stack.l1_value("k").as_deref(), Some("new"));
     assert_eq!(stack.l1.peek(&key("k")).unwrap().meta(), newer);
     let hit = cache.get("k").await.unwrap().unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L1, "new"));
@@ -338,20 +277,13 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
     // Control: L2 and L3 get a newer entry than L1's; the refill replaces L1's.
     stack.clock.advance(Duration::from_secs(1));
     cache
-        .set_with(
-            "k",
-            "newest".to_owned(),
-            &FetchOptions::new().skip_l1_write(true),
-        )
+        .set_with("k", "newest".to_owned(), &write_remote_only())
         .await
         .unwrap();
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("new"));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new().skip_l1_read(true), loader(&calls))
-        .await
-        .unwrap();
+    assert_eq!(stack.l1_value("k").as_deref(), Some("new"));
+    let hit = read_past_l1().await;
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "newest"));
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("newest"));
+    assert_eq!(stack.l1_value("k").as_deref(), Some("newest"));
     assert_eq!(stack.l1.peek(&key("k")).unwrap().meta(), hit.meta());
     assert_eq!(calls.get(), 0);
 }
@@ -366,11 +298,7 @@ async fn b65_a_refill_does_not_overwrite_a_newer_stale_l1_entry() {
     let t0 = stack.clock.now();
     // L2 and L3: "old", written at t0, fresh for the default 5 minutes.
     cache
-        .set_with(
-            "k",
-            "old".to_owned(),
-            &FetchOptions::new().skip_l1_write(true),
-        )
+        .set_with("k", "old".to_owned(), &write_remote_only())
         .await
         .unwrap();
     // L1: "new", written at t0 + 1 s, stale at t0 + 2 s, expiring at t0 + 1 h.
@@ -391,28 +319,16 @@ async fn b65_a_refill_does_not_overwrite_a_newer_stale_l1_entry() {
     assert_eq!((entry.value().as_str(), entry.meta()), ("new", newer));
 }
 
-/// A cache over the stack whose L2 is a [`FaultyBackend`] around the stack's memory L2.
-fn with_faulty_l2(stack: &Stack<String>) -> (Cache<String>, FaultyBackend<MemoryBackend>) {
-    let l2 = FaultyBackend::new(stack.l2.clone());
-    let cache = stack.builder().l2(l2.clone()).l3(stack.l3.clone()).build();
-    (cache, l2)
-}
-
 /// Behaviours 63-65 (remote side): several `set`s queued on one key while its L2 write is
 /// held end with the last set's value in every tier; the queued writes are coalesced (L2
 /// sees the held write and then the newest one only), and every `set` returns `Ok`.
 #[tokio::test(start_paused = true)]
 async fn b63_overlapping_sets_end_with_the_last_value_in_every_tier() {
-    let stack = Stack::<String>::new();
-    let (cache, l2) = with_faulty_l2(&stack);
-    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
+    let (stack, cache, l2) = with_a_held_l2_write();
 
     let mut sets = Vec::new();
     for value in ["v1", "v2", "v3", "v4"] {
-        let cache = cache.clone();
-        sets.push(tokio::spawn(async move {
-            cache.set("k", value.to_owned()).await
-        }));
+        sets.push(spawn_set(&cache, "k", value.to_owned()));
         settle().await;
     }
     assert_eq!(
@@ -424,9 +340,7 @@ async fn b63_overlapping_sets_end_with_the_last_value_in_every_tier() {
         set.await.unwrap().unwrap();
     }
     settle().await;
-    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v4"));
-    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v4"));
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("v4"));
+    assert_every_tier_holds(&stack, "v4");
     assert_eq!(l2.calls().set, 2, "v1, then only the newest queued write");
     assert_eq!(cache.keys_in_progress(), 0);
 }
@@ -435,60 +349,36 @@ async fn b63_overlapping_sets_end_with_the_last_value_in_every_tier() {
 /// write-back, another `set`) end with the newest state, the last `set`, in every tier.
 #[tokio::test(start_paused = true)]
 async fn b63_overlapping_set_remove_and_write_back_end_with_the_newest_state() {
-    let stack = Stack::<String>::new();
-    let (cache, l2) = with_faulty_l2(&stack);
-    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
-
-    let first = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.set("k", "v1".to_owned()).await }
-    });
-    settle().await;
-    let removed = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.remove("k").await }
-    });
+    let (stack, cache, l2, first) = with_a_held_set_of_v1().await;
+    let removed = spawn_remove(&cache, "k");
     settle().await;
     // L1 and L3 are empty, and the held v1 has not reached L2: the flight loads.
     let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), instant("loaded"))
+        .get_or_fetch_with("k", &FetchOptions::new(), answers("loaded"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "loaded"));
-    let last = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.set("k", "v3".to_owned()).await }
-    });
+    let last = spawn_set(&cache, "k", "v3".to_owned());
     settle().await;
     first.await.unwrap().unwrap();
     removed.await.unwrap().unwrap();
     last.await.unwrap().unwrap();
     settle().await;
 
-    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v3"));
-    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("v3"));
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("v3"));
+    assert_every_tier_holds(&stack, "v3");
     assert_eq!(cache.keys_in_progress(), 0);
 
     // And when the newest state is a removal, every tier ends empty.
-    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
-    let held = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.set("k", "v4".to_owned()).await }
-    });
+    hold_next_write(&l2);
+    let held = spawn_set(&cache, "k", "v4".to_owned());
     settle().await;
-    let queued = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.set("k", "v5".to_owned()).await }
-    });
+    let queued = spawn_set(&cache, "k", "v5".to_owned());
     settle().await;
     cache.remove("k").await.unwrap();
     held.await.unwrap().unwrap();
     queued.await.unwrap().unwrap();
     settle().await;
-    assert!(stack.l2.peek(&key("k")).is_none());
-    assert!(stack.l3.peek(&key("k")).is_none());
-    assert!(stack.l1.peek(&key("k")).is_none());
+    assert_stored_in_no_tier(&stack, "k");
     assert_eq!(cache.keys_in_progress(), 0);
 }
 
@@ -496,32 +386,16 @@ async fn b63_overlapping_set_remove_and_write_back_end_with_the_newest_state() {
 /// flight that skips every read and loads: every tier ends with the loaded value.
 #[tokio::test(start_paused = true)]
 async fn b63_a_later_write_back_wins_over_a_held_set() {
-    let stack = Stack::<String>::new();
-    let (cache, l2) = with_faulty_l2(&stack);
-    l2.push(Op::Set, Fault::Delay(Duration::from_secs(1)));
-    let held = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.set("k", "v1".to_owned()).await }
-    });
-    settle().await;
+    let (stack, cache, _l2, held) = with_a_held_set_of_v1().await;
     stack.clock.advance(Duration::from_secs(1));
     let hit = cache
-        .get_or_fetch_with(
-            "k",
-            &FetchOptions::new()
-                .skip_l1_read(true)
-                .skip_l2_read(true)
-                .skip_l3_read(true),
-            instant("loaded"),
-        )
+        .get_or_fetch_with("k", &skip_every_read(), answers("loaded"))
         .await
         .unwrap();
     assert_eq!(hit.source(), Source::Loader);
     held.await.unwrap().unwrap();
     settle().await;
-    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("loaded"));
-    assert_eq!(remote_value(&stack.l3, "k").as_deref(), Some("loaded"));
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("loaded"));
+    assert_every_tier_holds(&stack, "loaded");
     assert_eq!(
         EntryMeta::of(&stack.l2.get(&key("k")).await.unwrap().unwrap()),
         hit.meta()

@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
-use support::{MapLocal, Stack, key, settle};
+use support::{FaultyStack, MapLocal, Stack, key, settle, spawn_remove, spawn_set};
 use tierkit_cache::Compression;
 use tierkit_cache::Source;
 use tierkit_cache::codec::Postcard;
@@ -459,15 +459,12 @@ impl World {
 
 /// Runs one scenario and checks the model.
 async fn run(scenario: Scenario) -> Result<(), TestCaseError> {
-    let stack = Stack::<V>::new();
-    let l2 = FaultyBackend::new(stack.l2.clone());
-    let l3 = FaultyBackend::new(stack.l3.clone());
-    let cache = stack
+    let faulty = FaultyStack::<V>::new();
+    let cache = faulty
         .builder()
-        .l2(l2.clone())
-        .l3(l3.clone())
         .defaults(FetchOptions::new().tier_timeout(TIER_TIMEOUT))
         .build();
+    let FaultyStack { stack, l2, l3 } = faulty;
     let world = World {
         cache: cache.clone(),
         events: Arc::default(),
@@ -694,13 +691,6 @@ proptest! {
 // Deterministic reproductions of what the model found with delayed remote writes.
 // ---------------------------------------------------------------------------------------------
 
-/// A cache over the stack with a fault injector in front of L2.
-fn with_faulty_l2(stack: &Stack<String>) -> (Cache<String>, FaultyBackend<MemoryBackend>) {
-    let l2 = FaultyBackend::new(stack.l2.clone());
-    let cache = stack.builder().l2(l2.clone()).l3(stack.l3.clone()).build();
-    (cache, l2)
-}
-
 fn loaded() -> impl FnOnce() -> std::future::Ready<Result<String, std::io::Error>> + Send {
     || std::future::ready(Ok("loaded".to_owned()))
 }
@@ -714,10 +704,7 @@ async fn b64_a_get_concurrent_with_a_remove_leaves_no_removed_value_in_l1() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     cache.set("k", "v1".to_owned()).await.unwrap();
-    let remove = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.remove("k").await }
-    });
+    let remove = spawn_remove(&cache, "k");
     let get = tokio::spawn({
         let cache = cache.clone();
         async move { cache.get("k").await }
@@ -745,13 +732,10 @@ async fn b64_a_get_concurrent_with_a_remove_leaves_no_removed_value_in_l1() {
 async fn b64_a_flight_racing_a_slow_remote_delete_leaves_no_removed_value_in_l1() {
     for delay in [Duration::from_millis(50), 2 * DEFAULT_TIER_TIMEOUT] {
         let stack = Stack::<String>::new();
-        let (cache, l2) = with_faulty_l2(&stack);
+        let (cache, l2) = stack.cache_with_faulty_l2();
         cache.set("k", "v1".to_owned()).await.unwrap();
         l2.push(Op::Delete, Fault::Delay(delay));
-        let remove = tokio::spawn({
-            let cache = cache.clone();
-            async move { cache.remove("k").await }
-        });
+        let remove = spawn_remove(&cache, "k");
         settle().await;
         // L1 no longer holds the key; L2's delete is still running.
         let during = cache.get_or_fetch("k", loaded()).await.unwrap();
@@ -783,13 +767,10 @@ async fn b64_a_flight_racing_a_slow_remote_delete_leaves_no_removed_value_in_l1(
 #[tokio::test(start_paused = true)]
 async fn b65_an_eviction_during_a_set_does_not_bring_back_the_older_value() {
     let stack = Stack::<String>::new();
-    let (cache, l2) = with_faulty_l2(&stack);
+    let (cache, l2) = stack.cache_with_faulty_l2();
     cache.set("k", "v1".to_owned()).await.unwrap();
     l2.push(Op::Set, Fault::Delay(Duration::from_millis(50)));
-    let set = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.set("k", "v2".to_owned()).await }
-    });
+    let set = spawn_set(&cache, "k", "v2".to_owned());
     settle().await;
     stack.l1.remove(&key("k"));
     let during = cache.get("k").await.unwrap().unwrap();

@@ -7,28 +7,18 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Calls, MINUTE, Stack, key, settle};
+use support::{
+    Calls, MINUTE, Stack, instant, key, settle, skip_every_read, write_l1_only, write_l3_only,
+    write_remote_only,
+};
 use tierkit_cache::{
-    Cache, CacheError, DEFAULT_HARD_TIMEOUT, DEFAULT_TTL, FetchContext, FetchOptions, Hit, Source,
+    CacheError, DEFAULT_HARD_TIMEOUT, DEFAULT_TTL, FetchContext, FetchOptions, Hit, Source,
     TimeoutKind,
 };
 use tierkit_testkit::logs::capture;
 use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
-
-/// A loader that counts its call and answers `value` at once.
-fn instant(
-    calls: &Calls,
-    value: &'static str,
-) -> impl FnOnce(FetchContext) -> std::future::Ready<Result<String, std::io::Error>> + Send + 'static
-{
-    let calls = calls.clone();
-    move |_| {
-        calls.bump();
-        std::future::ready(Ok(value.to_owned()))
-    }
-}
 
 /// A loader that counts its call and never answers.
 fn never(
@@ -47,13 +37,6 @@ fn ttl_of<V>(hit: &Hit<V>) -> Duration {
     hit.meta()
         .stale_at()
         .saturating_duration_since(hit.meta().created_at())
-}
-
-fn local_value(stack: &Stack<String>, name: &str) -> Option<String> {
-    stack
-        .l1
-        .peek(&key(name))
-        .map(|e| e.value().as_str().to_owned())
 }
 
 /// Behaviour 60: `FetchOptions::or` composes field by field: a field the call sets wins, a
@@ -97,9 +80,7 @@ async fn b60_ttl_resolves_call_over_defaults_over_built_in() {
     let stack = Stack::<String>::new();
     let calls = Calls::default();
     let with_defaults = stack
-        .builder()
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
+        .tiered_builder()
         .defaults(FetchOptions::new().ttl(10 * MINUTE))
         .build();
 
@@ -345,11 +326,7 @@ async fn b62_skip_l1_read_still_writes_l1_unless_skip_l1_write() {
     let calls = Calls::default();
     // L1 only holds a fresh "old".
     cache
-        .set_with(
-            "k",
-            "old".to_owned(),
-            &FetchOptions::new().skip_l2_write(true).skip_l3_write(true),
-        )
+        .set_with("k", "old".to_owned(), &write_l1_only())
         .await
         .unwrap();
     stack.clock.advance(Duration::from_secs(1));
@@ -366,7 +343,7 @@ async fn b62_skip_l1_read_still_writes_l1_unless_skip_l1_write() {
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "new"));
     assert_eq!(stack.l1.inserts(), inserts, "no L1 write");
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("old"));
+    assert_eq!(stack.l1_value("k").as_deref(), Some("old"));
     settle().await;
     assert_eq!(
         stack.l2.calls().set,
@@ -377,19 +354,12 @@ async fn b62_skip_l1_read_still_writes_l1_unless_skip_l1_write() {
     // skip_l1_read alone: the fresh L1 value is not read, but the result is written to L1.
     stack.clock.advance(Duration::from_secs(1));
     let hit = cache
-        .get_or_fetch_with(
-            "k",
-            &FetchOptions::new()
-                .skip_l1_read(true)
-                .skip_l2_read(true)
-                .skip_l3_read(true),
-            instant(&calls, "newer"),
-        )
+        .get_or_fetch_with("k", &skip_every_read(), instant(&calls, "newer"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "newer"));
     assert_eq!(stack.l1.inserts(), inserts + 1);
-    assert_eq!(local_value(&stack, "k").as_deref(), Some("newer"));
+    assert_eq!(stack.l1_value("k").as_deref(), Some("newer"));
     let hit = cache.get("k").await.unwrap().unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L1, "newer"));
     assert_eq!(calls.get(), 2);
@@ -404,51 +374,43 @@ async fn b62_skip_l2_read_and_skip_l3_read() {
     let calls = Calls::default();
     // L2 and L3 hold the value; L1 does not.
     cache
-        .set_with(
-            "k",
-            "remote".to_owned(),
-            &FetchOptions::new().skip_l1_write(true),
-        )
+        .set_with("k", "remote".to_owned(), &write_remote_only())
         .await
         .unwrap();
-    let read_only = FetchOptions::new().skip_l1_write(true);
+    let read_only = write_remote_only();
 
-    let hit = cache
-        .get_or_fetch_with(
-            "k",
-            &read_only.skip_l2_read(true),
-            instant(&calls, "loader"),
-        )
-        .await
-        .unwrap();
-    assert_eq!((hit.source(), hit.as_str()), (Source::L3, "remote"));
-    assert_eq!((stack.l2.calls().get, stack.l3.calls().get), (0, 1));
-
-    let hit = cache
-        .get_or_fetch_with(
-            "k",
-            &read_only.skip_l3_read(true),
-            instant(&calls, "loader"),
-        )
-        .await
-        .unwrap();
-    assert_eq!((hit.source(), hit.as_str()), (Source::L2, "remote"));
-    assert_eq!((stack.l2.calls().get, stack.l3.calls().get), (1, 1));
-
-    let hit = cache
-        .get_or_fetch_with(
-            "k",
-            &read_only.skip_l2_read(true).skip_l3_read(true),
-            instant(&calls, "loader"),
-        )
-        .await
-        .unwrap();
-    assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "loader"));
-    assert_eq!(
-        (stack.l2.calls().get, stack.l3.calls().get),
-        (1, 1),
-        "no remote read"
-    );
+    // Each read: its options, where the answer comes from, and the L2 and L3 reads so far.
+    for (options, answer, reads, what) in [
+        (
+            read_only.skip_l2_read(true),
+            (Source::L3, "remote"),
+            (0, 1),
+            "skip_l2_read",
+        ),
+        (
+            read_only.skip_l3_read(true),
+            (Source::L2, "remote"),
+            (1, 1),
+            "skip_l3_read",
+        ),
+        (
+            read_only.skip_l2_read(true).skip_l3_read(true),
+            (Source::Loader, "loader"),
+            (1, 1),
+            "no remote read",
+        ),
+    ] {
+        let hit = cache
+            .get_or_fetch_with("k", &options, instant(&calls, "loader"))
+            .await
+            .unwrap();
+        assert_eq!((hit.source(), hit.as_str()), answer, "{what}");
+        assert_eq!(
+            (stack.l2.calls().get, stack.l3.calls().get),
+            reads,
+            "{what}"
+        );
+    }
     assert_eq!(calls.get(), 1);
 }
 
@@ -485,12 +447,7 @@ async fn b62_skip_l2_write_and_skip_l3_write() {
     assert!(stack.l2.peek(&key("b")).is_some() && stack.l3.peek(&key("b")).is_none());
 
     // An L3 hit refills L2, unless skip_l2_write.
-    let fresh_l1 = Stack::<String>::new();
-    let reader = Cache::builder(std::sync::Arc::clone(&fresh_l1.l1), fresh_l1.codec.clone())
-        .clock(tierkit_core::Clock::from(stack.clock.clone()))
-        .l2(stack.l2.clone())
-        .l3(stack.l3.clone())
-        .build();
+    let reader = stack.other_node::<String>().cache();
     let hit = reader
         .get_or_fetch_with(
             "a",
@@ -548,11 +505,7 @@ async fn b62_no_loader_on_a_full_miss_is_not_found() {
     assert!(stack.l1.peek(&key("k")).is_none());
 
     cache
-        .set_with(
-            "k",
-            "in-l3".to_owned(),
-            &FetchOptions::new().skip_l1_write(true).skip_l2_write(true),
-        )
+        .set_with("k", "in-l3".to_owned(), &write_l3_only())
         .await
         .unwrap();
     let hit = cache

@@ -7,8 +7,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{MINUTE, Stack, key, settle};
-use tierkit_cache::{Cache, EntryMeta, FetchContext, FetchOptions, HitFreshness, Source};
+use support::{MINUTE, Stack, key, settle, write_l3_only};
+use tierkit_cache::{EntryMeta, FetchContext, FetchOptions, HitFreshness, Source};
 use tierkit_core::Op;
 use tierkit_testkit::{Fault, FaultyBackend};
 use tokio::time::Instant;
@@ -109,13 +109,10 @@ async fn b66_an_l2_hit_reports_its_outcome() {
     stack.clock.advance(Duration::from_secs(10));
 
     // Another node: its own L1, the same L2 answering in 30 ms.
-    let other = Stack::<String>::new();
+    let other = stack.other_node::<String>();
     let l2 = FaultyBackend::new(stack.l2.clone());
     l2.push(Op::Get, Fault::Delay(30 * MS));
-    let reader = Cache::builder(Arc::clone(&other.l1), other.codec.clone())
-        .clock(tierkit_core::Clock::from(stack.clock.clone()))
-        .l2(l2)
-        .build();
+    let reader = other.builder().l2(l2).build();
     let hit = reader.get("k").await.unwrap().unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "v"));
     assert_eq!(hit.meta(), stored, "the entry's own timestamps");
@@ -137,14 +134,7 @@ async fn b66_an_l3_hit_refills_l2_with_the_same_timestamps() {
     let stack = Stack::<String>::new();
     let cache = stack.cache();
     cache
-        .set_with(
-            "k",
-            "deep".to_owned(),
-            &FetchOptions::new()
-                .ttl(MINUTE)
-                .skip_l1_write(true)
-                .skip_l2_write(true),
-        )
+        .set_with("k", "deep".to_owned(), &write_l3_only().ttl(MINUTE))
         .await
         .unwrap();
     let stored = EntryMeta::of(&stack.l3.peek(&key("k")).unwrap());

@@ -8,97 +8,42 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Calls, Stack, key, settle};
+use support::{
+    Answer, Calls, FaultyStack, Stack, TokenProbe, assert_stored_in_no_tier, instant, key, settle,
+    write_l3_only,
+};
 use tierkit_cache::{
-    CacheError, CancellationToken, DEFAULT_HARD_TIMEOUT, DEFAULT_TIER_TIMEOUT, FetchContext,
-    FetchOptions, Source, TimeoutKind,
+    Cache, CacheError, DEFAULT_HARD_TIMEOUT, DEFAULT_TIER_TIMEOUT, FetchOptions, Source,
+    TimeoutKind,
 };
 use tierkit_core::{ErrorKind, Op};
-use tierkit_testkit::{Fault, FaultyBackend};
+use tierkit_testkit::Fault;
 use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
 
-/// Sets its flag when dropped: put one inside a loader future to see the future dropped.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
+/// A stack, the cache over it and a probe for its loaders (whose calls count every loader's).
+fn setup() -> (Stack<String>, Cache<String>, TokenProbe) {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    (stack, cache, TokenProbe::default())
 }
 
-/// What a loader leaves behind for the test: its cancellation token and whether its future
-/// was dropped.
-#[derive(Clone, Default)]
-struct Probe {
-    token: Arc<Mutex<Option<CancellationToken>>>,
-    dropped: Arc<AtomicBool>,
-}
-
-impl Probe {
-    fn cancelled(&self) -> bool {
-        self.token
-            .lock()
-            .unwrap()
-            .as_ref()
-            .expect("the loader ran")
-            .is_cancelled()
-    }
-
-    fn dropped(&self) -> bool {
-        self.dropped.load(Ordering::SeqCst)
-    }
-
-    /// A loader that records its token, counts its call, sleeps `delay` and then returns
-    /// `value` (never, for `None`); its future holds a drop flag.
-    fn loader(
-        &self,
-        calls: &Calls,
-        delay: Option<Duration>,
-        value: &str,
-    ) -> impl FnOnce(
-        FetchContext,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<String, std::io::Error>> + Send>,
-    > + Send
-    + 'static {
-        let (probe, calls, value) = (self.clone(), calls.clone(), value.to_owned());
-        move |ctx: FetchContext| {
-            calls.bump();
-            *probe.token.lock().unwrap() = Some(ctx.cancellation().clone());
-            let flag = DropFlag(Arc::clone(&probe.dropped));
-            Box::pin(async move {
-                let _flag = flag;
-                match delay {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => std::future::pending::<()>().await,
-                }
-                Ok(value)
-            })
-        }
-    }
-}
-
-/// A loader that counts its call and answers `value` at once.
-fn instant(
-    calls: &Calls,
-    value: &'static str,
-) -> impl FnOnce(FetchContext) -> std::future::Ready<Result<String, std::io::Error>> + Send + 'static
-{
-    let calls = calls.clone();
-    move |_| {
-        calls.bump();
-        std::future::ready(Ok(value.to_owned()))
-    }
+/// Sleeps `delay`, counted from the first poll: what a probe loader waits for before answering.
+async fn after(delay: Duration) {
+    tokio::time::sleep(delay).await;
 }
 
 fn is_timeout(error: &CacheError, want: TimeoutKind, after: Duration) -> bool {
     matches!(error, CacheError::Timeout { kind, after: got } if *kind == want && *got == after)
+}
+
+/// Asserts that `result` is a `Timeout` of `kind` after `after`.
+fn assert_timeout(result: Answer<String>, kind: TimeoutKind, after: Duration) {
+    let error = result.unwrap_err();
+    assert!(is_timeout(&error, kind, after), "{error:?}");
 }
 
 /// Behaviour 24: without a fallback, a waiter whose loader does not answer gets
@@ -106,40 +51,32 @@ fn is_timeout(error: &CacheError, want: TimeoutKind, after: Duration) -> bool {
 /// hard timeout and with the built-in one.
 #[tokio::test(start_paused = true)]
 async fn b24_hard_timeout_always_applies() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
-    let probe = Probe::default();
+    let (_stack, cache, probe) = setup();
 
     let start = Instant::now();
-    let error = cache
+    let result = cache
         .get_or_fetch_with(
             "slow",
             &FetchOptions::new().hard_timeout(100 * MS),
-            probe.loader(&calls, None, "never"),
+            probe.loader(std::future::pending(), "never"),
         )
-        .await
-        .unwrap_err();
-    assert!(is_timeout(&error, TimeoutKind::Hard, 100 * MS), "{error:?}");
+        .await;
+    assert_timeout(result, TimeoutKind::Hard, 100 * MS);
     assert_eq!(
         start.elapsed(),
         100 * MS,
         "the waiter is released at its hard timeout"
     );
-    assert_eq!(calls.get(), 1);
+    assert_eq!(probe.calls.get(), 1);
 
     // No per-call option: the built-in hard timeout.
     let start = Instant::now();
-    let error = cache
+    let result = cache
         .get_or_fetch("slow-default", || {
             std::future::pending::<Result<String, std::io::Error>>()
         })
-        .await
-        .unwrap_err();
-    assert!(
-        is_timeout(&error, TimeoutKind::Hard, DEFAULT_HARD_TIMEOUT),
-        "{error:?}"
-    );
+        .await;
+    assert_timeout(result, TimeoutKind::Hard, DEFAULT_HARD_TIMEOUT);
     assert_eq!(start.elapsed(), DEFAULT_HARD_TIMEOUT);
 }
 
@@ -148,19 +85,15 @@ async fn b24_hard_timeout_always_applies() {
 /// loader call in total.
 #[tokio::test(start_paused = true)]
 async fn b25_background_completion_stores_the_late_value() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
-    let probe = Probe::default();
+    let (stack, cache, probe) = setup();
     // The default background cap is 4 x 100 ms: the loader's 300 ms fit in it.
     let options = FetchOptions::new().hard_timeout(100 * MS);
 
     let start = Instant::now();
-    let error = cache
-        .get_or_fetch_with("k", &options, probe.loader(&calls, Some(300 * MS), "late"))
-        .await
-        .unwrap_err();
-    assert!(is_timeout(&error, TimeoutKind::Hard, 100 * MS), "{error:?}");
+    let result = cache
+        .get_or_fetch_with("k", &options, probe.loader(after(300 * MS), "late"))
+        .await;
+    assert_timeout(result, TimeoutKind::Hard, 100 * MS);
     assert_eq!(start.elapsed(), 100 * MS);
     assert_eq!(
         cache.flights_in_progress(),
@@ -174,22 +107,16 @@ async fn b25_background_completion_stores_the_late_value() {
     assert!(probe.dropped(), "the loader future ran to its end");
     assert!(!probe.cancelled(), "a completed loader is never cancelled");
     assert_eq!(cache.flights_in_progress(), 0);
-    assert_eq!(
-        stack
-            .l1
-            .peek(&key("k"))
-            .map(|e| e.value().as_str().to_owned()),
-        Some("late".to_owned())
-    );
+    assert_eq!(stack.l1_value("k"), Some("late".to_owned()));
     assert!(stack.l2.peek(&key("k")).is_some());
     assert!(stack.l3.peek(&key("k")).is_some());
 
     let hit = cache
-        .get_or_fetch_with("k", &options, instant(&calls, "again"))
+        .get_or_fetch_with("k", &options, instant(&probe.calls, "again"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L1, "late"));
-    assert_eq!(calls.get(), 1, "one loader call in total");
+    assert_eq!(probe.calls.get(), 1, "one loader call in total");
     let stats = cache.stats();
     assert_eq!((stats.loader_calls, stats.flights_capped), (1, 0));
 }
@@ -203,7 +130,7 @@ async fn b25_a_late_loader_failure_is_only_counted() {
     let calls = Calls::default();
     let options = FetchOptions::new().hard_timeout(100 * MS);
 
-    let error = cache
+    let result = cache
         .get_or_fetch_with("k", &options, {
             let calls = calls.clone();
             move |_| async move {
@@ -212,17 +139,14 @@ async fn b25_a_late_loader_failure_is_only_counted() {
                 Err::<String, _>(std::io::Error::other("origin down"))
             }
         })
-        .await
-        .unwrap_err();
-    assert!(is_timeout(&error, TimeoutKind::Hard, 100 * MS), "{error:?}");
+        .await;
+    assert_timeout(result, TimeoutKind::Hard, 100 * MS);
     tokio::time::sleep(Duration::from_secs(1)).await;
     settle().await;
     let stats = cache.stats();
     assert_eq!((stats.loader_calls, stats.loader_errors), (1, 1));
     assert_eq!(cache.flights_in_progress(), 0);
-    assert!(stack.l1.peek(&key("k")).is_none());
-    assert!(stack.l2.peek(&key("k")).is_none());
-    assert!(stack.l3.peek(&key("k")).is_none());
+    assert_stored_in_no_tier(&stack, "k");
 
     let hit = cache
         .get_or_fetch_with("k", &options, instant(&calls, "v"))
@@ -238,24 +162,21 @@ async fn b25_a_late_loader_failure_is_only_counted() {
 /// waiting at the cap gets `Timeout{BackgroundCap}`.
 #[tokio::test(start_paused = true)]
 async fn b26_background_cap_cancels_the_loader_and_frees_the_key() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
-    let probe = Probe::default();
+    let (stack, cache, probe) = setup();
+    let calls = &probe.calls;
     let t0 = Instant::now();
 
     // The starter: hard timeout 100 ms, cap 300 ms, a loader that never answers.
-    let error = cache
+    let result = cache
         .get_or_fetch_with(
             "k",
             &FetchOptions::new()
                 .hard_timeout(100 * MS)
                 .background_cap(300 * MS),
-            probe.loader(&calls, None, "never"),
+            probe.loader(std::future::pending(), "never"),
         )
-        .await
-        .unwrap_err();
-    assert!(is_timeout(&error, TimeoutKind::Hard, 100 * MS), "{error:?}");
+        .await;
+    assert_timeout(result, TimeoutKind::Hard, 100 * MS);
     assert_eq!(t0.elapsed(), 100 * MS);
     assert_eq!(cache.flights_in_progress(), 1);
     assert!(!probe.cancelled() && !probe.dropped());
@@ -263,15 +184,14 @@ async fn b26_background_cap_cancels_the_loader_and_frees_the_key() {
     // A caller joining at 200 ms with a 50 ms hard timeout leaves at 250 ms, before the cap.
     tokio::time::sleep_until(t0 + 200 * MS).await;
     let joined = Instant::now();
-    let error = cache
+    let result = cache
         .get_or_fetch_with(
             "k",
             &FetchOptions::new().hard_timeout(50 * MS),
-            instant(&calls, "joiner"),
+            instant(calls, "joiner"),
         )
-        .await
-        .unwrap_err();
-    assert!(is_timeout(&error, TimeoutKind::Hard, 50 * MS), "{error:?}");
+        .await;
+    assert_timeout(result, TimeoutKind::Hard, 50 * MS);
     assert_eq!(
         joined.elapsed(),
         50 * MS,
@@ -284,18 +204,14 @@ async fn b26_background_cap_cancels_the_loader_and_frees_the_key() {
     // A caller joining at 260 ms with a long hard timeout is answered by the cap at 300 ms.
     tokio::time::sleep_until(t0 + 260 * MS).await;
     let joined = Instant::now();
-    let error = cache
+    let result = cache
         .get_or_fetch_with(
             "k",
             &FetchOptions::new().hard_timeout(Duration::from_secs(10)),
-            instant(&calls, "joiner"),
+            instant(calls, "joiner"),
         )
-        .await
-        .unwrap_err();
-    assert!(
-        is_timeout(&error, TimeoutKind::BackgroundCap, 300 * MS),
-        "{error:?}"
-    );
+        .await;
+    assert_timeout(result, TimeoutKind::BackgroundCap, 300 * MS);
     assert_eq!(joined.elapsed(), 40 * MS);
     assert_eq!(t0.elapsed(), 300 * MS);
 
@@ -310,13 +226,11 @@ async fn b26_background_cap_cancels_the_loader_and_frees_the_key() {
     let stats = cache.stats();
     assert_eq!(stats.flights_capped, 1);
     assert_eq!(calls.get(), 1, "the joiners' loaders never ran");
-    assert!(stack.l1.peek(&key("k")).is_none(), "nothing stored");
-    assert!(stack.l2.peek(&key("k")).is_none());
-    assert!(stack.l3.peek(&key("k")).is_none());
+    assert_stored_in_no_tier(&stack, "k");
 
     // The key is free: the next call starts a new flight.
     let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), instant(&calls, "fresh"))
+        .get_or_fetch_with("k", &FetchOptions::new(), instant(calls, "fresh"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "fresh"));
@@ -327,21 +241,17 @@ async fn b26_background_cap_cancels_the_loader_and_frees_the_key() {
 /// timeout, its future is dropped, and nothing is stored.
 #[tokio::test(start_paused = true)]
 async fn b27_without_background_completion_the_loader_is_cancelled_at_the_hard_timeout() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
-    let probe = Probe::default();
+    let (stack, cache, probe) = setup();
     let options = FetchOptions::new()
         .hard_timeout(100 * MS)
         .background_completion(false);
 
     let start = Instant::now();
     // The loader would answer at 200 ms, after the hard timeout.
-    let error = cache
-        .get_or_fetch_with("k", &options, probe.loader(&calls, Some(200 * MS), "late"))
-        .await
-        .unwrap_err();
-    assert!(is_timeout(&error, TimeoutKind::Hard, 100 * MS), "{error:?}");
+    let result = cache
+        .get_or_fetch_with("k", &options, probe.loader(after(200 * MS), "late"))
+        .await;
+    assert_timeout(result, TimeoutKind::Hard, 100 * MS);
     assert_eq!(start.elapsed(), 100 * MS);
     settle().await;
     assert!(probe.cancelled(), "the token fires at the hard timeout");
@@ -356,27 +266,13 @@ async fn b27_without_background_completion_the_loader_is_cancelled_at_the_hard_t
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     settle().await;
-    assert!(stack.l1.peek(&key("k")).is_none(), "nothing stored");
-    assert!(stack.l2.peek(&key("k")).is_none());
-    assert!(stack.l3.peek(&key("k")).is_none());
+    assert_stored_in_no_tier(&stack, "k");
     let hit = cache
-        .get_or_fetch_with("k", &options, instant(&calls, "v"))
+        .get_or_fetch_with("k", &options, instant(&probe.calls, "v"))
         .await
         .unwrap();
     assert_eq!(hit.source(), Source::Loader);
-    assert_eq!(calls.get(), 2);
-}
-
-/// A stack whose L2 is a [`FaultyBackend`] over the stack's memory L2.
-fn faulty_l2(
-    stack: &Stack<String>,
-) -> (
-    tierkit_cache::Cache<String>,
-    FaultyBackend<tierkit_testkit::MemoryBackend>,
-) {
-    let l2 = FaultyBackend::new(stack.l2.clone());
-    let cache = stack.builder().l2(l2.clone()).l3(stack.l3.clone()).build();
-    (cache, l2)
+    assert_eq!(probe.calls.get(), 2);
 }
 
 /// Behaviour 28 (hard tier timeout only: tiers have no soft timeout yet): an L2 read that
@@ -384,14 +280,10 @@ fn faulty_l2(
 #[tokio::test(start_paused = true)]
 async fn b28_a_timed_out_tier_read_is_a_miss_and_the_flight_continues_to_l3() {
     let stack = Stack::<String>::new();
-    let (cache, l2) = faulty_l2(&stack);
+    let (cache, l2) = stack.cache_with_faulty_l2();
     // The value is in L3 only.
     cache
-        .set_with(
-            "k",
-            "from-l3".to_owned(),
-            &FetchOptions::new().skip_l1_write(true).skip_l2_write(true),
-        )
+        .set_with("k", "from-l3".to_owned(), &write_l3_only())
         .await
         .unwrap();
     l2.push(Op::Get, Fault::Hang);
@@ -424,12 +316,10 @@ async fn b28_a_timed_out_tier_read_is_a_miss_and_the_flight_continues_to_l3() {
 /// flight goes on to the loader.
 #[tokio::test(start_paused = true)]
 async fn b28_timed_out_reads_on_every_tier_fall_through_to_the_loader() {
-    let stack = Stack::<String>::new();
-    let l2 = FaultyBackend::new(stack.l2.clone());
-    let l3 = FaultyBackend::new(stack.l3.clone());
-    let cache = stack.builder().l2(l2.clone()).l3(l3.clone()).build();
-    l2.push(Op::Get, Fault::Hang);
-    l3.push(Op::Get, Fault::Delay(Duration::from_secs(60)));
+    let t = FaultyStack::<String>::new();
+    let cache = t.cache();
+    t.l2.push(Op::Get, Fault::Hang);
+    t.l3.push(Op::Get, Fault::Delay(Duration::from_secs(60)));
     let calls = Calls::default();
 
     let start = Instant::now();
@@ -448,7 +338,7 @@ async fn b28_timed_out_reads_on_every_tier_fall_through_to_the_loader() {
 #[tokio::test(start_paused = true)]
 async fn b28_a_timed_out_tier_read_is_an_error_with_strict_tiers() {
     let stack = Stack::<String>::new();
-    let (cache, l2) = faulty_l2(&stack);
+    let (cache, l2) = stack.cache_with_faulty_l2();
     l2.push(Op::Get, Fault::Hang);
     let calls = Calls::default();
 
@@ -481,16 +371,14 @@ async fn b28_a_timed_out_tier_read_is_an_error_with_strict_tiers() {
 /// arrival, not from the flight's start.
 #[tokio::test(start_paused = true)]
 async fn b29_per_waiter_deadlines_count_from_each_arrival() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
-    let probe = Probe::default();
+    let (_stack, cache, probe) = setup();
+    let calls = &probe.calls;
     let options = FetchOptions::new().hard_timeout(100 * MS);
     let t0 = Instant::now();
 
     // The flight's loader answers at 250 ms (within the default cap of 400 ms).
     let first = tokio::spawn({
-        let (cache, loader) = (cache.clone(), probe.loader(&calls, Some(250 * MS), "v"));
+        let (cache, loader) = (cache.clone(), probe.loader(after(250 * MS), "v"));
         async move {
             let result = cache.get_or_fetch_with("k", &options, loader).await;
             (result, Instant::now())
@@ -510,20 +398,12 @@ async fn b29_per_waiter_deadlines_count_from_each_arrival() {
     let third = joiner(200 * MS);
 
     let (result, at) = first.await.unwrap();
-    assert!(is_timeout(
-        &result.unwrap_err(),
-        TimeoutKind::Hard,
-        100 * MS
-    ));
+    assert_timeout(result, TimeoutKind::Hard, 100 * MS);
     assert_eq!(at, t0 + 100 * MS);
 
     // Arrived at 80 ms: released at 180 ms, not at the flight's 100 ms.
     let (result, at) = second.await.unwrap();
-    assert!(is_timeout(
-        &result.unwrap_err(),
-        TimeoutKind::Hard,
-        100 * MS
-    ));
+    assert_timeout(result, TimeoutKind::Hard, 100 * MS);
     assert_eq!(at, t0 + 180 * MS);
 
     // Arrived at 200 ms: still waiting at 250 ms, when the loader answers.

@@ -314,6 +314,14 @@ struct User {
     name: String,
 }
 
+/// The loader of calls that hit L1 (it never runs): a placeholder user.
+fn unused_loader() -> std::future::Ready<Result<User, std::io::Error>> {
+    std::future::ready(Ok(User {
+        id: 0,
+        name: String::new(),
+    }))
+}
+
 /// Postcard, counting encodes and decodes. Clones share the counts.
 type CountingCodec = Counted<Postcard>;
 
@@ -381,13 +389,7 @@ async fn l1_hit_through_get_or_fetch() {
 
     // Warm up moka's read path and the cache's.
     for _ in 0..1_000 {
-        let hit = poll_ready(cache.get_or_fetch(&k, || async {
-            Ok::<_, std::io::Error>(User {
-                id: 0,
-                name: String::new(),
-            })
-        }))
-        .unwrap();
+        let hit = poll_ready(cache.get_or_fetch(&k, unused_loader)).unwrap();
         assert_eq!(hit.source(), Source::L1);
     }
     l1.run_pending_tasks();
@@ -395,13 +397,7 @@ async fn l1_hit_through_get_or_fetch() {
     let mut same = 0;
     let allocations = count_allocations(|| {
         for _ in 0..1_000 {
-            let hit = poll_ready(cache.get_or_fetch(&k, || async {
-                Ok::<_, std::io::Error>(User {
-                    id: 0,
-                    name: String::new(),
-                })
-            }))
-            .unwrap();
+            let hit = poll_ready(cache.get_or_fetch(&k, unused_loader)).unwrap();
             if hit.source() == Source::L1 && Arc::ptr_eq(hit.value(), first.value()) {
                 same += 1;
             }
