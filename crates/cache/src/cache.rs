@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tierkit_core::{
-    Backend, BackendError, CacheKey, Clock, Offload, OffloadTask, Op, SharedBackend, TokioOffload,
+    Backend, BackendError, CacheKey, Clock, Offload, OffloadTask, Op, SharedBackend, Timestamp,
+    TokioOffload,
 };
 use tierkit_policy::{AnyWritePolicy, PolicyContext, TierName, WritePolicy};
 use tokio::sync::oneshot;
@@ -17,10 +18,14 @@ use tracing::Instrument as _;
 
 use crate::codec::Codec;
 use crate::error::CacheError;
-use crate::flight::{self, BoxLoader, FetchContext, Flight, Published, Waiter, box_loader};
-use crate::frame::{Compression, encode_frame};
-use crate::hit::{Hit, HitFreshness, Source};
-use crate::local::{EntryMeta, LocalEntry, LocalTier};
+use crate::fetched::Fetched;
+use crate::flight::{
+    self, BoxLoader, Candidate, Fallbacks, FetchContext, Flight, Published, Waiter, box_loader,
+};
+use crate::frame::{Compression, encode_absent_frame, encode_frame};
+use crate::hit::{FailSafeCause, Hit, HitFreshness, Source, StaleCause};
+use crate::jitter::{JitterSource, RandomJitter};
+use crate::local::{EntryMeta, LocalEntry, LocalState, LocalTier};
 use crate::options::{AbandonPolicy, Adjustment, FetchOptions, Resolved};
 use crate::stats::{CacheStats, Stats};
 use crate::table::{Effect, FlightSlot, KeyTable};
@@ -54,6 +59,21 @@ impl AsCacheKey for String {
     }
 }
 
+/// What the L1 probe found.
+enum Local<V> {
+    /// An answer: fresh, a fail-safe throttle, or inside the revalidation window while a
+    /// refresh is backing off.
+    Hit(Hit<V>),
+    /// An answer, and a refresh of the key is due (eager refresh, or revalidation).
+    Refresh(Hit<V>),
+    /// A fresh tombstone: the key has no value.
+    Absent,
+    /// A value past its freshness and its windows: a fallback for fail-safe.
+    Stale(Candidate<V>),
+    /// Nothing.
+    Miss,
+}
+
 /// A remote tier of the cache.
 pub(crate) struct RemoteTier {
     pub(crate) backend: SharedBackend,
@@ -77,6 +97,7 @@ pub(crate) struct Shared<V> {
     pub(crate) stats: Stats,
     next_flight: AtomicU64,
     warned: Mutex<HashSet<Adjustment>>,
+    pub(crate) jitter: Arc<dyn JitterSource>,
 }
 
 /// A typed read-through cache over an in-process tier of decoded values (L1) and up to two
@@ -171,6 +192,7 @@ pub struct CacheBuilder<V> {
     offload: Option<Arc<dyn Offload>>,
     runtime: Option<tokio::runtime::Handle>,
     write_policy: AnyWritePolicy,
+    jitter: Arc<dyn JitterSource>,
 }
 
 impl<V> fmt::Debug for CacheBuilder<V> {
@@ -211,10 +233,11 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
-    /// The options of every call that does not override them.
+    /// The options of every call that does not override them. Called again, the fields set
+    /// in the later call win, the others stay.
     #[must_use]
     pub fn defaults(mut self, defaults: FetchOptions) -> Self {
-        self.defaults = defaults;
+        self.defaults = defaults.or(&self.defaults);
         self
     }
 
@@ -250,6 +273,14 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// Where L1 jitter is drawn from. Default [`RandomJitter`]; tests inject a deterministic
+    /// source ([`NoJitter`](crate::NoJitter), or their own).
+    #[must_use]
+    pub fn jitter(mut self, source: impl JitterSource) -> Self {
+        self.jitter = Arc::new(source);
+        self
+    }
+
     /// The cache.
     pub fn build(self) -> Cache<V> {
         let (resolved_defaults, adjustments) = self.defaults.resolve();
@@ -280,6 +311,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             stats: Stats::default(),
             next_flight: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
+            jitter: self.jitter,
         };
         shared.warn_once(&adjustments);
         Cache {
@@ -302,6 +334,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             offload: None,
             runtime: None,
             write_policy: AnyWritePolicy::default(),
+            jitter: Arc::new(RandomJitter),
         }
     }
 
@@ -310,29 +343,38 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// [`Arc`]). The loader is called only on a miss, and runs detached from the caller: if
     /// the caller goes away, the flight still completes and stores its result.
     ///
+    /// The loader returns the value (`Ok(v)`), or a [`Fetched`] to say more: its own TTL, no
+    /// storing, "absent", "not modified", a failure without an error type.
+    ///
     /// # Errors
     ///
     /// [`CacheError`]: the loader's error or panic (shared by every caller of the flight),
-    /// the hard timeout, an invalid key, an aborted flight.
-    pub async fn get_or_fetch<K, F, Fut, E>(&self, key: &K, loader: F) -> Result<Hit<V>, CacheError>
+    /// the hard timeout, an invalid key, an aborted flight; [`CacheError::NotFound`] when the
+    /// loader answered [`Fetched::absent`].
+    pub async fn get_or_fetch<K, F, Fut, R, E>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> Result<Hit<V>, CacheError>
     where
         K: AsCacheKey + ?Sized,
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Into<Fetched<V>>,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
     {
-        self.get_or_fetch_with(key, &FetchOptions::new(), move |_| loader())
+        self.read_through(key, &FetchOptions::new(), None, move |_| loader())
             .await
     }
 
     /// [`get_or_fetch`](Cache::get_or_fetch) with per-call options and a loader that receives
-    /// a [`FetchContext`] (the key, a cancellation token, the flight's id).
+    /// a [`FetchContext`] (the key, a cancellation token, the flight's id, the stale value).
     ///
     /// # Errors
     ///
     /// As [`get_or_fetch`](Cache::get_or_fetch); also [`CacheError::NotFound`] with
     /// [`no_loader`](FetchOptions::no_loader) when no tier has the value.
-    pub async fn get_or_fetch_with<K, F, Fut, E>(
+    pub async fn get_or_fetch_with<K, F, Fut, R, E>(
         &self,
         key: &K,
         options: &FetchOptions,
@@ -340,22 +382,78 @@ impl<V: Send + Sync + 'static> Cache<V> {
     ) -> Result<Hit<V>, CacheError>
     where
         K: AsCacheKey + ?Sized,
-        F: FnOnce(FetchContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        F: FnOnce(FetchContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Into<Fetched<V>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
+    {
+        self.read_through(key, options, None, loader).await
+    }
+
+    /// [`get_or_fetch_with`](Cache::get_or_fetch_with) with a fallback value: with
+    /// [`fail_safe`](FetchOptions::fail_safe) on, when the loader fails (or a timeout passes)
+    /// and no stale value exists, the caller gets `fallback` (`Source::Fallback`, flagged
+    /// stale) instead of the error. The fallback is never stored.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_fetch_with`](Cache::get_or_fetch_with), when fail-safe is off or the error
+    /// is not one fail-safe hides.
+    pub async fn get_or_fetch_with_fallback<K, F, Fut, R, E>(
+        &self,
+        key: &K,
+        options: &FetchOptions,
+        fallback: impl Into<Arc<V>>,
+        loader: F,
+    ) -> Result<Hit<V>, CacheError>
+    where
+        K: AsCacheKey + ?Sized,
+        F: FnOnce(FetchContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Into<Fetched<V>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
+    {
+        self.read_through(key, options, Some(fallback.into()), loader)
+            .await
+    }
+
+    async fn read_through<K, F, Fut, R, E>(
+        &self,
+        key: &K,
+        options: &FetchOptions,
+        fallback: Option<Arc<V>>,
+        loader: F,
+    ) -> Result<Hit<V>, CacheError>
+    where
+        K: AsCacheKey + ?Sized,
+        F: FnOnce(FetchContext<V>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Into<Fetched<V>>,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
     {
         let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
-        if !self.skips_l1_read(options)
-            && let Some(hit) = self.local_hit(&key)
-        {
-            return Ok(hit);
-        }
         let no_loader = options
             .get_no_loader()
             .or(self.shared.defaults.get_no_loader())
             .unwrap_or(false);
-        let loader = (!no_loader).then(|| box_loader(loader));
-        match self.fetch(key, options, loader).await? {
+        let mut loader = Some(loader);
+        let mut own = None;
+        if !self.skips_l1_read(options) {
+            match self.probe_local(&key) {
+                Local::Hit(hit) => return Ok(hit),
+                Local::Refresh(mut hit) => {
+                    hit.refresh_started = !no_loader
+                        && self
+                            .start_refresh(&key, options, &hit, || loader.take().map(box_loader));
+                    return Ok(hit);
+                }
+                Local::Absent => return Err(CacheError::NotFound),
+                Local::Stale(stale) => own = Some(stale),
+                Local::Miss => {}
+            }
+        }
+        let loader = loader.filter(|_| !no_loader).map(box_loader);
+        match self.fetch(key, options, loader, own, fallback).await? {
             Some(hit) => Ok(hit),
             None => Err(CacheError::NotFound),
         }
@@ -374,7 +472,9 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.get_with(key, &FetchOptions::new()).await
     }
 
-    /// [`get`](Cache::get) with per-call options.
+    /// [`get`](Cache::get) with per-call options; with
+    /// [`allow_stale`](FetchOptions::allow_stale), a value past its freshness (before its
+    /// `expires_at`) is returned flagged stale rather than `None`.
     ///
     /// # Errors
     ///
@@ -385,19 +485,43 @@ impl<V: Send + Sync + 'static> Cache<V> {
         options: &FetchOptions,
     ) -> Result<Option<Hit<V>>, CacheError> {
         let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
-        if !self.skips_l1_read(options)
-            && let Some(hit) = self.local_hit(&key)
-        {
-            return Ok(Some(hit));
+        let mut own = None;
+        if !self.skips_l1_read(options) {
+            match self.probe_local(&key) {
+                Local::Hit(hit) => return Ok(Some(hit)),
+                Local::Refresh(mut hit) => {
+                    // No loader: a refresh can only adopt a newer value from the tiers below.
+                    hit.refresh_started = self.start_refresh(&key, options, &hit, || None);
+                    return Ok(Some(hit));
+                }
+                Local::Absent => return Ok(None),
+                Local::Stale(stale) => {
+                    let allow_stale = options
+                        .get_allow_stale()
+                        .or(self.shared.defaults.get_allow_stale())
+                        .unwrap_or(false);
+                    if allow_stale {
+                        return Ok(Some(self.hit_of(
+                            stale.serve(HitFreshness::Stale(StaleCause::Allowed), None),
+                        )));
+                    }
+                    own = Some(stale);
+                }
+                Local::Miss => {}
+            }
         }
-        self.fetch(key, options, None).await
+        self.fetch(key, options, None, own, None).await
     }
 
-    /// The value of `key` if L1 holds it fresh: synchronous, never awaits, never reads a remote
-    /// tier. `None` for an invalid key.
+    /// The value of `key` if L1 holds it fresh (or serves it from a fail-safe throttle, or
+    /// inside its stale-while-revalidate window, without starting a refresh): synchronous,
+    /// never awaits, never reads a remote tier. `None` for an invalid key.
     pub fn try_get_local<K: AsCacheKey + ?Sized>(&self, key: &K) -> Option<Hit<V>> {
         let key = key.as_cache_key().ok()?;
-        self.local_hit(&key)
+        match self.probe_local(&key) {
+            Local::Hit(hit) | Local::Refresh(hit) => Some(hit),
+            Local::Absent | Local::Stale(_) | Local::Miss => None,
+        }
     }
 
     /// Stores `value` under `key` in every tier, fresh for the `ttl` of the cache's defaults.
@@ -436,20 +560,18 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let key = key.as_ref();
         let value = value.into();
         let options = self.resolve(options);
-        let meta = flight::fresh_meta(self.shared.clock.now(), options.ttl);
+        let meta = self
+            .shared
+            .write_meta(self.shared.clock.now(), options.ttl, &options);
         // An unencodable value still goes to L1 (and to a superseded flight's callers); the
         // error is returned once that is done.
         let (writes, encode_error) = self.shared.remote_writes(key, &value, meta, &options);
-        let published = Published {
-            value,
-            meta,
-            source: Source::Set,
-        };
+        let published = Published::fresh(value, meta, Source::Set);
         let local = (!options.skip_l1_write).then(|| {
-            Some(LocalEntry::new(
-                Arc::clone(&published.value),
-                published.meta,
-            ))
+            Some(
+                self.shared
+                    .local_entry(Some(Arc::clone(&published.value)), meta, &options),
+            )
         });
         let waits = self.write(key, local, writes, Some(published));
         if let Some(error) = encode_error {
@@ -534,25 +656,122 @@ impl<V: Send + Sync + 'static> Cache<V> {
         &self.shared.label
     }
 
-    /// The hot path: a fresh L1 entry, with one clock read and no allocation of its own.
+    /// The hot path: what L1 says of `key`, with one clock read and no allocation of its own.
     #[inline]
-    fn local_hit(&self, key: &CacheKey) -> Option<Hit<V>> {
+    fn probe_local(&self, key: &CacheKey) -> Local<V> {
         let now = self.shared.clock.now();
-        let entry = self.shared.l1.get(key, now)?;
-        if !entry.meta().is_fresh(now) {
-            return None;
-        }
-        let (value, meta) = entry.into_parts();
-        Some(Hit {
+        let Some(entry) = self.shared.l1.get(key, now) else {
+            return Local::Miss;
+        };
+        let state = entry.state();
+        let meta = entry.meta();
+        let Some(value) = entry.into_value() else {
+            return if now < state.fresh_until {
+                Local::Absent
+            } else {
+                Local::Miss
+            };
+        };
+        let hit = |freshness| Hit {
             value,
             meta,
             source: Source::L1,
-            freshness: HitFreshness::Fresh,
+            freshness,
             coalesced: false,
             refresh_started: false,
             elapsed: Duration::ZERO,
             flight_id: None,
+            suppressed: None,
+        };
+        if now < state.fresh_until {
+            if now >= state.refresh_at {
+                return Local::Refresh(hit(HitFreshness::Fresh));
+            }
+            return Local::Hit(hit(HitFreshness::Fresh));
+        }
+        if now < state.throttle_until
+            && let Some(cause) = state.fail_safe
+        {
+            self.shared.stats.record_throttled();
+            return Local::Hit(hit(HitFreshness::Stale(StaleCause::FailSafe {
+                cause,
+                throttled: true,
+            })));
+        }
+        if now < state.revalidate_until {
+            if now >= state.refresh_at {
+                return Local::Refresh(hit(HitFreshness::Revalidating));
+            }
+            return Local::Hit(hit(HitFreshness::Revalidating));
+        }
+        Local::Stale(Candidate {
+            value: hit(HitFreshness::Fresh).value,
+            meta,
+            source: Source::L1,
         })
+    }
+
+    /// Starts a background refresh of `key` (whose L1 entry is `current`) unless a flight
+    /// already runs for it; whether it started one. `loader` is built only when it does.
+    fn start_refresh(
+        &self,
+        key: &CacheKey,
+        call: &FetchOptions,
+        current: &Hit<V>,
+        loader: impl FnOnce() -> Option<BoxLoader<V>>,
+    ) -> bool {
+        let options = self.resolve(call);
+        let flight = {
+            let mut locked = self.shared.table.lock(key);
+            let state = locked.state();
+            if state.flight.is_some() {
+                return false;
+            }
+            let id = self.shared.next_flight.fetch_add(1, Ordering::Relaxed);
+            let flight = Arc::new(Flight::refresh(
+                id,
+                options,
+                loader(),
+                current.meta.created_at(),
+            ));
+            flight.offer_candidate(Some(Candidate {
+                value: Arc::clone(&current.value),
+                meta: current.meta,
+                source: Source::L1,
+            }));
+            state.flight = Some(FlightSlot {
+                flight: Arc::clone(&flight),
+                waiters: 0,
+            });
+            flight
+        };
+        self.shared.stats.record_refresh_started();
+        let span = tracing::debug_span!("tierkit.refresh", cache = %self.shared.label, flight_id = flight.id);
+        if let Err(error) = self.spawn_flight(key, &flight, &span) {
+            let mut locked = self.shared.table.lock(key);
+            if let Some(state) = locked.existing() {
+                state.remove_flight(&flight);
+            }
+            drop(locked);
+            flight.publish(Err(error));
+            return false;
+        }
+        true
+    }
+
+    /// A caller's `Hit` of a value a flight published (or a stale value it fell back on).
+    fn hit_of(&self, published: Published<V>) -> Hit<V> {
+        Hit {
+            value: published.value,
+            meta: published.meta,
+            source: published.source,
+            freshness: published.freshness,
+            coalesced: false,
+            refresh_started: false,
+            elapsed: Duration::ZERO,
+            flight_id: None,
+            suppressed: published.suppressed,
+        }
     }
 
     fn skips_l1_read(&self, options: &FetchOptions) -> bool {
@@ -571,12 +790,15 @@ impl<V: Send + Sync + 'static> Cache<V> {
         resolved
     }
 
-    /// The slow path: join the key's flight or start one, then wait for it.
+    /// The slow path: join the key's flight or start one, then wait for it. `own` is the
+    /// caller's stale L1 entry, `fallback` its fallback value (both for fail-safe).
     async fn fetch(
         &self,
         key: Cow<'_, CacheKey>,
         call: &FetchOptions,
         loader: Option<BoxLoader<V>>,
+        own: Option<Candidate<V>>,
+        fallback: Option<Arc<V>>,
     ) -> Result<Option<Hit<V>>, CacheError> {
         let arrival = tokio::time::Instant::now();
         let options = self.resolve(call);
@@ -587,24 +809,30 @@ impl<V: Send + Sync + 'static> Cache<V> {
             flight_id = tracing::field::Empty,
             coalesced = tracing::field::Empty,
         );
+        let mut own = own;
         let (flight, coalesced) = {
             let mut locked = self.shared.table.lock(key);
             // A flight may have stored the value since the caller's L1 probe.
-            if !options.skip_l1_read
-                && let Some(hit) = self.local_hit(key)
-            {
-                return Ok(Some(hit));
+            if !options.skip_l1_read {
+                match self.probe_local(key) {
+                    Local::Hit(hit) | Local::Refresh(hit) => return Ok(Some(hit)),
+                    Local::Absent => return Ok(None),
+                    Local::Stale(stale) => own = Candidate::newest(own, Some(stale)),
+                    Local::Miss => {}
+                }
             }
             let state = locked.state();
             match state.flight.as_mut() {
                 Some(slot) => {
                     slot.waiters += 1;
                     slot.flight.offer_loader(loader);
+                    slot.flight.offer_candidate(own.clone());
                     (Arc::clone(&slot.flight), true)
                 }
                 None => {
                     let id = self.shared.next_flight.fetch_add(1, Ordering::Relaxed);
                     let flight = Arc::new(Flight::new(id, options, loader));
+                    flight.offer_candidate(own.clone());
                     state.flight = Some(FlightSlot {
                         flight: Arc::clone(&flight),
                         waiters: 1,
@@ -635,25 +863,21 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 return Err(error);
             }
         }
-        let result = flight::wait(
-            &flight,
-            arrival + options.hard_timeout,
-            options.hard_timeout,
-        )
-        .instrument(span)
-        .await;
+        let fallbacks = Fallbacks {
+            own,
+            value: fallback,
+        };
+        let result = flight::wait(&self.shared, &flight, arrival, &options, &fallbacks)
+            .instrument(span)
+            .await;
         drop(waiter);
         let elapsed = arrival.elapsed();
         result.map(|published| {
             published.map(|published| Hit {
-                value: published.value,
-                meta: published.meta,
-                source: published.source,
-                freshness: HitFreshness::Fresh,
                 coalesced,
-                refresh_started: false,
                 elapsed,
                 flight_id: Some(flight.id),
+                ..self.hit_of(published)
             })
         })
     }
@@ -780,34 +1004,156 @@ impl<V: Send + Sync + 'static> Shared<V> {
         }
         let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
         for adjustment in adjustments {
-            if warned.insert(*adjustment) {
+            if warned.insert(adjustment.clone()) {
                 tracing::warn!(
                     cache = %self.label,
                     option = adjustment.field,
-                    configured = ?adjustment.from,
-                    used = ?adjustment.to,
+                    configured = %adjustment.from,
+                    used = %adjustment.to,
                     "incoherent cache option normalised"
                 );
             }
         }
     }
 
-    /// Stores a flight's value in L1 unless L1 holds a newer entry (a refill never overwrites
-    /// a newer value).
-    pub(crate) fn insert_local_if_newer(&self, key: &CacheKey, published: &Published<V>) {
+    /// Stores `entry` in L1 unless L1 holds a newer one (a refill never overwrites a newer
+    /// value; an equal one is replaced, for instance by its fail-safe or back-off state).
+    pub(crate) fn insert_local_if_newer(&self, key: &CacheKey, entry: LocalEntry<V>) {
         let now = self.clock.now();
-        if published.meta.is_expired(now) {
+        if entry.meta().is_expired(now) {
             return;
         }
         if let Some(current) = self.l1.get(key, now)
-            && current.meta().created_at() > published.meta.created_at()
+            && current.meta().created_at() > entry.meta().created_at()
         {
             return;
         }
-        self.l1.insert(
-            key,
-            LocalEntry::new(Arc::clone(&published.value), published.meta),
-        );
+        self.l1.insert(key, entry);
+    }
+
+    /// The timestamps of a write at `now` fresh for `ttl`: it expires (in every tier) once
+    /// its reserve after freshness is over (fail-safe's horizon, or the stale-while-revalidate
+    /// window, and at least the L1 jitter's room).
+    pub(crate) fn write_meta(
+        &self,
+        now: Timestamp,
+        ttl: Duration,
+        options: &Resolved,
+    ) -> EntryMeta {
+        let stale_at = now.saturating_add(ttl);
+        let expires_at = stale_at.saturating_add(options.stale_life.max(options.jitter_max));
+        let stale_at = if options.jitter_remote {
+            stale_at.saturating_add(self.jitter.jitter(options.jitter_max))
+        } else {
+            stale_at
+        };
+        EntryMeta::new(now, stale_at.min(expires_at), expires_at)
+    }
+
+    /// The L1 entry of `value` (`None`: a tombstone) with timestamps `meta`: its freshness
+    /// extended by jitter, its stale-while-revalidate window and its eager-refresh time, all
+    /// within `expires_at`.
+    pub(crate) fn local_entry(
+        &self,
+        value: Option<Arc<V>>,
+        meta: EntryMeta,
+        options: &Resolved,
+    ) -> LocalEntry<V> {
+        let jitter = if options.jitter_remote {
+            Duration::ZERO
+        } else {
+            self.jitter.jitter(options.jitter_max)
+        };
+        let fresh_until = meta
+            .stale_at()
+            .saturating_add(jitter)
+            .min(meta.expires_at());
+        let revalidate_until = fresh_until
+            .saturating_add(options.stale_while_revalidate)
+            .min(meta.expires_at());
+        let eager = options.eager_refresh_ppm.map(|ppm| {
+            let ttl = meta.stale_at().saturating_duration_since(meta.created_at());
+            meta.created_at()
+                .saturating_add(ttl.mul_f64(f64::from(ppm) / 1_000_000.0))
+        });
+        let refresh_at = match eager {
+            Some(at) => at,
+            None if revalidate_until > fresh_until => fresh_until,
+            None => Timestamp::MAX,
+        };
+        LocalEntry::with_state(
+            value,
+            meta,
+            LocalState {
+                fresh_until,
+                revalidate_until,
+                refresh_at,
+                throttle_until: Timestamp::UNIX_EPOCH,
+                fail_safe: None,
+            },
+        )
+    }
+
+    /// The L1 entry of a fail-safe activation: the stale value, timestamps unchanged, served
+    /// without the loader until the throttle ends (never past `expires_at`).
+    pub(crate) fn throttled_entry(
+        &self,
+        stale: &Candidate<V>,
+        cause: FailSafeCause,
+        options: &Resolved,
+        now: Timestamp,
+    ) -> LocalEntry<V> {
+        let meta = stale.meta;
+        LocalEntry::with_state(
+            Some(Arc::clone(&stale.value)),
+            meta,
+            LocalState {
+                fresh_until: meta.stale_at(),
+                revalidate_until: meta.stale_at(),
+                refresh_at: Timestamp::MAX,
+                throttle_until: now
+                    .saturating_add(options.fail_safe_throttle)
+                    .min(meta.expires_at()),
+                fail_safe: Some(cause),
+            },
+        )
+    }
+
+    /// `current` again with a refresh back-off: no read starts another refresh before
+    /// `now + refresh_backoff`.
+    pub(crate) fn backed_off(
+        &self,
+        current: LocalEntry<V>,
+        options: &Resolved,
+        now: Timestamp,
+    ) -> LocalEntry<V> {
+        let mut state = current.state();
+        state.refresh_at = now.saturating_add(options.refresh_backoff);
+        let meta = current.meta();
+        LocalEntry::with_state(current.into_value(), meta, state)
+    }
+
+    /// Tombstones for the remote tiers the options write.
+    pub(crate) fn remote_absent_writes(
+        &self,
+        key: &CacheKey,
+        meta: EntryMeta,
+        options: &Resolved,
+    ) -> [Option<Effect>; 2] {
+        let wanted = [
+            self.remote[0].is_some() && !options.skip_l2_write,
+            self.remote[1].is_some() && !options.skip_l3_write,
+        ];
+        if wanted == [false, false] {
+            return [None, None];
+        }
+        match encode_absent_frame(key) {
+            Ok(frame) => {
+                let stored = flight::stored_value(frame, meta);
+                wanted.map(|wanted| wanted.then(|| Effect::Store(stored.clone())))
+            }
+            Err(_) => wanted.map(|wanted| wanted.then_some(Effect::Remove)),
+        }
     }
 
     /// The remote writes of a value: encoded once, the same bytes for every tier. A value that

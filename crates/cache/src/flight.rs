@@ -6,7 +6,6 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tierkit_core::{BackendError, BoxFuture, CacheKey, CacheValue, Op, Timestamp};
@@ -17,26 +16,28 @@ use tracing::Instrument as _;
 
 use crate::cache::Shared;
 use crate::error::{CacheError, LoaderError, TimeoutKind};
-use crate::frame::decode_frame;
-use crate::hit::Source;
+use crate::fetched::{Fetched, FetchedKind};
+use crate::frame::decode_frame_entry;
+use crate::hit::{FailSafeCause, HitFreshness, Source, StaleCause};
 use crate::local::EntryMeta;
 use crate::options::{AbandonPolicy, Resolved, WriteMode};
 use crate::table::Effect;
 
-/// What a loader gets: the key, a cancellation token and the flight's id.
+/// What a loader gets: the key, a cancellation token, the flight's id, and the stale value
+/// the cache still holds for the key, if any.
 ///
 /// The token fires when the flight gives the loader up: at its background cap, when its
-/// callers all went away under [`AbandonPolicy::CancelWhenUnobserved`], or when a `set` or
-/// `remove` superseded it under that policy. The loader's future is dropped at the same time;
-/// the token is for work it started elsewhere (a spawned task, a remote query to cancel).
-#[derive(Clone, Debug)]
-pub struct FetchContext {
+/// callers all went away under [`AbandonPolicy::CancelWhenUnobserved`], or when a `set`
+/// superseded it under that policy. The loader's future is dropped at the same time; the token
+/// is for work it started elsewhere (a spawned task, a remote query to cancel).
+pub struct FetchContext<V> {
     key: CacheKey,
     cancel: CancellationToken,
     flight_id: u64,
+    stale: Option<Candidate<V>>,
 }
 
-impl FetchContext {
+impl<V> FetchContext<V> {
     /// The key being loaded.
     pub fn key(&self) -> &CacheKey {
         &self.key
@@ -52,20 +53,103 @@ impl FetchContext {
     pub fn flight_id(&self) -> u64 {
         self.flight_id
     }
+
+    /// The newest value the tiers still hold for the key past its freshness (and before its
+    /// `expires_at`), with its timestamps: for a conditional refresh, answer
+    /// [`Fetched::not_modified`] when the origin says it has not changed since `created_at`.
+    pub fn stale(&self) -> Option<(&Arc<V>, EntryMeta)> {
+        self.stale
+            .as_ref()
+            .map(|candidate| (&candidate.value, candidate.meta))
+    }
+
+    /// A failure without an error value, to return from the loader (`Ok(ctx.fail(..))`):
+    /// exactly like returning `Err`, fail-safe included.
+    pub fn fail(&self, reason: impl fmt::Display) -> Fetched<V> {
+        Fetched::fail(reason)
+    }
+}
+
+impl<V> Clone for FetchContext<V> {
+    fn clone(&self) -> Self {
+        FetchContext {
+            key: self.key.clone(),
+            cancel: self.cancel.clone(),
+            flight_id: self.flight_id,
+            stale: self.stale.clone(),
+        }
+    }
+}
+
+impl<V> fmt::Debug for FetchContext<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchContext")
+            .field("key", &self.key)
+            .field("flight_id", &self.flight_id)
+            .field("stale", &self.stale.as_ref().map(|c| c.meta))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A loader, boxed once it is handed to a flight.
 pub(crate) type BoxLoader<V> =
-    Box<dyn FnOnce(FetchContext) -> BoxFuture<'static, Result<V, LoaderError>> + Send>;
+    Box<dyn FnOnce(FetchContext<V>) -> BoxFuture<'static, Result<Fetched<V>, LoaderError>> + Send>;
 
 /// Boxes a caller's loader (on a miss only: an L1 hit never builds it).
-pub(crate) fn box_loader<V, F, Fut, E>(loader: F) -> BoxLoader<V>
+pub(crate) fn box_loader<V, F, Fut, R, E>(loader: F) -> BoxLoader<V>
 where
-    F: FnOnce(FetchContext) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<V, E>> + Send + 'static,
+    V: Send + Sync + 'static,
+    F: FnOnce(FetchContext<V>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    R: Into<Fetched<V>>,
     E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
 {
-    Box::new(move |cx| Box::pin(async move { loader(cx).await.map_err(LoaderError::new) }))
+    Box::new(move |cx| {
+        Box::pin(async move { loader(cx).await.map(Into::into).map_err(LoaderError::new) })
+    })
+}
+
+/// A value past its freshness and before its `expires_at`: what fail-safe can serve.
+pub(crate) struct Candidate<V> {
+    pub(crate) value: Arc<V>,
+    pub(crate) meta: EntryMeta,
+    pub(crate) source: Source,
+}
+
+impl<V> Clone for Candidate<V> {
+    fn clone(&self) -> Self {
+        Candidate {
+            value: Arc::clone(&self.value),
+            meta: self.meta,
+            source: self.source,
+        }
+    }
+}
+
+impl<V> Candidate<V> {
+    /// The newest of two candidates (by `created_at`; `a` on a tie).
+    pub(crate) fn newest(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) if b.meta.created_at() > a.meta.created_at() => Some(b),
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        }
+    }
+
+    /// This candidate served stale, for `freshness`.
+    pub(crate) fn serve(
+        self,
+        freshness: HitFreshness,
+        suppressed: Option<CacheError>,
+    ) -> Published<V> {
+        Published {
+            value: self.value,
+            meta: self.meta,
+            source: self.source,
+            freshness,
+            suppressed,
+        }
+    }
 }
 
 /// A value a flight published.
@@ -73,6 +157,21 @@ pub(crate) struct Published<V> {
     pub(crate) value: Arc<V>,
     pub(crate) meta: EntryMeta,
     pub(crate) source: Source,
+    pub(crate) freshness: HitFreshness,
+    pub(crate) suppressed: Option<CacheError>,
+}
+
+impl<V> Published<V> {
+    /// A fresh value from `source`.
+    pub(crate) fn fresh(value: Arc<V>, meta: EntryMeta, source: Source) -> Self {
+        Published {
+            value,
+            meta,
+            source,
+            freshness: HitFreshness::Fresh,
+            suppressed: None,
+        }
+    }
 }
 
 impl<V> Clone for Published<V> {
@@ -81,6 +180,8 @@ impl<V> Clone for Published<V> {
             value: Arc::clone(&self.value),
             meta: self.meta,
             source: self.source,
+            freshness: self.freshness,
+            suppressed: self.suppressed.clone(),
         }
     }
 }
@@ -98,6 +199,12 @@ pub(crate) struct Flight<V> {
     result: watch::Sender<Option<FlightResult<V>>>,
     pub(crate) cancel: CancellationToken,
     abort: OnceLock<AbortHandle>,
+    /// The newest stale value seen so far (the starter's L1 entry, then the tiers'), for
+    /// fail-safe and the loader's context.
+    candidate: Mutex<Option<Candidate<V>>>,
+    /// For a background refresh: the `created_at` of the L1 entry it refreshes. A tier entry
+    /// is adopted only when newer.
+    pub(crate) refreshing: Option<Timestamp>,
 }
 
 impl<V> fmt::Debug for Flight<V> {
@@ -117,7 +224,42 @@ impl<V: Send + Sync + 'static> Flight<V> {
             result: watch::Sender::new(None),
             cancel: CancellationToken::new(),
             abort: OnceLock::new(),
+            candidate: Mutex::new(None),
+            refreshing: None,
         }
+    }
+
+    /// A background refresh of an L1 entry written at `baseline`.
+    pub(crate) fn refresh(
+        id: u64,
+        options: Resolved,
+        loader: Option<BoxLoader<V>>,
+        baseline: Timestamp,
+    ) -> Self {
+        Flight {
+            refreshing: Some(baseline),
+            ..Self::new(id, options, loader)
+        }
+    }
+
+    /// Keeps `candidate` if it is newer than the one the flight has.
+    pub(crate) fn offer_candidate(&self, candidate: Option<Candidate<V>>) {
+        if candidate.is_none() {
+            return;
+        }
+        let mut slot = self
+            .candidate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *slot = Candidate::newest(slot.take(), candidate);
+    }
+
+    /// The newest stale value seen so far.
+    pub(crate) fn candidate(&self) -> Option<Candidate<V>> {
+        self.candidate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Publishes `result` unless a result was already published; whether it was.
@@ -165,24 +307,119 @@ impl<V: Send + Sync + 'static> Flight<V> {
     }
 }
 
-/// Waits for `flight`'s result, within the caller's `deadline`.
+/// What a waiting caller can fall back on: its own stale L1 entry, the flight's newest stale
+/// value, its own fallback value.
+pub(crate) struct Fallbacks<V> {
+    pub(crate) own: Option<Candidate<V>>,
+    pub(crate) value: Option<Arc<V>>,
+}
+
+impl<V> Fallbacks<V> {
+    /// The newest stale value still before its `expires_at`, else the caller's fallback value.
+    fn best(&self, flight: &Flight<V>, now: Timestamp) -> Option<Candidate<V>>
+    where
+        V: Send + Sync + 'static,
+    {
+        Candidate::newest(self.own.clone(), flight.candidate())
+            .filter(|candidate| !candidate.meta.is_expired(now))
+            .or_else(|| {
+                self.value.as_ref().map(|value| Candidate {
+                    value: Arc::clone(value),
+                    meta: EntryMeta::new(now, now, now),
+                    source: Source::Fallback,
+                })
+            })
+    }
+}
+
+/// Waits for `flight`'s result as a caller that arrived at `arrival` with `options`: until its
+/// soft timeout when it can fall back on a stale value (fail-safe), then until its hard
+/// timeout; a fail-safe caller falls back on a stale value when the flight fails.
 pub(crate) async fn wait<V: Send + Sync + 'static>(
+    shared: &Shared<V>,
     flight: &Flight<V>,
-    deadline: tokio::time::Instant,
-    hard_timeout: Duration,
+    arrival: tokio::time::Instant,
+    options: &Resolved,
+    fallbacks: &Fallbacks<V>,
 ) -> FlightResult<V> {
     let mut receiver = flight.subscribe();
+    if let Some(soft) = options.soft_timeout.filter(|_| options.fail_safe)
+        && soft < options.hard_timeout
+    {
+        match tokio::time::timeout_at(arrival + soft, receiver.wait_for(Option::is_some)).await {
+            Ok(result) => return settle(shared, flight, options, fallbacks, result),
+            Err(_elapsed) => {
+                if let Some(stale) = fallbacks.best(flight, shared.clock.now()) {
+                    shared.stats.record_soft_timeout();
+                    return Ok(Some(
+                        stale.serve(HitFreshness::Stale(StaleCause::SoftTimeout), None),
+                    ));
+                }
+            }
+        }
+    }
+    let deadline = arrival + options.hard_timeout;
     match tokio::time::timeout_at(deadline, receiver.wait_for(Option::is_some)).await {
-        Ok(Ok(result)) => match &*result {
+        Ok(result) => settle(shared, flight, options, fallbacks, result),
+        Err(_elapsed) => {
+            let error = CacheError::Timeout {
+                kind: TimeoutKind::Hard,
+                after: options.hard_timeout,
+            };
+            match fallbacks
+                .best(flight, shared.clock.now())
+                .filter(|_| options.fail_safe)
+            {
+                Some(stale) => Ok(Some(
+                    stale.serve(HitFreshness::Stale(StaleCause::HardTimeout), Some(error)),
+                )),
+                None => Err(error),
+            }
+        }
+    }
+}
+
+/// The caller's answer from the flight's published result.
+fn settle<V: Send + Sync + 'static>(
+    shared: &Shared<V>,
+    flight: &Flight<V>,
+    options: &Resolved,
+    fallbacks: &Fallbacks<V>,
+    result: Result<watch::Ref<'_, Option<FlightResult<V>>>, watch::error::RecvError>,
+) -> FlightResult<V> {
+    let result = match result {
+        Ok(result) => match &*result {
             Some(result) => result.clone(),
             None => Err(CacheError::FlightAborted),
         },
         // The flight's task ended without publishing (only possible if its guard could not run).
-        Ok(Err(_closed)) => Err(CacheError::FlightAborted),
-        Err(_elapsed) => Err(CacheError::Timeout {
-            kind: TimeoutKind::Hard,
-            after: hard_timeout,
-        }),
+        Err(_closed) => Err(CacheError::FlightAborted),
+    };
+    match result {
+        Err(error) if options.fail_safe => match (
+            fail_safe_cause(&error),
+            fallbacks.best(flight, shared.clock.now()),
+        ) {
+            (Some(cause), Some(stale)) => Ok(Some(stale.serve(
+                HitFreshness::Stale(StaleCause::FailSafe {
+                    cause,
+                    throttled: false,
+                }),
+                Some(error),
+            ))),
+            _ => Err(error),
+        },
+        result => result,
+    }
+}
+
+/// The fail-safe cause of a flight's error, if fail-safe may hide it.
+pub(crate) fn fail_safe_cause(error: &CacheError) -> Option<FailSafeCause> {
+    match error {
+        CacheError::Loader(_) => Some(FailSafeCause::LoaderError),
+        CacheError::LoaderPanicked { .. } => Some(FailSafeCause::LoaderPanic),
+        CacheError::Timeout { .. } => Some(FailSafeCause::Timeout),
+        _ => None,
     }
 }
 
@@ -205,7 +442,10 @@ impl<V: Send + Sync + 'static> Drop for Waiter<'_, V> {
             return;
         };
         slot.waiters = slot.waiters.saturating_sub(1);
-        if slot.waiters == 0 && self.flight.options.abandon == AbandonPolicy::CancelWhenUnobserved {
+        if slot.waiters == 0
+            && self.flight.refreshing.is_none()
+            && self.flight.options.abandon == AbandonPolicy::CancelWhenUnobserved
+        {
             // Nobody is left: unregister first, so a caller arriving now starts a new flight.
             state.flight = None;
             drop(locked);
@@ -222,15 +462,35 @@ impl<V: Send + Sync + 'static> Drop for Waiter<'_, V> {
 
 /// How a flight's work ended, before it is stored and published.
 enum Ending<V> {
-    /// A value from a remote tier or the loader, with the write-back to queue.
+    /// A value from a remote tier or the loader: stored in L1 when `store_local`, with the
+    /// remote writes to queue.
     Found {
         published: Published<V>,
+        store_local: bool,
+        writes: [Option<Effect>; 2],
+    },
+    /// The key has no value: a tombstone to store (`tombstone`, negative caching), or none.
+    Absent {
+        tombstone: Option<EntryMeta>,
         writes: [Option<Effect>; 2],
     },
     /// No tier has the key and no loader was handed to the flight.
     NotFound,
-    /// Shared with every waiter; nothing is stored.
-    Failed(CacheError),
+    /// Shared with every waiter (or hidden by fail-safe when it has a `cause`); nothing is
+    /// stored.
+    Failed {
+        error: CacheError,
+        cause: Option<FailSafeCause>,
+    },
+}
+
+impl<V> Ending<V> {
+    fn failed(error: CacheError) -> Self {
+        Ending::Failed {
+            cause: fail_safe_cause(&error),
+            error,
+        }
+    }
 }
 
 /// The task of a flight: runs it to its end. Spawned detached from every caller.
@@ -277,7 +537,7 @@ pub(crate) fn run<V: Send + Sync + 'static>(
                     after = ?limit,
                     "a flight ran out of time: its loader was cancelled and nothing was stored"
                 );
-                Ending::Failed(CacheError::Timeout { kind, after: limit })
+                Ending::failed(CacheError::Timeout { kind, after: limit })
             }
         };
         finish(shared, key, flight, ending).await;
@@ -351,10 +611,13 @@ async fn work<V: Send + Sync + 'static>(
                 shared.stats.record_tier_error(tier);
                 tracing::debug!(tier = remote.source.as_str(), %error, "a remote tier read failed; counted as a miss");
                 if options.strict_tiers {
-                    return Ending::Failed(CacheError::Tier {
-                        tier: remote.source,
-                        source: error,
-                    });
+                    return Ending::Failed {
+                        error: CacheError::Tier {
+                            tier: remote.source,
+                            source: error,
+                        },
+                        cause: None,
+                    };
                 }
                 continue;
             }
@@ -362,37 +625,70 @@ async fn work<V: Send + Sync + 'static>(
                 shared.stats.record_tier_timeout(tier);
                 tracing::debug!(tier = remote.source.as_str(), after = ?options.tier_timeout, "a remote tier read timed out; counted as a miss");
                 if options.strict_tiers {
-                    return Ending::Failed(CacheError::Tier {
-                        tier: remote.source,
-                        source: BackendError::timeout(
-                            remote.backend.label().to_owned(),
-                            Op::Get,
-                            options.tier_timeout,
-                        ),
-                    });
+                    return Ending::Failed {
+                        error: CacheError::Tier {
+                            tier: remote.source,
+                            source: BackendError::timeout(
+                                remote.backend.label().to_owned(),
+                                Op::Get,
+                                options.tier_timeout,
+                            ),
+                        },
+                        cause: None,
+                    };
                 }
                 continue;
             }
         };
         let now = shared.clock.now();
-        let Some(stored) = found.filter(|stored| stored.is_fresh(now)) else {
+        let Some(stored) = found.filter(|stored| !stored.is_expired(now)) else {
             continue;
         };
-        match decode_frame(key, &*shared.codec, &shared.compression, stored.payload()) {
+        // A refresh adopts only an entry newer than the one it refreshes (another node's
+        // write); the same entry again means the loader must run.
+        if flight
+            .refreshing
+            .is_some_and(|baseline| stored.created_at() <= baseline)
+        {
+            continue;
+        }
+        let fresh = stored.is_fresh(now);
+        // A stale entry is decoded only when it can be served (fail-safe, stale reads).
+        if !(fresh || options.fail_safe || options.allow_stale) {
+            continue;
+        }
+        match decode_frame_entry(key, &*shared.codec, &shared.compression, stored.payload()) {
             Ok(value) => {
                 shared.stats.record_decode(tier);
+                let meta = EntryMeta::of(&stored);
+                if !fresh {
+                    if let Some(value) = value {
+                        flight.offer_candidate(Some(Candidate {
+                            value: Arc::new(value),
+                            meta,
+                            source: remote.source,
+                        }));
+                    }
+                    continue;
+                }
+                if flight.refreshing.is_some() {
+                    shared.stats.record_refresh_adopted();
+                }
                 let mut writes = [None, None];
                 // An L3 hit refills L2 with the same bytes and timestamps (never a longer life).
                 if tier == 1 && shared.remote[0].is_some() && !options.skip_l2_write {
                     writes[0] = Some(Effect::Store(stored.clone()));
                 }
-                return Ending::Found {
-                    published: Published {
-                        value: Arc::new(value),
-                        meta: EntryMeta::of(&stored),
-                        source: remote.source,
+                return match value {
+                    Some(value) => Ending::Found {
+                        published: Published::fresh(Arc::new(value), meta, remote.source),
+                        store_local: true,
+                        writes,
                     },
-                    writes,
+                    None => Ending::Absent {
+                        tombstone: Some(meta),
+                        writes,
+                    },
                 };
             }
             Err(error) => {
@@ -405,10 +701,13 @@ async fn work<V: Send + Sync + 'static>(
                     "an entry could not be decoded; counted as a miss"
                 );
                 if options.strict_decode {
-                    return Ending::Failed(CacheError::Decode {
-                        tier: remote.source,
-                        source: error,
-                    });
+                    return Ending::Failed {
+                        error: CacheError::Decode {
+                            tier: remote.source,
+                            source: error,
+                        },
+                        cause: None,
+                    };
                 }
             }
         }
@@ -416,7 +715,7 @@ async fn work<V: Send + Sync + 'static>(
     load(shared, key, flight).await
 }
 
-/// Runs the loader handed to the flight, if any.
+/// Runs the loader handed to the flight, if any, and turns its answer into an ending.
 async fn load<V: Send + Sync + 'static>(
     shared: &Shared<V>,
     key: &CacheKey,
@@ -435,45 +734,91 @@ async fn load<V: Send + Sync + 'static>(
         }
         loader
     };
+    let options = &flight.options;
     let Some(loader) = loader else {
-        return Ending::NotFound;
+        // A read without a loader: a stale value if the read allows it, else nothing.
+        return match flight.candidate().filter(|_| options.allow_stale) {
+            Some(stale) => Ending::Found {
+                published: stale.serve(HitFreshness::Stale(StaleCause::Allowed), None),
+                store_local: false,
+                writes: [None, None],
+            },
+            None => Ending::NotFound,
+        };
     };
     shared.stats.record_loader_call();
+    let stale = flight.candidate();
     let context = FetchContext {
         key: key.clone(),
         cancel: flight.cancel.clone(),
         flight_id: flight.id,
+        stale: stale.clone(),
     };
     let loaded = match std::panic::catch_unwind(AssertUnwindSafe(move || loader(context))) {
         Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
         Err(panic) => Err(panic),
     };
-    let value = match loaded {
-        Ok(Ok(value)) => value,
+    let fetched = match loaded {
+        Ok(Ok(fetched)) => fetched,
         Ok(Err(error)) => {
             shared.stats.record_loader_error();
             tracing::debug!(flight_id = flight.id, %error, "the loader failed");
-            return Ending::Failed(CacheError::Loader(error));
+            return Ending::failed(CacheError::Loader(error));
         }
         Err(panic) => {
             shared.stats.record_loader_panic();
             let message = panic_message(panic.as_ref());
             tracing::error!(flight_id = flight.id, panic = %message, "the loader panicked");
-            return Ending::Failed(CacheError::LoaderPanicked {
+            return Ending::failed(CacheError::LoaderPanicked {
                 message: message.into(),
             });
         }
     };
+    let mut options = *options;
+    options.skip_l2_write |= fetched.skip_l2_write;
+    options.skip_l3_write |= fetched.skip_l3_write;
+    let ttl = fetched.ttl.unwrap_or(options.ttl);
     let now = shared.clock.now();
-    let options = &flight.options;
-    let meta = fresh_meta(now, options.ttl);
-    let (writes, _kept_in_l1_only) = shared.remote_writes(key, &value, meta, options);
-    Ending::Found {
-        published: Published {
-            value: Arc::new(value),
-            meta,
-            source: Source::Loader,
+    let (value, store) = match fetched.kind {
+        FetchedKind::Value(value) => (Arc::new(value), !ttl.is_zero()),
+        FetchedKind::NoStore(value) => (Arc::new(value), false),
+        FetchedKind::NotModified => match stale {
+            Some(stale) => (stale.value, !ttl.is_zero()),
+            None => {
+                shared.stats.record_loader_error();
+                return Ending::failed(CacheError::Loader(LoaderError::new(
+                    "the loader answered NotModified, but the cache holds no stale value",
+                )));
+            }
         },
+        FetchedKind::Fail(reason) => {
+            shared.stats.record_loader_error();
+            return Ending::failed(CacheError::Loader(LoaderError::new(reason.to_string())));
+        }
+        FetchedKind::Absent => {
+            if options.negative_ttl.is_zero() {
+                return Ending::Absent {
+                    tombstone: None,
+                    writes: [None, None],
+                };
+            }
+            let expires = now.saturating_add(options.negative_ttl);
+            let meta = EntryMeta::new(now, expires, expires);
+            return Ending::Absent {
+                tombstone: Some(meta),
+                writes: shared.remote_absent_writes(key, meta, &options),
+            };
+        }
+    };
+    let meta = shared.write_meta(now, ttl, &options);
+    let writes = if store {
+        shared.remote_writes(key, &value, meta, &options).0
+    } else {
+        [None, None]
+    };
+    Ending::Found {
+        published: Published::fresh(value, meta, Source::Loader),
+        store_local: store,
         writes,
     }
 }
@@ -485,68 +830,124 @@ async fn finish<V: Send + Sync + 'static>(
     flight: &Arc<Flight<V>>,
     ending: Ending<V>,
 ) {
-    match ending {
-        Ending::Found { published, writes } => {
-            let mut waits = Vec::new();
-            let mut start = [false, false];
-            let stored = {
-                let mut locked = shared.table.lock(key);
-                let state = locked.state();
-                let current = state.remove_flight(flight).is_some();
-                if current {
-                    if !flight.options.skip_l1_write {
-                        shared.insert_local_if_newer(key, &published);
-                    }
-                    let await_writes = flight.options.write_mode == WriteMode::AwaitBeforeReturn;
-                    for (tier, write) in writes.into_iter().enumerate() {
-                        if let Some(effect) = write {
-                            let notify = if await_writes {
-                                let (sender, receiver) = oneshot::channel();
-                                waits.push(receiver);
-                                Some(sender)
-                            } else {
-                                None
-                            };
-                            start[tier] = state.queue_write(tier, effect, notify);
-                        }
-                    }
-                }
-                current
-            };
-            if !stored {
-                tracing::debug!(
-                    flight_id = flight.id,
-                    "a set or remove superseded the flight: its result is not stored"
-                );
-            }
-            for (tier, start) in start.into_iter().enumerate() {
-                if start {
-                    shared.start_lane(key.clone(), tier);
-                }
-            }
-            for wait in waits {
-                // Failures are counted by the lane; waiting only orders the answer after them.
-                let _ = wait.await;
-            }
-            tracing::Span::current().record("source", published.source.as_str());
-            flight.publish(Ok(Some(published)));
+    let options = &flight.options;
+    let (local, writes, result) = match ending {
+        Ending::Found {
+            published,
+            store_local,
+            writes,
+        } => {
+            let local = (store_local && !options.skip_l1_write).then(|| {
+                shared.local_entry(Some(Arc::clone(&published.value)), published.meta, options)
+            });
+            (local, writes, Ok(Some(published)))
         }
-        Ending::NotFound => {
-            remove(shared, key, flight);
-            flight.publish(Ok(None));
+        Ending::Absent { tombstone, writes } => {
+            let local = tombstone
+                .filter(|_| !options.skip_l1_write)
+                .map(|meta| shared.local_entry(None, meta, options));
+            (local, writes, Ok(None))
         }
-        Ending::Failed(error) => {
-            remove(shared, key, flight);
-            flight.publish(Err(error));
+        Ending::NotFound => (backed_off(shared, key, flight), [None, None], Ok(None)),
+        Ending::Failed { error, .. } if flight.refreshing.is_some() => {
+            // A failed refresh keeps the value and backs off; callers that joined it fall
+            // back on the value themselves (fail-safe), or get the error.
+            shared.stats.record_refresh_failed();
+            tracing::debug!(flight_id = flight.id, %error, "a background refresh failed");
+            (backed_off(shared, key, flight), [None, None], Err(error))
+        }
+        Ending::Failed { error, cause } => {
+            let now = shared.clock.now();
+            let stale = flight
+                .candidate()
+                .filter(|candidate| options.fail_safe && !candidate.meta.is_expired(now));
+            match (cause, stale) {
+                (Some(cause), Some(stale)) => {
+                    // Fail-safe: the stale value, in L1 only, served without the loader until
+                    // the throttle ends (never past its own expiry, which never moves).
+                    shared.stats.record_fail_safe(cause);
+                    tracing::warn!(
+                        cache = %shared.label,
+                        flight_id = flight.id,
+                        cause = cause.as_str(),
+                        %error,
+                        "fail-safe: serving a stale value"
+                    );
+                    let local = shared.throttled_entry(&stale, cause, options, now);
+                    let published = stale.serve(
+                        HitFreshness::Stale(StaleCause::FailSafe {
+                            cause,
+                            throttled: false,
+                        }),
+                        Some(error),
+                    );
+                    (Some(local), [None, None], Ok(Some(published)))
+                }
+                _ => (None, [None, None], Err(error)),
+            }
+        }
+    };
+    let mut waits = Vec::new();
+    let mut start = [false, false];
+    let stored = {
+        let mut locked = shared.table.lock(key);
+        let state = locked.state();
+        let current = state.remove_flight(flight).is_some();
+        if current {
+            if let Some(local) = local {
+                shared.insert_local_if_newer(key, local);
+            }
+            let await_writes = options.write_mode == WriteMode::AwaitBeforeReturn;
+            for (tier, write) in writes.into_iter().enumerate() {
+                if let Some(effect) = write {
+                    let notify = if await_writes {
+                        let (sender, receiver) = oneshot::channel();
+                        waits.push(receiver);
+                        Some(sender)
+                    } else {
+                        None
+                    };
+                    start[tier] = state.queue_write(tier, effect, notify);
+                }
+            }
+        }
+        current
+    };
+    if !stored {
+        tracing::debug!(
+            flight_id = flight.id,
+            "a set or remove superseded the flight: its result is not stored"
+        );
+    }
+    for (tier, start) in start.into_iter().enumerate() {
+        if start {
+            shared.start_lane(key.clone(), tier);
         }
     }
+    for wait in waits {
+        // Failures are counted by the lane; waiting only orders the answer after them.
+        let _ = wait.await;
+    }
+    if let Ok(Some(published)) = &result {
+        tracing::Span::current().record("source", published.source.as_str());
+    }
+    flight.publish(result);
 }
 
-fn remove<V: Send + Sync + 'static>(shared: &Shared<V>, key: &CacheKey, flight: &Arc<Flight<V>>) {
-    let mut locked = shared.table.lock(key);
-    if let Some(state) = locked.existing() {
-        state.remove_flight(flight);
-    }
+/// For a refresh that found nothing new: the L1 entry it refreshed, with a refresh back-off
+/// (`None` for a foreground flight, or when L1 holds another entry now).
+fn backed_off<V: Send + Sync + 'static>(
+    shared: &Shared<V>,
+    key: &CacheKey,
+    flight: &Flight<V>,
+) -> Option<crate::local::LocalEntry<V>> {
+    let baseline = flight.refreshing?;
+    let now = shared.clock.now();
+    let current = shared
+        .l1
+        .get(key, now)
+        .filter(|entry| entry.meta().created_at() == baseline && !entry.is_absent())?;
+    Some(shared.backed_off(current, &flight.options, now))
 }
 
 /// The message of a caught panic.
@@ -558,12 +959,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     } else {
         "a panic with a non-string payload".to_owned()
     }
-}
-
-/// A stored value's timestamps for a fresh write at `now`.
-pub(crate) fn fresh_meta(now: Timestamp, ttl: Duration) -> EntryMeta {
-    let stale_at = now.saturating_add(ttl);
-    EntryMeta::new(now, stale_at, stale_at)
 }
 
 /// A stored value from an encoded frame and its timestamps.

@@ -443,23 +443,118 @@ pub fn encode_frame<V: 'static>(
         };
         // Strictly smaller than the body, whose length fits.
         let stored_len = u32::try_from(stored.len()).unwrap_or(decoded_len);
-
-        let mut frame = Vec::with_capacity(HEADER_LEN + key.len() + CRC_LEN + stored.len());
-        frame.extend_from_slice(&MAGIC);
-        frame.push(VERSION);
-        frame.push(codec.id());
-        frame.push(compression_id);
-        frame.extend_from_slice(&stored_len.to_le_bytes());
-        frame.extend_from_slice(&decoded_len.to_le_bytes());
-        frame.extend_from_slice(&key_len.to_le_bytes());
-        frame.extend_from_slice(key);
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&frame);
-        crc.update(stored);
-        frame.extend_from_slice(&crc.finalize().to_le_bytes());
-        frame.extend_from_slice(stored);
-        Ok(Bytes::from(frame))
+        Ok(write_frame(
+            key,
+            key_len,
+            codec.id(),
+            compression_id,
+            decoded_len,
+            stored_len,
+            stored,
+        ))
     })
+}
+
+/// The codec id of a tombstone frame: "this key has no value", with an empty body.
+pub const ABSENT_CODEC_ID: u8 = 0;
+
+/// A tombstone frame for `key`: the key is known to have no value (negative caching). Every
+/// reader, whatever its codec, reads it as absent ([`decode_frame_entry`]).
+///
+/// # Errors
+///
+/// A [`CodecError`] when the key is longer than [`MAX_KEY_LEN`].
+pub fn encode_absent_frame(key: &CacheKey) -> Result<Bytes, CodecError> {
+    let key = key.as_bytes();
+    let key_len = u16::try_from(key.len()).map_err(|_| {
+        CodecError::new(
+            "absent",
+            format_args!(
+                "the key is {} bytes, longer than a value frame holds ({MAX_KEY_LEN})",
+                key.len()
+            ),
+        )
+    })?;
+    Ok(write_frame(
+        key,
+        key_len,
+        ABSENT_CODEC_ID,
+        COMPRESSION_NONE,
+        0,
+        0,
+        &[],
+    ))
+}
+
+/// Lays out a frame: the header, the key, the CRC of both and of the body, the body.
+fn write_frame(
+    key: &[u8],
+    key_len: u16,
+    codec_id: u8,
+    compression_id: u8,
+    decoded_len: u32,
+    stored_len: u32,
+    stored: &[u8],
+) -> Bytes {
+    let mut frame = Vec::with_capacity(HEADER_LEN + key.len() + CRC_LEN + stored.len());
+    frame.extend_from_slice(&MAGIC);
+    frame.push(VERSION);
+    frame.push(codec_id);
+    frame.push(compression_id);
+    frame.extend_from_slice(&stored_len.to_le_bytes());
+    frame.extend_from_slice(&decoded_len.to_le_bytes());
+    frame.extend_from_slice(&key_len.to_le_bytes());
+    frame.extend_from_slice(key);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame);
+    crc.update(stored);
+    frame.extend_from_slice(&crc.finalize().to_le_bytes());
+    frame.extend_from_slice(stored);
+    Bytes::from(frame)
+}
+
+/// Decodes the entry of `key` from `frame`: `Some(value)`, or `None` for a tombstone
+/// ([`encode_absent_frame`]).
+///
+/// # Errors
+///
+/// As [`decode_frame`]; a tombstone is checked for its key and checksum too.
+pub fn decode_frame_entry<V: 'static>(
+    key: &CacheKey,
+    codec: &dyn Codec<V>,
+    compression: &Compression,
+    frame: &[u8],
+) -> Result<Option<V>, FrameError> {
+    let header = Header::parse(frame)?;
+    if header.codec_id != ABSENT_CODEC_ID {
+        return decode_frame(key, codec, compression, frame).map(Some);
+    }
+    if header.key != key.as_bytes() {
+        return Err(FrameError::new(
+            FrameErrorReason::KeyMismatch,
+            format_args!(
+                "a tombstone written for {:?}, read for {:?}",
+                String::from_utf8_lossy(header.key),
+                key.as_str()
+            ),
+        ));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header.checked);
+    crc.update(header.body);
+    if crc.finalize() != header.crc {
+        return Err(FrameError::new(
+            FrameErrorReason::Checksum,
+            "a tombstone whose checksum does not match",
+        ));
+    }
+    if !header.body.is_empty() || header.decoded_len != 0 {
+        return Err(FrameError::new(
+            FrameErrorReason::Deserialize,
+            "a tombstone with a body",
+        ));
+    }
+    Ok(None)
 }
 
 /// Decodes the value of `key` from `frame` with `codec`.

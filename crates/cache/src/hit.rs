@@ -22,10 +22,12 @@ pub enum Source {
     /// A `set` that superseded the flight the caller was waiting on: the caller gets the value
     /// that was set.
     Set,
+    /// The call's own fallback value (fail-safe with no stale value to serve).
+    Fallback,
 }
 
 impl Source {
-    /// The name used in metrics and traces: `l1`, `l2`, `l3`, `loader`, `set`.
+    /// The name used in metrics and traces: `l1`, `l2`, `l3`, `loader`, `set`, `fallback`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::L1 => "l1",
@@ -33,6 +35,7 @@ impl Source {
             Source::L3 => "l3",
             Source::Loader => "loader",
             Source::Set => "set",
+            Source::Fallback => "fallback",
         }
     }
 }
@@ -47,8 +50,65 @@ impl fmt::Display for Source {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum HitFreshness {
-    /// Inside its freshness (`now < stale_at`), or just produced.
+    /// Inside its freshness (`now < stale_at`, plus L1 jitter), or just produced.
     Fresh,
+    /// Past its freshness but inside the stale-while-revalidate window: returned at once while
+    /// a background refresh of the key runs.
+    Revalidating,
+    /// Past its freshness, served because a fresh value could not be had (see the cause).
+    Stale(StaleCause),
+}
+
+impl HitFreshness {
+    /// Whether the value is past its freshness.
+    pub fn is_stale(&self) -> bool {
+        !matches!(self, HitFreshness::Fresh)
+    }
+}
+
+/// Why a stale value was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StaleCause {
+    /// Fail-safe: the loader failed (`cause`); `throttled` when the value was served from the
+    /// throttle window of an earlier activation, without calling the loader.
+    FailSafe {
+        /// What failed.
+        cause: FailSafeCause,
+        /// Served within the throttle window, without a loader call.
+        throttled: bool,
+    },
+    /// The caller's soft timeout passed; the flight goes on and stores its result.
+    SoftTimeout,
+    /// The caller's hard timeout passed; the flight may go on.
+    HardTimeout,
+    /// A read that allowed stale values ([`FetchOptions::allow_stale`]).
+    ///
+    /// [`FetchOptions::allow_stale`]: crate::FetchOptions::allow_stale
+    Allowed,
+}
+
+/// What made fail-safe serve a stale value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailSafeCause {
+    /// The loader returned an error (or [`Fetched::fail`](crate::Fetched::fail)).
+    LoaderError,
+    /// The loader panicked.
+    LoaderPanic,
+    /// The flight ran out of time.
+    Timeout,
+}
+
+impl FailSafeCause {
+    /// The name used in metrics and logs: `loader_error`, `loader_panic`, `timeout`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailSafeCause::LoaderError => "loader_error",
+            FailSafeCause::LoaderPanic => "loader_panic",
+            FailSafeCause::Timeout => "timeout",
+        }
+    }
 }
 
 /// A successful read: the value, shared ([`Arc`]), and how the call got it.
@@ -63,9 +123,17 @@ pub struct Hit<V> {
     pub(crate) refresh_started: bool,
     pub(crate) elapsed: Duration,
     pub(crate) flight_id: Option<u64>,
+    pub(crate) suppressed: Option<crate::CacheError>,
 }
 
 impl<V> Hit<V> {
+    /// The error fail-safe hid by serving this stale value (the loader's error, panic or
+    /// timeout), for logging. `None` for a value that is not a fail-safe answer, and for a
+    /// throttled serve.
+    pub fn suppressed_error(&self) -> Option<&crate::CacheError> {
+        self.suppressed.as_ref()
+    }
+
     /// The value. Every caller of one flight gets the same allocation (`Arc::ptr_eq`).
     pub fn value(&self) -> &Arc<V> {
         &self.value
@@ -96,7 +164,8 @@ impl<V> Hit<V> {
         self.coalesced
     }
 
-    /// Whether this call started a background refresh.
+    /// Whether this call started a background refresh (eager refresh, or a read inside the
+    /// stale-while-revalidate window).
     pub fn refresh_started(&self) -> bool {
         self.refresh_started
     }
@@ -126,6 +195,7 @@ impl<V> Clone for Hit<V> {
     fn clone(&self) -> Self {
         Hit {
             value: Arc::clone(&self.value),
+            suppressed: self.suppressed.clone(),
             ..*self
         }
     }

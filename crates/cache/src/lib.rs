@@ -70,9 +70,11 @@
 mod cache;
 pub mod codec;
 mod error;
+mod fetched;
 mod flight;
 pub mod frame;
 mod hit;
+mod jitter;
 mod local;
 mod options;
 mod stats;
@@ -80,14 +82,17 @@ mod table;
 
 pub use cache::{AsCacheKey, Cache, CacheBuilder};
 pub use error::{CacheError, LoaderError, TimeoutKind};
+pub use fetched::Fetched;
 pub use flight::FetchContext;
 pub use frame::{
     Compression, CompressionAlgorithm, FRAME_ERROR_REASONS, FrameError, FrameErrorReason,
 };
-pub use hit::{Hit, HitFreshness, Source};
-pub use local::{EntryMeta, LocalEntry, LocalTier};
+pub use hit::{FailSafeCause, Hit, HitFreshness, Source, StaleCause};
+pub use jitter::{JitterSource, NoJitter, RandomJitter};
+pub use local::{EntryMeta, LocalEntry, LocalState, LocalTier};
 pub use options::{
-    AbandonPolicy, DEFAULT_CAP_FACTOR, DEFAULT_HARD_TIMEOUT, DEFAULT_MAX_PAYLOAD,
+    AbandonPolicy, DEFAULT_CAP_FACTOR, DEFAULT_FAIL_SAFE_MAX, DEFAULT_FAIL_SAFE_THROTTLE,
+    DEFAULT_HARD_TIMEOUT, DEFAULT_JITTER_DIVISOR, DEFAULT_MAX_PAYLOAD, DEFAULT_REFRESH_BACKOFF,
     DEFAULT_TIER_TIMEOUT, DEFAULT_TTL, FetchOptions, WriteMode,
 };
 pub use stats::CacheStats;

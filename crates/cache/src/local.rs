@@ -64,21 +64,72 @@ impl EntryMeta {
 }
 
 /// A decoded value in the in-process tier: the value behind an [`Arc`] (a hit clones the `Arc`,
-/// never the value) and its timestamps.
+/// never the value) or a tombstone (the key is known to have no value), its timestamps, and
+/// the in-process state the cache keeps with it ([`LocalState`]).
 pub struct LocalEntry<V> {
-    value: Arc<V>,
+    value: Option<Arc<V>>,
     meta: EntryMeta,
+    state: LocalState,
+}
+
+/// What the cache keeps with an L1 entry besides its timestamps: when L1 stops treating it as
+/// fresh (its freshness plus jitter), until when a stale read returns it while refreshing
+/// (stale-while-revalidate), when a read should start a background refresh (eager refresh,
+/// or the back-off after a failed one), and the fail-safe throttle.
+///
+/// Every instant is at most the entry's `expires_at`. Opaque to a [`LocalTier`]: store it
+/// with the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalState {
+    pub(crate) fresh_until: Timestamp,
+    pub(crate) revalidate_until: Timestamp,
+    pub(crate) refresh_at: Timestamp,
+    pub(crate) throttle_until: Timestamp,
+    pub(crate) fail_safe: Option<crate::hit::FailSafeCause>,
+}
+
+impl LocalState {
+    /// The plain state of an entry with timestamps `meta`: fresh until `stale_at`, no
+    /// revalidation window, no refresh, no throttle.
+    pub fn plain(meta: &EntryMeta) -> Self {
+        LocalState {
+            fresh_until: meta.stale_at,
+            revalidate_until: meta.stale_at,
+            refresh_at: Timestamp::MAX,
+            throttle_until: Timestamp::UNIX_EPOCH,
+            fail_safe: None,
+        }
+    }
+
+    /// When L1 stops treating the entry as fresh (`stale_at` plus jitter).
+    pub fn fresh_until(&self) -> Timestamp {
+        self.fresh_until
+    }
 }
 
 impl<V> LocalEntry<V> {
     /// An entry holding `value` with the timestamps `meta`.
     pub fn new(value: Arc<V>, meta: EntryMeta) -> Self {
-        Self { value, meta }
+        Self::with_state(Some(value), meta, LocalState::plain(&meta))
     }
 
-    /// The value.
-    pub fn value(&self) -> &Arc<V> {
-        &self.value
+    /// A tombstone: the key has no value until `meta`'s `expires_at`.
+    pub fn absent(meta: EntryMeta) -> Self {
+        Self::with_state(None, meta, LocalState::plain(&meta))
+    }
+
+    pub(crate) fn with_state(value: Option<Arc<V>>, meta: EntryMeta, state: LocalState) -> Self {
+        Self { value, meta, state }
+    }
+
+    /// The value; `None` for a tombstone.
+    pub fn value(&self) -> Option<&Arc<V>> {
+        self.value.as_ref()
+    }
+
+    /// Whether the entry is a tombstone (the key is known to have no value).
+    pub fn is_absent(&self) -> bool {
+        self.value.is_none()
     }
 
     /// The timestamps.
@@ -86,17 +137,22 @@ impl<V> LocalEntry<V> {
         self.meta
     }
 
-    /// The value and its timestamps.
-    pub fn into_parts(self) -> (Arc<V>, EntryMeta) {
-        (self.value, self.meta)
+    /// The cache's in-process state of the entry.
+    pub fn state(&self) -> LocalState {
+        self.state
+    }
+
+    pub(crate) fn into_value(self) -> Option<Arc<V>> {
+        self.value
     }
 }
 
 impl<V> Clone for LocalEntry<V> {
     fn clone(&self) -> Self {
         Self {
-            value: Arc::clone(&self.value),
+            value: self.value.clone(),
             meta: self.meta,
+            state: self.state,
         }
     }
 }
@@ -104,7 +160,9 @@ impl<V> Clone for LocalEntry<V> {
 impl<V> fmt::Debug for LocalEntry<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalEntry")
+            .field("absent", &self.value.is_none())
             .field("meta", &self.meta)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }

@@ -68,6 +68,17 @@ pub struct FetchOptions {
     skip_l3_read: Option<bool>,
     skip_l3_write: Option<bool>,
     no_loader: Option<bool>,
+    fail_safe: Option<bool>,
+    fail_safe_max: Option<Duration>,
+    fail_safe_throttle: Option<Duration>,
+    soft_timeout: Option<Duration>,
+    stale_while_revalidate: Option<Duration>,
+    eager_refresh_ppm: Option<u32>,
+    refresh_backoff: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    jitter_max: Option<Duration>,
+    jitter_remote: Option<bool>,
+    allow_stale: Option<bool>,
 }
 
 macro_rules! options {
@@ -93,6 +104,7 @@ macro_rules! options {
             pub fn or(&self, defaults: &FetchOptions) -> FetchOptions {
                 FetchOptions {
                     $($field: self.$field.or(defaults.$field),)*
+                    eager_refresh_ppm: self.eager_refresh_ppm.or(defaults.eager_refresh_ppm),
                 }
             }
         }
@@ -154,6 +166,39 @@ options! {
     ///
     /// [`CacheError::NotFound`]: crate::CacheError::NotFound
     no_loader / get_no_loader: bool;
+    /// Keep values past their freshness as a reserve, served (flagged stale) when the loader
+    /// fails, panics or times out. Default `false`.
+    fail_safe / get_fail_safe: bool;
+    /// With `fail_safe`, how long after its write a value stays in every tier as a reserve:
+    /// `expires_at = created_at + max(fail_safe_max, ttl)`. Fixed at the write: activations
+    /// never extend it. Default 1 hour; raised to `ttl` when below it (with a warning).
+    fail_safe_max / get_fail_safe_max: Duration;
+    /// After a fail-safe activation, how long the reserve is served without calling the loader
+    /// again (never past the value's `expires_at`). Default 30 seconds.
+    fail_safe_throttle / get_fail_safe_throttle: Duration;
+    /// With `fail_safe` and a stale value to serve, a caller waiting longer than this gets the
+    /// stale value (flagged `SoftTimeout`) while the flight goes on and stores its result.
+    /// Off by default; lowered to `hard_timeout` when above it (with a warning).
+    soft_timeout / get_soft_timeout: Duration;
+    /// For this long after a value stops being fresh, a read returns it at once (flagged
+    /// `Revalidating`) and starts one background refresh of the key. Default zero (off).
+    /// Clamped to the value's life after its freshness.
+    stale_while_revalidate / get_stale_while_revalidate: Duration;
+    /// How long a failed background refresh waits before a read may start another one.
+    /// Default 10 seconds.
+    refresh_backoff / get_refresh_backoff: Duration;
+    /// How long a loader's [`Fetched::absent`](crate::Fetched::absent) is remembered (a
+    /// tombstone in every tier): reads then answer "not found" without calling the loader.
+    /// Default zero (not remembered).
+    negative_ttl / get_negative_ttl: Duration;
+    /// The largest random extension of a value's freshness in L1, so keys loaded together do
+    /// not all go stale together. Never past the value's `expires_at`. Default 5% of `ttl`.
+    jitter_max / get_jitter_max: Duration;
+    /// Apply the jitter to the freshness stored in the remote tiers too. Default `false`.
+    jitter_remote / get_jitter_remote: bool;
+    /// Let [`get`](crate::Cache::get) return a value past its freshness but before its
+    /// `expires_at`, flagged stale, instead of going to the remote tiers. Default `false`.
+    allow_stale / get_allow_stale: bool;
 }
 
 impl FetchOptions {
@@ -177,28 +222,110 @@ impl FetchOptions {
             skip_l3_read: None,
             skip_l3_write: None,
             no_loader: None,
+            fail_safe: None,
+            fail_safe_max: None,
+            fail_safe_throttle: None,
+            soft_timeout: None,
+            stale_while_revalidate: None,
+            eager_refresh_ppm: None,
+            refresh_backoff: None,
+            negative_ttl: None,
+            jitter_max: None,
+            jitter_remote: None,
+            allow_stale: None,
         }
+    }
+
+    /// Eager refresh: a read after `ttl x threshold` (and before the value goes stale) returns
+    /// the value at once and starts one background refresh of the key, so hot keys never go
+    /// stale. `threshold` must be in (0, 1); any other value turns eager refresh off (with a
+    /// warning). Off by default.
+    #[must_use]
+    pub fn eager_refresh(mut self, threshold: f64) -> Self {
+        let ppm = (threshold * 1_000_000.0).round();
+        // Outside (0, 1) the value is kept out of range, so that resolution warns and turns
+        // eager refresh off; `as` saturates, so no value wraps into range.
+        self.eager_refresh_ppm = Some(if ppm.is_nan() { 0 } else { ppm as u32 });
+        self
+    }
+
+    /// The eager-refresh threshold set here, if any.
+    pub fn get_eager_refresh(&self) -> Option<f64> {
+        self.eager_refresh_ppm
+            .map(|ppm| f64::from(ppm) / 1_000_000.0)
     }
 
     /// Every field resolved against the built-in defaults, then normalised; also returns the
     /// adjustments made.
     pub(crate) fn resolve(&self) -> (Resolved, Vec<Adjustment>) {
-        let hard_timeout = self.hard_timeout.unwrap_or(DEFAULT_HARD_TIMEOUT);
         let mut adjustments = Vec::new();
+        let mut adjust = |field: &'static str, from: String, to: String| {
+            adjustments.push(Adjustment { field, from, to });
+        };
+        let ttl = self.ttl.unwrap_or(DEFAULT_TTL);
+        let hard_timeout = self.hard_timeout.unwrap_or(DEFAULT_HARD_TIMEOUT);
         let background_cap = match self.background_cap {
             Some(cap) if cap < hard_timeout => {
-                adjustments.push(Adjustment {
-                    field: "background_cap",
-                    from: cap,
-                    to: hard_timeout,
-                });
+                adjust(
+                    "background_cap",
+                    format!("{cap:?}"),
+                    format!("{hard_timeout:?}"),
+                );
                 hard_timeout
             }
             Some(cap) => cap,
             None => hard_timeout.saturating_mul(DEFAULT_CAP_FACTOR),
         };
+        let soft_timeout = match self.soft_timeout {
+            Some(soft) if soft > hard_timeout => {
+                adjust(
+                    "soft_timeout",
+                    format!("{soft:?}"),
+                    format!("{hard_timeout:?}"),
+                );
+                Some(hard_timeout)
+            }
+            soft => soft,
+        };
+        let fail_safe = self.fail_safe.unwrap_or(false);
+        let fail_safe_max = match self.fail_safe_max {
+            Some(max) if max < ttl => {
+                adjust("fail_safe_max", format!("{max:?}"), format!("{ttl:?}"));
+                ttl
+            }
+            Some(max) => max,
+            None => DEFAULT_FAIL_SAFE_MAX.max(ttl),
+        };
+        let stale_while_revalidate = self.stale_while_revalidate.unwrap_or(Duration::ZERO);
+        // The reserve after freshness: fail-safe's horizon, else the SWR window alone.
+        let stale_life = if fail_safe {
+            fail_safe_max - ttl
+        } else {
+            stale_while_revalidate
+        };
+        let stale_while_revalidate = if stale_while_revalidate > stale_life {
+            adjust(
+                "stale_while_revalidate",
+                format!("{stale_while_revalidate:?}"),
+                format!("{stale_life:?}"),
+            );
+            stale_life
+        } else {
+            stale_while_revalidate
+        };
+        let eager_refresh = match self.eager_refresh_ppm {
+            Some(ppm) if ppm == 0 || ppm >= 1_000_000 => {
+                adjust(
+                    "eager_refresh",
+                    format!("{}", f64::from(ppm) / 1_000_000.0),
+                    "off".to_owned(),
+                );
+                None
+            }
+            ppm => ppm,
+        };
         let resolved = Resolved {
-            ttl: self.ttl.unwrap_or(DEFAULT_TTL),
+            ttl,
             hard_timeout,
             background_completion: self.background_completion.unwrap_or(true),
             background_cap,
@@ -215,6 +342,19 @@ impl FetchOptions {
             skip_l3_read: self.skip_l3_read.unwrap_or(false),
             skip_l3_write: self.skip_l3_write.unwrap_or(false),
             no_loader: self.no_loader.unwrap_or(false),
+            fail_safe,
+            stale_life,
+            fail_safe_throttle: self
+                .fail_safe_throttle
+                .unwrap_or(DEFAULT_FAIL_SAFE_THROTTLE),
+            soft_timeout: soft_timeout.filter(|_| fail_safe),
+            stale_while_revalidate,
+            eager_refresh_ppm: eager_refresh,
+            refresh_backoff: self.refresh_backoff.unwrap_or(DEFAULT_REFRESH_BACKOFF),
+            negative_ttl: self.negative_ttl.unwrap_or(Duration::ZERO),
+            jitter_max: self.jitter_max.unwrap_or(ttl / DEFAULT_JITTER_DIVISOR),
+            jitter_remote: self.jitter_remote.unwrap_or(false),
+            allow_stale: self.allow_stale.unwrap_or(false),
         };
         (resolved, adjustments)
     }
@@ -230,13 +370,21 @@ pub const DEFAULT_CAP_FACTOR: u32 = 4;
 pub const DEFAULT_TIER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The built-in largest encoded value written to the remote tiers.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// The built-in fail-safe horizon (used only with `fail_safe`).
+pub const DEFAULT_FAIL_SAFE_MAX: Duration = Duration::from_secs(3600);
+/// The built-in fail-safe throttle.
+pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
+/// The built-in wait after a failed background refresh.
+pub const DEFAULT_REFRESH_BACKOFF: Duration = Duration::from_secs(10);
+/// The built-in L1 jitter is the TTL divided by this (5%).
+pub const DEFAULT_JITTER_DIVISOR: u32 = 20;
 
 /// A normalisation of an incoherent option.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Adjustment {
     pub(crate) field: &'static str,
-    pub(crate) from: Duration,
-    pub(crate) to: Duration,
+    pub(crate) from: String,
+    pub(crate) to: String,
 }
 
 /// Options with every field decided.
@@ -259,6 +407,18 @@ pub(crate) struct Resolved {
     pub(crate) skip_l3_read: bool,
     pub(crate) skip_l3_write: bool,
     pub(crate) no_loader: bool,
+    pub(crate) fail_safe: bool,
+    /// How long a value lives after its freshness: `expires_at - stale_at` of a write.
+    pub(crate) stale_life: Duration,
+    pub(crate) fail_safe_throttle: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) eager_refresh_ppm: Option<u32>,
+    pub(crate) refresh_backoff: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) jitter_max: Duration,
+    pub(crate) jitter_remote: bool,
+    pub(crate) allow_stale: bool,
 }
 
 impl Resolved {

@@ -49,6 +49,19 @@ pub struct CacheStats {
     pub write_errors: [u64; 2],
     /// Remote writes the offload refused, per remote tier.
     pub writes_rejected: [u64; 2],
+    /// Fail-safe activations (a stale value served instead of a failure), per cause, indexed
+    /// like [`FailSafeCause`](crate::FailSafeCause): loader error, loader panic, timeout.
+    pub fail_safe_activations: [u64; 3],
+    /// Reads answered from a fail-safe throttle (no loader call).
+    pub throttled_serves: u64,
+    /// Callers answered with a stale value at their soft timeout.
+    pub soft_timeouts: u64,
+    /// Background refreshes started (eager refresh, stale-while-revalidate).
+    pub refreshes_started: u64,
+    /// Refreshes that adopted a newer entry from a remote tier instead of calling the loader.
+    pub refreshes_adopted: u64,
+    /// Refreshes whose loader failed (the value was kept, with a back-off).
+    pub refreshes_failed: u64,
 }
 
 impl CacheStats {
@@ -86,6 +99,12 @@ pub(crate) struct Stats {
     oversize: AtomicU64,
     write_errors: [AtomicU64; 2],
     writes_rejected: [AtomicU64; 2],
+    fail_safe_activations: [AtomicU64; 3],
+    throttled_serves: AtomicU64,
+    soft_timeouts: AtomicU64,
+    refreshes_started: AtomicU64,
+    refreshes_adopted: AtomicU64,
+    refreshes_failed: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -149,6 +168,30 @@ impl Stats {
         bump(&self.writes_rejected[tier]);
     }
 
+    pub(crate) fn record_fail_safe(&self, cause: crate::FailSafeCause) {
+        let index = match cause {
+            crate::FailSafeCause::LoaderError => 0,
+            crate::FailSafeCause::LoaderPanic => 1,
+            crate::FailSafeCause::Timeout => 2,
+        };
+        bump(&self.fail_safe_activations[index]);
+    }
+    pub(crate) fn record_throttled(&self) {
+        bump(&self.throttled_serves);
+    }
+    pub(crate) fn record_soft_timeout(&self) {
+        bump(&self.soft_timeouts);
+    }
+    pub(crate) fn record_refresh_started(&self) {
+        bump(&self.refreshes_started);
+    }
+    pub(crate) fn record_refresh_adopted(&self) {
+        bump(&self.refreshes_adopted);
+    }
+    pub(crate) fn record_refresh_failed(&self) {
+        bump(&self.refreshes_failed);
+    }
+
     pub(crate) fn snapshot(&self) -> CacheStats {
         CacheStats {
             flights: read(&self.flights),
@@ -171,6 +214,12 @@ impl Stats {
             oversize: read(&self.oversize),
             write_errors: self.write_errors.each_ref().map(read),
             writes_rejected: self.writes_rejected.each_ref().map(read),
+            fail_safe_activations: self.fail_safe_activations.each_ref().map(read),
+            throttled_serves: read(&self.throttled_serves),
+            soft_timeouts: read(&self.soft_timeouts),
+            refreshes_started: read(&self.refreshes_started),
+            refreshes_adopted: read(&self.refreshes_adopted),
+            refreshes_failed: read(&self.refreshes_failed),
         }
     }
 }

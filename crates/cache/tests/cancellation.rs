@@ -33,7 +33,7 @@ type LoaderFuture = Pin<Box<dyn Future<Output = Result<String, std::io::Error>> 
 #[derive(Clone, Default)]
 struct LoaderProbe {
     calls: Calls,
-    contexts: Arc<Mutex<Vec<FetchContext>>>,
+    contexts: Arc<Mutex<Vec<FetchContext<String>>>>,
     dropped: Arc<AtomicBool>,
     outside_work_cancelled: Arc<AtomicBool>,
 }
@@ -45,9 +45,9 @@ impl LoaderProbe {
         &self,
         gate: &Gate,
         value: &str,
-    ) -> impl FnOnce(FetchContext) -> LoaderFuture + Send + 'static + use<> {
+    ) -> impl FnOnce(FetchContext<String>) -> LoaderFuture + Send + 'static + use<> {
         let (probe, opened, value) = (self.clone(), gate.opened(), value.to_owned());
-        move |ctx: FetchContext| {
+        move |ctx: FetchContext<String>| {
             probe.calls.bump();
             probe.contexts.lock().unwrap().push(ctx.clone());
             let token = ctx.cancellation().clone();
@@ -65,7 +65,7 @@ impl LoaderProbe {
         }
     }
 
-    fn context(&self, i: usize) -> FetchContext {
+    fn context(&self, i: usize) -> FetchContext<String> {
         self.contexts.lock().unwrap()[i].clone()
     }
 
@@ -130,7 +130,7 @@ async fn assert_cancelled(task: tokio::task::JoinHandle<Answer>) {
 async fn assert_stored(stack: &Stack<String>, k: &str) {
     settle().await;
     let entry = stack.l1.peek(&key(k)).expect("L1 holds the value");
-    assert_eq!(entry.value().as_str(), "v");
+    assert_eq!(entry.value().unwrap().as_str(), "v");
     assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (1, 1));
     assert!(stack.l2.peek(&key(k)).is_some());
     assert!(stack.l3.peek(&key(k)).is_some());
@@ -314,7 +314,10 @@ async fn b16_every_caller_dropped_with_cancel_when_unobserved_cancels_the_flight
     assert_eq!((stats.flights_abandoned, stats.loader_calls), (1, 2));
     settle().await;
     // Only the new flight's value was stored.
-    assert_eq!(stack.l1.peek(&key("k")).unwrap().value().as_str(), "new");
+    assert_eq!(
+        stack.l1.peek(&key("k")).unwrap().value().unwrap().as_str(),
+        "new"
+    );
     assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (1, 1));
     assert_eq!(stack.codec.encodes(), 1);
     assert_eq!(cache.keys_in_progress(), 0);
@@ -400,7 +403,7 @@ async fn b17_each_caller_gets_its_own_timeout() {
     let cache = stack.cache();
     let calls = Calls::default();
     let slow = |calls: Calls| {
-        move |_: FetchContext| async move {
+        move |_: FetchContext<String>| async move {
             calls.bump();
             tokio::time::sleep(Duration::from_secs(10)).await;
             Ok::<_, std::io::Error>("v".to_owned())

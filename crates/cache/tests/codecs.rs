@@ -703,7 +703,7 @@ async fn b55_an_unencodable_loaded_value_is_returned_and_kept_in_l1_only() {
     assert!(stack.l2.is_empty() && stack.l3.is_empty());
     let k = key("k");
     assert_eq!(
-        stack.l1.peek(&k).unwrap().value().as_str(),
+        stack.l1.peek(&k).unwrap().value().unwrap().as_str(),
         "unencodable value"
     );
     let again = cache
@@ -985,7 +985,16 @@ async fn b57_an_encoded_value_above_max_payload_is_kept_in_l1_only_and_counted()
         (0, 0),
         "no remote write"
     );
-    assert_eq!(stack.l1.peek(&key("big")).unwrap().value().as_str(), big);
+    assert_eq!(
+        stack
+            .l1
+            .peek(&key("big"))
+            .unwrap()
+            .value()
+            .unwrap()
+            .as_str(),
+        big
+    );
     let again = cache
         .get_or_fetch("big", counting(&calls, String::new()))
         .await

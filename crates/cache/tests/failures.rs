@@ -332,7 +332,7 @@ async fn b13_strict_tiers_turns_tier_failures_into_errors() {
     let calls = Calls::default();
     let load = |calls: Calls| {
         let load = counting(&calls, "loaded".to_owned());
-        move |_: FetchContext| load()
+        move |_: FetchContext<String>| load()
     };
 
     // An L2 read error, seen by two coalesced callers.

@@ -35,8 +35,9 @@ fn remote_value(tier: &MemoryBackend, name: &str) -> Option<String> {
 /// A loader that answers `value` at once.
 fn answers(
     value: &'static str,
-) -> impl FnOnce(FetchContext) -> std::future::Ready<Result<String, std::io::Error>> + Send + 'static
-{
+) -> impl FnOnce(FetchContext<String>) -> std::future::Ready<Result<String, std::io::Error>>
++ Send
++ 'static {
     instant(&Calls::default(), value)
 }
 
@@ -316,7 +317,10 @@ async fn b65_a_refill_does_not_overwrite_a_newer_stale_l1_entry() {
     let hit = cache.get("k").await.unwrap().unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "old"));
     let entry = stack.l1.peek(&key("k")).unwrap();
-    assert_eq!((entry.value().as_str(), entry.meta()), ("new", newer));
+    assert_eq!(
+        (entry.value().unwrap().as_str(), entry.meta()),
+        ("new", newer)
+    );
 }
 
 /// Behaviours 63-65 (remote side): several `set`s queued on one key while its L2 write is

@@ -23,8 +23,9 @@ const MS: Duration = Duration::from_millis(1);
 /// A loader that counts its call and never answers.
 fn never(
     calls: &Calls,
-) -> impl FnOnce(FetchContext) -> std::future::Pending<Result<String, std::io::Error>> + Send + 'static
-{
+) -> impl FnOnce(FetchContext<String>) -> std::future::Pending<Result<String, std::io::Error>>
++ Send
++ 'static {
     let calls = calls.clone();
     move |_| {
         calls.bump();

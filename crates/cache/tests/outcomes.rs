@@ -35,7 +35,7 @@ async fn b66_loader_and_l1_hits_report_their_outcome() {
                 .get_or_fetch_with(
                     "k",
                     &FetchOptions::new().ttl(MINUTE),
-                    move |ctx: FetchContext| {
+                    move |ctx: FetchContext<String>| {
                         *seen_id.lock().unwrap() = Some(ctx.flight_id());
                         async move {
                             tokio::time::sleep(250 * MS).await;

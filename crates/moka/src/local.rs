@@ -172,7 +172,7 @@ impl<V: Send + Sync + 'static> MokaLocalBuilder<V> {
     }
 
     /// Weighs each entry (for instance its size in bytes); the capacity is then a total
-    /// weight.
+    /// weight. A tombstone (negative caching) weighs 1.
     #[must_use]
     pub fn weigher(
         mut self,
@@ -210,8 +210,10 @@ impl<V: Send + Sync + 'static> MokaLocalBuilder<V> {
             .max_capacity(self.max_capacity)
             .expire_after(EntryExpiry { clock: self.clock });
         if let Some(weigher) = self.weigher {
-            builder = builder
-                .weigher(move |key: &CacheKey, entry: &LocalEntry<V>| weigher(key, entry.value()));
+            builder = builder.weigher(move |key: &CacheKey, entry: &LocalEntry<V>| {
+                // A tombstone weighs 1: it holds no value.
+                entry.value().map_or(1, |value| weigher(key, value))
+            });
         }
         if let Some(idle) = self.time_to_idle {
             builder = builder.time_to_idle(idle);

@@ -97,10 +97,10 @@ fn get_insert_remove_and_clear() {
     tier.insert(&key("b"), b.clone());
 
     let got = tier.get(&key("a"), now).expect("a is held");
-    assert!(Arc::ptr_eq(got.value(), a.value()));
+    assert!(Arc::ptr_eq(got.value().unwrap(), a.value().unwrap()));
     assert_eq!(got.meta(), a.meta());
     let got = tier.get(&key("b"), now).expect("b is held");
-    assert_eq!(got.value().as_str(), "B");
+    assert_eq!(got.value().unwrap().as_str(), "B");
     assert_eq!(got.meta(), b.meta());
     tier.run_pending_tasks();
     assert_eq!(tier.entry_count(), 2);
@@ -123,7 +123,10 @@ fn get_insert_remove_and_clear() {
     // The tier is usable after clear, and clones share it.
     let clone = tier.clone();
     clone.insert(&key("d"), entry("D".to_owned(), now, MINUTE, MINUTE));
-    assert_eq!(tier.get(&key("d"), now).unwrap().value().as_str(), "D");
+    assert_eq!(
+        tier.get(&key("d"), now).unwrap().value().unwrap().as_str(),
+        "D"
+    );
 
     let labelled = MokaLocal::<String>::builder().label("users-l1").build();
     assert_eq!(labelled.label(), "users-l1");
@@ -145,7 +148,7 @@ fn get_never_returns_an_entry_expired_at_now_and_removes_it() {
     let got = tier
         .get(&k, stale)
         .expect("a stale entry is still returned");
-    assert!(Arc::ptr_eq(got.value(), stored.value()));
+    assert!(Arc::ptr_eq(got.value().unwrap(), stored.value().unwrap()));
     assert!(!got.meta().is_fresh(stale));
 
     // Expired by the time given (one millisecond before expiry, then exactly at it), while
@@ -202,8 +205,8 @@ fn an_insert_replaces_the_entry() {
     tier.insert(&k, new.clone());
 
     let got = tier.get(&k, now).expect("held");
-    assert!(Arc::ptr_eq(got.value(), new.value()));
-    assert!(!Arc::ptr_eq(got.value(), old.value()));
+    assert!(Arc::ptr_eq(got.value().unwrap(), new.value().unwrap()));
+    assert!(!Arc::ptr_eq(got.value().unwrap(), old.value().unwrap()));
     assert_eq!(got.meta(), new.meta());
     tier.run_pending_tasks();
     assert_eq!(tier.entry_count(), 1);
@@ -218,7 +221,7 @@ fn an_insert_replaces_the_entry() {
     tier.insert(&k, long.clone());
     let later = now.saturating_add(5 * MINUTE);
     let got = tier.get(&k, later).expect("the replacement lives on");
-    assert!(Arc::ptr_eq(got.value(), long.value()));
+    assert!(Arc::ptr_eq(got.value().unwrap(), long.value().unwrap()));
 }
 
 /// With a weigher, the capacity is a total weight: once moka has run its pending tasks, the
@@ -292,7 +295,7 @@ fn measure_hits() {
     let hits = count_allocations(|| {
         for _ in 0..1_000 {
             let hit = tier.get(&k, now).expect("a hit");
-            if Arc::ptr_eq(hit.value(), stored.value()) {
+            if Arc::ptr_eq(hit.value().unwrap(), stored.value().unwrap()) {
                 same += 1;
             }
         }

@@ -151,7 +151,11 @@ where
 
     /// A builder over the stack's L1 with `codec`, with its clock, without remote tiers.
     pub fn builder_with_codec(&self, codec: impl Codec<V>) -> CacheBuilder<V> {
-        Cache::builder(Arc::clone(&self.l1), codec).clock(Clock::from(self.clock.clone()))
+        // No L1 jitter by default in these tests: entries expire exactly at `stale_at` unless
+        // a test asks for a reserve.
+        Cache::builder(Arc::clone(&self.l1), codec)
+            .clock(Clock::from(self.clock.clone()))
+            .defaults(FetchOptions::new().jitter_max(Duration::ZERO))
     }
 
     /// A builder over all three tiers, to configure before building.
@@ -185,7 +189,7 @@ impl Stack<String> {
     pub fn l1_value(&self, name: &str) -> Option<String> {
         self.l1
             .peek(&key(name))
-            .map(|e| e.value().as_str().to_owned())
+            .and_then(|e| e.value().map(|v| v.as_str().to_owned()))
     }
 }
 
@@ -269,7 +273,7 @@ pub fn counting<V: Send + 'static>(
 pub fn instant(
     calls: &Calls,
     value: &'static str,
-) -> impl FnOnce(FetchContext) -> std::future::Ready<Result<String, std::io::Error>>
+) -> impl FnOnce(FetchContext<String>) -> std::future::Ready<Result<String, std::io::Error>>
 + Send
 + 'static
 + use<> {
@@ -413,12 +417,12 @@ impl TokenProbe {
         &self,
         until: U,
         value: &str,
-    ) -> impl FnOnce(FetchContext) -> BoxFuture<'static, Result<String, std::io::Error>>
+    ) -> impl FnOnce(FetchContext<String>) -> BoxFuture<'static, Result<String, std::io::Error>>
     + Send
     + 'static
     + use<U> {
         let (probe, value) = (self.clone(), value.to_owned());
-        move |ctx: FetchContext| {
+        move |ctx: FetchContext<String>| {
             probe.calls.bump();
             *probe.token.lock().unwrap() = Some(ctx.cancellation().clone());
             let flag = DropFlag::new(&probe.dropped);
