@@ -284,8 +284,9 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     /// The cache.
     pub fn build(self) -> Cache<V> {
         let (resolved_defaults, adjustments) = self.defaults.resolve();
+        let label = self.label;
         let shared = Shared {
-            label: self.label,
+            label: Arc::clone(&label),
             l1: self.l1,
             remote: [
                 self.remote[0].clone().map(|backend| RemoteTier {
@@ -308,7 +309,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             runtime: self.runtime,
             write_policy: self.write_policy,
             table: KeyTable::new(),
-            stats: Stats::default(),
+            stats: Stats::new(&label),
             next_flight: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
             jitter: self.jitter,

@@ -914,6 +914,9 @@ async fn finish<V: Send + Sync + 'static>(
         current
     };
     if !stored {
+        if flight.refreshing.is_some() {
+            shared.stats.record_refresh_discarded();
+        }
         tracing::debug!(
             flight_id = flight.id,
             "a set or remove superseded the flight: its result is not stored"

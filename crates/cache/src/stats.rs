@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use metrics::Counter;
+
 use crate::frame::{FRAME_ERROR_REASONS, FrameErrorReason};
 
 /// Counters of a [`Cache`](crate::Cache), read with [`Cache::stats`](crate::Cache::stats).
@@ -62,6 +64,8 @@ pub struct CacheStats {
     pub refreshes_adopted: u64,
     /// Refreshes whose loader failed (the value was kept, with a back-off).
     pub refreshes_failed: u64,
+    /// Refreshes whose result was not stored: a `set` or `remove` superseded them.
+    pub refreshes_discarded: u64,
 }
 
 impl CacheStats {
@@ -80,8 +84,50 @@ impl CacheStats {
     }
 }
 
-#[derive(Debug, Default)]
+/// The same events as [`Stats`], through the `metrics` facade (no-ops without a recorder);
+/// handles resolved once per cache.
+#[derive(Debug)]
+struct Metrics {
+    flights: Counter,
+    refreshes: [Counter; 4],
+    coalesced: Counter,
+    loader_calls: Counter,
+    loader_failures: [Counter; 2],
+    fail_safe: [Counter; 3],
+    throttled_serves: Counter,
+    soft_timeouts: Counter,
+    decode_errors: [Counter; 2],
+    write_errors: [Counter; 2],
+}
+
+impl Metrics {
+    fn new(cache: &str) -> Self {
+        let cache = cache.to_owned();
+        let counter = |name: &'static str| metrics::counter!(name, "cache" => cache.clone());
+        let labelled = |name: &'static str, key: &'static str, value: &'static str| metrics::counter!(name, "cache" => cache.clone(), key => value);
+        Metrics {
+            flights: counter("tierkit_cache_flights_total"),
+            refreshes: ["started", "adopted", "failed", "discarded"]
+                .map(|result| labelled("tierkit_cache_refreshes_total", "result", result)),
+            coalesced: counter("tierkit_cache_coalesced_total"),
+            loader_calls: counter("tierkit_cache_loader_calls_total"),
+            loader_failures: ["error", "panic"]
+                .map(|kind| labelled("tierkit_cache_loader_failures_total", "kind", kind)),
+            fail_safe: ["loader_error", "loader_panic", "timeout"]
+                .map(|cause| labelled("tierkit_cache_fail_safe_total", "cause", cause)),
+            throttled_serves: counter("tierkit_cache_throttled_serves_total"),
+            soft_timeouts: counter("tierkit_cache_soft_timeouts_total"),
+            decode_errors: ["l2", "l3"]
+                .map(|tier| labelled("tierkit_cache_decode_errors_total", "tier", tier)),
+            write_errors: ["l2", "l3"]
+                .map(|tier| labelled("tierkit_cache_write_errors_total", "tier", tier)),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct Stats {
+    metrics: Metrics,
     flights: AtomicU64,
     coalesced: AtomicU64,
     loader_calls: AtomicU64,
@@ -105,6 +151,40 @@ pub(crate) struct Stats {
     refreshes_started: AtomicU64,
     refreshes_adopted: AtomicU64,
     refreshes_failed: AtomicU64,
+    refreshes_discarded: AtomicU64,
+}
+
+impl Stats {
+    /// Counters of the cache labelled `cache`.
+    pub(crate) fn new(cache: &str) -> Self {
+        Stats {
+            metrics: Metrics::new(cache),
+            flights: AtomicU64::default(),
+            coalesced: AtomicU64::default(),
+            loader_calls: AtomicU64::default(),
+            loader_errors: AtomicU64::default(),
+            loader_panics: AtomicU64::default(),
+            flights_capped: AtomicU64::default(),
+            flights_abandoned: AtomicU64::default(),
+            flights_aborted: AtomicU64::default(),
+            superseded: AtomicU64::default(),
+            decodes: Default::default(),
+            decode_errors: Default::default(),
+            tier_errors: Default::default(),
+            tier_timeouts: Default::default(),
+            encode_errors: AtomicU64::default(),
+            oversize: AtomicU64::default(),
+            write_errors: Default::default(),
+            writes_rejected: Default::default(),
+            fail_safe_activations: Default::default(),
+            throttled_serves: AtomicU64::default(),
+            soft_timeouts: AtomicU64::default(),
+            refreshes_started: AtomicU64::default(),
+            refreshes_adopted: AtomicU64::default(),
+            refreshes_failed: AtomicU64::default(),
+            refreshes_discarded: AtomicU64::default(),
+        }
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -118,18 +198,23 @@ fn read(counter: &AtomicU64) -> u64 {
 impl Stats {
     pub(crate) fn record_flight(&self) {
         bump(&self.flights);
+        self.metrics.flights.increment(1);
     }
     pub(crate) fn record_coalesced(&self) {
         bump(&self.coalesced);
+        self.metrics.coalesced.increment(1);
     }
     pub(crate) fn record_loader_call(&self) {
         bump(&self.loader_calls);
+        self.metrics.loader_calls.increment(1);
     }
     pub(crate) fn record_loader_error(&self) {
         bump(&self.loader_errors);
+        self.metrics.loader_failures[0].increment(1);
     }
     pub(crate) fn record_loader_panic(&self) {
         bump(&self.loader_panics);
+        self.metrics.loader_failures[1].increment(1);
     }
     pub(crate) fn record_capped(&self) {
         bump(&self.flights_capped);
@@ -148,6 +233,7 @@ impl Stats {
     }
     pub(crate) fn record_decode_error(&self, tier: usize, reason: FrameErrorReason) {
         bump(&self.decode_errors[tier][reason.index()]);
+        self.metrics.decode_errors[tier].increment(1);
     }
     pub(crate) fn record_tier_error(&self, tier: usize) {
         bump(&self.tier_errors[tier]);
@@ -163,6 +249,7 @@ impl Stats {
     }
     pub(crate) fn record_write_error(&self, tier: usize) {
         bump(&self.write_errors[tier]);
+        self.metrics.write_errors[tier].increment(1);
     }
     pub(crate) fn record_write_rejected(&self, tier: usize) {
         bump(&self.writes_rejected[tier]);
@@ -175,21 +262,31 @@ impl Stats {
             crate::FailSafeCause::Timeout => 2,
         };
         bump(&self.fail_safe_activations[index]);
+        self.metrics.fail_safe[index].increment(1);
     }
     pub(crate) fn record_throttled(&self) {
         bump(&self.throttled_serves);
+        self.metrics.throttled_serves.increment(1);
     }
     pub(crate) fn record_soft_timeout(&self) {
         bump(&self.soft_timeouts);
+        self.metrics.soft_timeouts.increment(1);
     }
     pub(crate) fn record_refresh_started(&self) {
         bump(&self.refreshes_started);
+        self.metrics.refreshes[0].increment(1);
     }
     pub(crate) fn record_refresh_adopted(&self) {
         bump(&self.refreshes_adopted);
+        self.metrics.refreshes[1].increment(1);
     }
     pub(crate) fn record_refresh_failed(&self) {
         bump(&self.refreshes_failed);
+        self.metrics.refreshes[2].increment(1);
+    }
+    pub(crate) fn record_refresh_discarded(&self) {
+        bump(&self.refreshes_discarded);
+        self.metrics.refreshes[3].increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {
@@ -220,6 +317,7 @@ impl Stats {
             refreshes_started: read(&self.refreshes_started),
             refreshes_adopted: read(&self.refreshes_adopted),
             refreshes_failed: read(&self.refreshes_failed),
+            refreshes_discarded: read(&self.refreshes_discarded),
         }
     }
 }
