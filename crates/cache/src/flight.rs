@@ -831,7 +831,8 @@ async fn finish<V: Send + Sync + 'static>(
     ending: Ending<V>,
 ) {
     let options = &flight.options;
-    let (local, writes, result) = match ending {
+    // `back_off`: `local` is a refresh back-off of the entry the refresh started from.
+    let (local, writes, result, back_off) = match ending {
         Ending::Found {
             published,
             store_local,
@@ -840,21 +841,31 @@ async fn finish<V: Send + Sync + 'static>(
             let local = (store_local && !options.skip_l1_write).then(|| {
                 shared.local_entry(Some(Arc::clone(&published.value)), published.meta, options)
             });
-            (local, writes, Ok(Some(published)))
+            (local, writes, Ok(Some(published)), false)
         }
         Ending::Absent { tombstone, writes } => {
             let local = tombstone
                 .filter(|_| !options.skip_l1_write)
                 .map(|meta| shared.local_entry(None, meta, options));
-            (local, writes, Ok(None))
+            (local, writes, Ok(None), false)
         }
-        Ending::NotFound => (backed_off(shared, key, flight), [None, None], Ok(None)),
+        Ending::NotFound => (
+            backed_off(shared, key, flight),
+            [None, None],
+            Ok(None),
+            true,
+        ),
         Ending::Failed { error, .. } if flight.refreshing.is_some() => {
             // A failed refresh keeps the value and backs off; callers that joined it fall
             // back on the value themselves (fail-safe), or get the error.
             shared.stats.record_refresh_failed();
             tracing::debug!(flight_id = flight.id, %error, "a background refresh failed");
-            (backed_off(shared, key, flight), [None, None], Err(error))
+            (
+                backed_off(shared, key, flight),
+                [None, None],
+                Err(error),
+                true,
+            )
         }
         Ending::Failed { error, cause } => {
             let now = shared.clock.now();
@@ -881,22 +892,28 @@ async fn finish<V: Send + Sync + 'static>(
                         }),
                         Some(error),
                     );
-                    (Some(local), [None, None], Ok(Some(published)))
+                    (Some(local), [None, None], Ok(Some(published)), false)
                 }
-                _ => (None, [None, None], Err(error)),
+                _ => (None, [None, None], Err(error), false),
             }
         }
     };
     let mut waits = Vec::new();
     let mut start = [false, false];
+    // A refresh's back-off applies to the very entry it refreshed (`backed_off` checked its
+    // `created_at`), whether or not the flight is still registered (a refresh without a loader
+    // unregisters itself before it ends).
+    let has_result = local.is_some() && !back_off || writes.iter().any(Option::is_some);
     let stored = {
         let mut locked = shared.table.lock(key);
         let state = locked.state();
         let current = state.remove_flight(flight).is_some();
+        if (current || back_off)
+            && let Some(local) = local
+        {
+            shared.insert_local_if_newer(key, local);
+        }
         if current {
-            if let Some(local) = local {
-                shared.insert_local_if_newer(key, local);
-            }
             let await_writes = options.write_mode == WriteMode::AwaitBeforeReturn;
             for (tier, write) in writes.into_iter().enumerate() {
                 if let Some(effect) = write {
@@ -913,7 +930,7 @@ async fn finish<V: Send + Sync + 'static>(
         }
         current
     };
-    if !stored {
+    if !stored && has_result {
         if flight.refreshing.is_some() {
             shared.stats.record_refresh_discarded();
         }
