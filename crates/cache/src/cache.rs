@@ -725,7 +725,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let flight = {
             let mut locked = self.shared.table.lock(key);
             let state = locked.state();
-            if state.flight.is_some() {
+            if let Some(slot) = &state.flight {
+                // A refresh started by a read without a loader can still use this one.
+                if slot.flight.lacks_loader() {
+                    slot.flight.offer_loader(loader());
+                }
                 return false;
             }
             let id = self.shared.next_flight.fetch_add(1, Ordering::Relaxed);
@@ -1042,7 +1046,14 @@ impl<V: Send + Sync + 'static> Shared<V> {
         options: &Resolved,
     ) -> EntryMeta {
         let stale_at = now.saturating_add(ttl);
-        let expires_at = stale_at.saturating_add(options.stale_life.max(options.jitter_max));
+        // The reserve after freshness, for this write's own TTL (a loader may set it).
+        // Fail-safe's horizon is exact; otherwise the reserve also leaves L1's jitter room.
+        let reserve = if options.fail_safe {
+            options.fail_safe_max.saturating_sub(ttl)
+        } else {
+            options.stale_while_revalidate.max(options.jitter_max)
+        };
+        let expires_at = stale_at.saturating_add(reserve);
         let stale_at = if options.jitter_remote {
             stale_at.saturating_add(self.jitter.jitter(options.jitter_max))
         } else {
@@ -1072,10 +1083,9 @@ impl<V: Send + Sync + 'static> Shared<V> {
         let revalidate_until = fresh_until
             .saturating_add(options.stale_while_revalidate)
             .min(meta.expires_at());
-        let eager = options.eager_refresh_ppm.map(|ppm| {
+        let eager = options.eager_refresh.map(|threshold| {
             let ttl = meta.stale_at().saturating_duration_since(meta.created_at());
-            meta.created_at()
-                .saturating_add(ttl.mul_f64(f64::from(ppm) / 1_000_000.0))
+            meta.created_at().saturating_add(ttl.mul_f64(threshold))
         });
         let refresh_at = match eager {
             Some(at) => at,

@@ -202,6 +202,8 @@ pub(crate) struct Flight<V> {
     /// The newest stale value seen so far (the starter's L1 entry, then the tiers'), for
     /// fail-safe and the loader's context.
     candidate: Mutex<Option<Candidate<V>>>,
+    /// Bumped whenever `candidate` changes, for waiters past their soft timeout.
+    pub(crate) candidates: watch::Sender<u64>,
     /// For a background refresh: the `created_at` of the L1 entry it refreshes. A tier entry
     /// is adopted only when newer.
     pub(crate) refreshing: Option<Timestamp>,
@@ -225,6 +227,7 @@ impl<V: Send + Sync + 'static> Flight<V> {
             cancel: CancellationToken::new(),
             abort: OnceLock::new(),
             candidate: Mutex::new(None),
+            candidates: watch::Sender::new(0),
             refreshing: None,
         }
     }
@@ -252,6 +255,8 @@ impl<V: Send + Sync + 'static> Flight<V> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *slot = Candidate::newest(slot.take(), candidate);
+        drop(slot);
+        self.candidates.send_modify(|seen| *seen += 1);
     }
 
     /// The newest stale value seen so far.
@@ -280,6 +285,14 @@ impl<V: Send + Sync + 'static> Flight<V> {
         if slot.is_none() {
             *slot = loader;
         }
+    }
+
+    /// Whether no caller handed the flight a loader yet. Call under the key's table lock.
+    pub(crate) fn lacks_loader(&self) -> bool {
+        self.loader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
     }
 
     fn take_loader(&self) -> Option<BoxLoader<V>> {
@@ -343,18 +356,41 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
     fallbacks: &Fallbacks<V>,
 ) -> FlightResult<V> {
     let mut receiver = flight.subscribe();
+    let mut candidates = flight.candidates.subscribe();
     if let Some(soft) = options.soft_timeout.filter(|_| options.fail_safe)
         && soft < options.hard_timeout
     {
+        let serve_stale = |stale: Candidate<V>| {
+            shared.stats.record_soft_timeout();
+            Ok(Some(
+                stale.serve(HitFreshness::Stale(StaleCause::SoftTimeout), None),
+            ))
+        };
         match tokio::time::timeout_at(arrival + soft, receiver.wait_for(Option::is_some)).await {
             Ok(result) => return settle(shared, flight, options, fallbacks, result),
             Err(_elapsed) => {
                 if let Some(stale) = fallbacks.best(flight, shared.clock.now()) {
-                    shared.stats.record_soft_timeout();
-                    return Ok(Some(
-                        stale.serve(HitFreshness::Stale(StaleCause::SoftTimeout), None),
-                    ));
+                    return serve_stale(stale);
                 }
+            }
+        }
+        // Past the soft deadline with nothing stale yet: the first stale value the flight
+        // finds is served as soon as it is found, unless the result comes first.
+        let deadline = tokio::time::sleep_until(arrival + options.hard_timeout);
+        tokio::pin!(deadline);
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                result = receiver.wait_for(Option::is_some) => {
+                    return settle(shared, flight, options, fallbacks, result);
+                }
+                changed = candidates.changed(), if watching => {
+                    watching = changed.is_ok();
+                    if let Some(stale) = fallbacks.best(flight, shared.clock.now()) {
+                        return serve_stale(stale);
+                    }
+                }
+                () = &mut deadline => break,
             }
         }
     }

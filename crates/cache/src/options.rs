@@ -73,7 +73,8 @@ pub struct FetchOptions {
     fail_safe_throttle: Option<Duration>,
     soft_timeout: Option<Duration>,
     stale_while_revalidate: Option<Duration>,
-    eager_refresh_ppm: Option<u32>,
+    /// The eager-refresh threshold, as the bits of its `f64` (so options stay `Eq + Hash`).
+    eager_refresh_bits: Option<u64>,
     refresh_backoff: Option<Duration>,
     negative_ttl: Option<Duration>,
     jitter_max: Option<Duration>,
@@ -104,7 +105,7 @@ macro_rules! options {
             pub fn or(&self, defaults: &FetchOptions) -> FetchOptions {
                 FetchOptions {
                     $($field: self.$field.or(defaults.$field),)*
-                    eager_refresh_ppm: self.eager_refresh_ppm.or(defaults.eager_refresh_ppm),
+                    eager_refresh_bits: self.eager_refresh_bits.or(defaults.eager_refresh_bits),
                 }
             }
         }
@@ -227,7 +228,7 @@ impl FetchOptions {
             fail_safe_throttle: None,
             soft_timeout: None,
             stale_while_revalidate: None,
-            eager_refresh_ppm: None,
+            eager_refresh_bits: None,
             refresh_backoff: None,
             negative_ttl: None,
             jitter_max: None,
@@ -242,17 +243,13 @@ impl FetchOptions {
     /// warning). Off by default.
     #[must_use]
     pub fn eager_refresh(mut self, threshold: f64) -> Self {
-        let ppm = (threshold * 1_000_000.0).round();
-        // Outside (0, 1) the value is kept out of range, so that resolution warns and turns
-        // eager refresh off; `as` saturates, so no value wraps into range.
-        self.eager_refresh_ppm = Some(if ppm.is_nan() { 0 } else { ppm as u32 });
+        self.eager_refresh_bits = Some(threshold.to_bits());
         self
     }
 
     /// The eager-refresh threshold set here, if any.
     pub fn get_eager_refresh(&self) -> Option<f64> {
-        self.eager_refresh_ppm
-            .map(|ppm| f64::from(ppm) / 1_000_000.0)
+        self.eager_refresh_bits.map(f64::from_bits)
     }
 
     /// Every field resolved against the built-in defaults, then normalised; also returns the
@@ -313,16 +310,13 @@ impl FetchOptions {
         } else {
             stale_while_revalidate
         };
-        let eager_refresh = match self.eager_refresh_ppm {
-            Some(ppm) if ppm == 0 || ppm >= 1_000_000 => {
-                adjust(
-                    "eager_refresh",
-                    format!("{}", f64::from(ppm) / 1_000_000.0),
-                    "off".to_owned(),
-                );
+        let eager_refresh = match self.eager_refresh_bits.map(f64::from_bits) {
+            Some(threshold) if threshold > 0.0 && threshold < 1.0 => Some(threshold),
+            Some(threshold) => {
+                adjust("eager_refresh", format!("{threshold}"), "off".to_owned());
                 None
             }
-            ppm => ppm,
+            None => None,
         };
         let resolved = Resolved {
             ttl,
@@ -343,13 +337,13 @@ impl FetchOptions {
             skip_l3_write: self.skip_l3_write.unwrap_or(false),
             no_loader: self.no_loader.unwrap_or(false),
             fail_safe,
-            stale_life,
+            fail_safe_max,
             fail_safe_throttle: self
                 .fail_safe_throttle
                 .unwrap_or(DEFAULT_FAIL_SAFE_THROTTLE),
             soft_timeout: soft_timeout.filter(|_| fail_safe),
             stale_while_revalidate,
-            eager_refresh_ppm: eager_refresh,
+            eager_refresh,
             refresh_backoff: self.refresh_backoff.unwrap_or(DEFAULT_REFRESH_BACKOFF),
             negative_ttl: self.negative_ttl.unwrap_or(Duration::ZERO),
             jitter_max: self.jitter_max.unwrap_or(ttl / DEFAULT_JITTER_DIVISOR),
@@ -388,7 +382,7 @@ pub(crate) struct Adjustment {
 }
 
 /// Options with every field decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Resolved {
     pub(crate) ttl: Duration,
     pub(crate) hard_timeout: Duration,
@@ -408,12 +402,12 @@ pub(crate) struct Resolved {
     pub(crate) skip_l3_write: bool,
     pub(crate) no_loader: bool,
     pub(crate) fail_safe: bool,
-    /// How long a value lives after its freshness: `expires_at - stale_at` of a write.
-    pub(crate) stale_life: Duration,
+    /// With `fail_safe`, the horizon of a write from its `created_at`.
+    pub(crate) fail_safe_max: Duration,
     pub(crate) fail_safe_throttle: Duration,
     pub(crate) soft_timeout: Option<Duration>,
     pub(crate) stale_while_revalidate: Duration,
-    pub(crate) eager_refresh_ppm: Option<u32>,
+    pub(crate) eager_refresh: Option<f64>,
     pub(crate) refresh_backoff: Duration,
     pub(crate) negative_ttl: Duration,
     pub(crate) jitter_max: Duration,
