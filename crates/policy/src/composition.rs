@@ -348,7 +348,14 @@ where
         value: CacheValue,
         finish: Finish<L1, L2, R, W>,
     ) -> TierWrite {
-        let result = self.tier_write(layer, Write::Set(key, value)).await;
+        // A write that starts late (a race write's slower half, run on the offload) after a
+        // newer operation on the key began applies that operation's effect instead: the tier
+        // never holds, even briefly, a value older than an acknowledged write or delete.
+        let result = match self.ops.newest(key) {
+            Some(Effect::Remove) => self.tier_write(layer, Write::Delete(key)).await,
+            Some(Effect::Store(newest)) => self.tier_write(layer, Write::Set(key, newest)).await,
+            None => self.tier_write(layer, Write::Set(key, value)).await,
+        };
         let reapplied = finish.run().await;
         if result.is_err() && !reapplied {
             self.remove_if_synchronous(layer, key);

@@ -112,6 +112,11 @@ impl KeyOps {
         self.counter(key).load(Ordering::Acquire)
     }
 
+    /// The newest effect on `key` while operations on it run (`None` when none runs).
+    pub(crate) fn newest(&self, key: &CacheKey) -> Option<Effect> {
+        self.shard(key).get(key).map(|state| state.newest.clone())
+    }
+
     /// Starts an operation whose effect is `effect` on both tiers.
     pub(crate) fn begin(&self, key: &CacheKey, effect: Effect) {
         let mut shard = self.shard(key);
