@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use support::{
-    Answer, Calls, FaultyStack, Gate, Stack, assert_stored_in_no_tier, hits, instant, key, settle,
-    write_l3_only,
+    Answer, Calls, FaultyStack, Gate, Stack, assert_stored_in_no_tier, at, hits, instant, key,
+    settle, write_l1_only, write_l3_only,
 };
 use tierkit_cache::{
     Cache, CacheError, EntryMeta, FailSafeCause, FetchContext, FetchOptions, Hit, HitFreshness,
@@ -52,16 +52,18 @@ fn fail_safe_cache(stack: &Stack<String>) -> Cache<String> {
     stack.tiered_builder().defaults(fail_safe()).build()
 }
 
+/// Another node's fail-safe cache over `stack`'s remote tiers, with the clock set to `when`
+/// (for that node to write there).
+fn other_node_at(stack: &Stack<String>, when: Timestamp) -> Cache<String> {
+    stack.clock.set(when);
+    fail_safe_cache(&stack.other_node::<String>())
+}
+
 /// A stack and its fail-safe cache.
 fn setup() -> (Stack<String>, Cache<String>) {
     let stack = Stack::<String>::new();
     let cache = fail_safe_cache(&stack);
     (stack, cache)
-}
-
-/// `t0 + offset`.
-fn at(t0: Timestamp, offset: Duration) -> Timestamp {
-    t0.saturating_add(offset)
 }
 
 /// An entry's `(created_at, stale_at, expires_at)`.
@@ -77,16 +79,89 @@ fn stored_times(value: &CacheValue) -> (Timestamp, Timestamp, Timestamp) {
 /// Loads `value` under `name` through the loader (so every tier stores it, at the manual
 /// clock's time) and lets the remote write-back land.
 async fn load(cache: &Cache<String>, name: &str, value: &'static str) {
-    let hit = cache
-        .get_or_fetch_with(
-            name,
-            &FetchOptions::new(),
-            instant(&Calls::default(), value),
-        )
+    let hit = fetch(cache, name, instant(&Calls::default(), value))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, value));
     settle().await;
+}
+
+/// A stack and its fail-safe cache with "v1" loaded under "k", and the instant of the load.
+async fn loaded() -> (Stack<String>, Cache<String>, Timestamp) {
+    let (stack, cache) = setup();
+    let t0 = stack.clock.now();
+    load(&cache, "k", "v1").await;
+    (stack, cache, t0)
+}
+
+/// [`loaded`], with the manual clock then set to `offset` after the load (from the TTL on, the
+/// value is stale).
+async fn loaded_then(offset: Duration) -> (Stack<String>, Cache<String>, Timestamp) {
+    let (stack, cache, t0) = loaded().await;
+    stack.clock.set(at(t0, offset));
+    (stack, cache, t0)
+}
+
+/// `get_or_fetch_with(name, loader)` with no per-call options.
+async fn fetch<F, Fut>(cache: &Cache<String>, name: &str, loader: F) -> Answer<String>
+where
+    F: FnOnce(FetchContext<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, io::Error>> + Send + 'static,
+{
+    cache
+        .get_or_fetch_with(name, &FetchOptions::new(), loader)
+        .await
+}
+
+/// `get_or_fetch_with_fallback(name, "fallback", loader)` with no per-call options.
+async fn fetch_or_fallback<F, Fut>(cache: &Cache<String>, name: &str, loader: F) -> Answer<String>
+where
+    F: FnOnce(FetchContext<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, io::Error>> + Send + 'static,
+{
+    cache
+        .get_or_fetch_with_fallback(name, &FetchOptions::new(), "fallback".to_owned(), loader)
+        .await
+}
+
+/// Sets the clock to `TTL + 15 s` after `t0` (every copy of "k" written by then is stale)
+/// and reads "k" with a failing loader: the fail-safe answer.
+async fn fail_once_all_stale(
+    stack: &Stack<String>,
+    cache: &Cache<String>,
+    t0: Timestamp,
+    calls: &Calls,
+) -> Hit<String> {
+    stack.clock.set(at(t0, TTL + 15 * SECOND));
+    fetch(cache, "k", failing(calls)).await.unwrap()
+}
+
+/// Asserts that L1, L2 and L3 hold `name` with the times `want`.
+#[track_caller]
+fn assert_times_in_every_tier(
+    stack: &Stack<String>,
+    name: &str,
+    want: (Timestamp, Timestamp, Timestamp),
+) {
+    assert_eq!(times(stack.l1.peek(&key(name)).unwrap().meta()), want);
+    assert_remote_times(stack, name, want);
+}
+
+/// Asserts that L2 and L3 hold `name` with the times `want`.
+#[track_caller]
+fn assert_remote_times(stack: &Stack<String>, name: &str, want: (Timestamp, Timestamp, Timestamp)) {
+    assert_eq!(stored_times(&stack.l2.peek(&key(name)).unwrap()), want);
+    assert_eq!(stored_times(&stack.l3.peek(&key(name)).unwrap()), want);
+}
+
+/// Asserts whether every tier still holds `name` at the manual clock's time (L1 through its
+/// expiry-aware `get`).
+#[track_caller]
+fn assert_every_tier_holds(stack: &Stack<String>, name: &str, held: bool) {
+    let now = stack.clock.now();
+    assert_eq!(stack.l1.get(&key(name), now).is_some(), held);
+    assert_eq!(stack.l2.peek(&key(name)).is_some(), held);
+    assert_eq!(stack.l3.peek(&key(name)).is_some(), held);
 }
 
 /// What a fail-safe answer reports.
@@ -100,6 +175,37 @@ fn assert_hit(hit: &Hit<String>, source: Source, value: &str, freshness: HitFres
     assert_eq!(
         (hit.source(), hit.as_str(), hit.freshness()),
         (source, value, freshness)
+    );
+}
+
+/// Asserts a fail-safe hit: its source and value, flagged `Stale(FailSafe{cause, throttled})`.
+#[track_caller]
+fn assert_fail_safe(
+    hit: &Hit<String>,
+    source: Source,
+    value: &str,
+    cause: FailSafeCause,
+    throttled: bool,
+) {
+    assert_hit(hit, source, value, fail_safe_of(cause, throttled));
+}
+
+/// Asserts a stale hit: its source and value, flagged `Stale(cause)`.
+#[track_caller]
+fn assert_stale(hit: &Hit<String>, source: Source, value: &str, cause: StaleCause) {
+    assert_hit(hit, source, value, HitFreshness::Stale(cause));
+}
+
+/// Asserts that `hit` hid a loader panic with `message`.
+#[track_caller]
+fn assert_panicked(hit: &Hit<String>, message: &str) {
+    assert!(
+        matches!(
+            hit.suppressed_error(),
+            Some(CacheError::LoaderPanicked { message: m }) if &**m == message
+        ),
+        "{:?}",
+        hit.suppressed_error()
     );
 }
 
@@ -210,7 +316,7 @@ fn spawn_call<F, Fut>(
     name: &'static str,
     options: FetchOptions,
     loader: F,
-) -> JoinHandle<(Answer<String>, Instant)>
+) -> Call
 where
     F: FnOnce(FetchContext<String>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<String, io::Error>> + Send + 'static,
@@ -220,6 +326,31 @@ where
         let answer = cache.get_or_fetch_with(name, &options, loader).await;
         (answer, Instant::now())
     })
+}
+
+/// A spawned call: its answer and the instant it came.
+type Call = JoinHandle<(Answer<String>, Instant)>;
+
+/// Spawns the starter of a flight on "k" (hard timeout 100 ms, background cap `cap`, loader
+/// `starter`), then a caller joining it (hard timeout 1 s, loader `joiner`).
+fn spawn_capped_flight<S, SF, J, JF>(
+    cache: &Cache<String>,
+    cap: Duration,
+    starter: S,
+    joiner: J,
+) -> (Call, Call)
+where
+    S: FnOnce(FetchContext<String>) -> SF + Send + 'static,
+    SF: Future<Output = Result<String, io::Error>> + Send + 'static,
+    J: FnOnce(FetchContext<String>) -> JF + Send + 'static,
+    JF: Future<Output = Result<String, io::Error>> + Send + 'static,
+{
+    let options = FetchOptions::new()
+        .hard_timeout(100 * MS)
+        .background_cap(cap);
+    let starter = spawn_call(cache, "k", options, starter);
+    let joiner = spawn_call(cache, "k", FetchOptions::new().hard_timeout(SECOND), joiner);
+    (starter, joiner)
 }
 
 /// An origin the test turns down and up: its loader fails with [`DOWN`] while it is down,
@@ -262,67 +393,26 @@ impl Origin {
 /// is counted under the panic cause and throttled like any other; nothing is written remotely.
 #[tokio::test(start_paused = true)]
 async fn b22_a_loader_panic_triggers_fail_safe() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
-    stack.clock.set(at(t0, TTL + SECOND));
+    let (stack, cache, _) = loaded_then(TTL + SECOND).await;
     let calls = Calls::default();
 
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), panicking(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::LoaderPanic, false),
-    );
-    assert!(
-        matches!(
-            hit.suppressed_error(),
-            Some(CacheError::LoaderPanicked { message }) if &**message == "origin exploded"
-        ),
-        "{:?}",
-        hit.suppressed_error()
-    );
+    let hit = fetch(&cache, "k", panicking(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderPanic, false);
+    assert_panicked(&hit, "origin exploded");
     let stats = cache.stats();
     assert_eq!((stats.loader_calls, stats.loader_panics), (2, 1));
     assert_eq!(stats.fail_safe_activations, [0, 1, 0]);
 
     // Within the throttle: the same cause, throttled, no loader call.
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), panicking(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::LoaderPanic, true),
-    );
+    let hit = fetch(&cache, "k", panicking(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderPanic, true);
     assert_eq!(calls.get(), 1);
 
     // After the throttle: a panic in the closure itself, before it returns a future.
     stack.clock.advance(THROTTLE);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), panicking_early(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::LoaderPanic, false),
-    );
-    assert!(
-        matches!(
-            hit.suppressed_error(),
-            Some(CacheError::LoaderPanicked { message }) if &**message == "panicked before the future"
-        ),
-        "{:?}",
-        hit.suppressed_error()
-    );
+    let hit = fetch(&cache, "k", panicking_early(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderPanic, false);
+    assert_panicked(&hit, "panicked before the future");
     assert_eq!(calls.get(), 2);
     let stats = cache.stats();
     assert_eq!(stats.loader_panics, 2);
@@ -354,9 +444,7 @@ fn soft_and_hard() -> FetchOptions {
 /// value in every tier.
 #[tokio::test(start_paused = true)]
 async fn b23_soft_timeout_serves_the_own_stale_l1_entry_while_the_flight_goes_on() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
+    let (stack, cache, t0) = loaded().await;
     let t1 = at(t0, TTL + SECOND);
     stack.clock.set(t1);
     let calls = Calls::default();
@@ -367,12 +455,7 @@ async fn b23_soft_timeout_serves_the_own_stale_l1_entry_while_the_flight_goes_on
         .await
         .unwrap();
     assert_eq!(start.elapsed(), 100 * MS, "released at its soft timeout");
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        HitFreshness::Stale(StaleCause::SoftTimeout),
-    );
+    assert_stale(&hit, Source::L1, "v1", StaleCause::SoftTimeout);
     assert!(hit.suppressed_error().is_none());
     assert_eq!(hit.elapsed(), 100 * MS);
     assert_eq!(cache.flights_in_progress(), 1, "the flight goes on");
@@ -390,8 +473,7 @@ async fn b23_soft_timeout_serves_the_own_stale_l1_entry_while_the_flight_goes_on
     assert_eq!(cache.flights_in_progress(), 0);
     assert_eq!(stack.l1_value("k"), Some("v2".to_owned()));
     let written = (t1, at(t1, TTL), at(t1, FAIL_SAFE_MAX));
-    assert_eq!(stored_times(&stack.l2.peek(&key("k")).unwrap()), written);
-    assert_eq!(stored_times(&stack.l3.peek(&key("k")).unwrap()), written);
+    assert_remote_times(&stack, "k", written);
 
     let hit = cache
         .get_or_fetch_with("k", &soft_and_hard(), failing(&calls))
@@ -420,12 +502,7 @@ async fn b23_soft_timeout_serves_a_stale_entry_the_flight_found_in_a_tier() {
         .await
         .unwrap();
     assert_eq!(start.elapsed(), 100 * MS);
-    assert_hit(
-        &hit,
-        Source::L2,
-        "v1",
-        HitFreshness::Stale(StaleCause::SoftTimeout),
-    );
+    assert_stale(&hit, Source::L2, "v1", StaleCause::SoftTimeout);
     assert_eq!(times(hit.meta()).0, t0, "the entry other node wrote");
     assert!(node.l1.peek(&key("k")).is_none(), "nothing stored yet");
     assert_eq!(cache.stats().soft_timeouts, 1);
@@ -461,12 +538,7 @@ async fn b23_soft_timeout_serves_the_per_call_fallback() {
         .await
         .unwrap();
     assert_eq!(start.elapsed(), 100 * MS);
-    assert_hit(
-        &hit,
-        Source::Fallback,
-        "fallback",
-        HitFreshness::Stale(StaleCause::SoftTimeout),
-    );
+    assert_stale(&hit, Source::Fallback, "fallback", StaleCause::SoftTimeout);
     settle().await;
     assert_stored_in_no_tier(&stack, "k");
     assert_eq!(cache.flights_in_progress(), 1);
@@ -484,10 +556,7 @@ async fn b23_soft_timeout_serves_the_per_call_fallback() {
 /// caller waits for its hard timeout and gets `Err(Timeout{Hard})` at exactly that instant.
 #[tokio::test(start_paused = true)]
 async fn b23_without_fail_safe_or_without_a_fallback_the_soft_timeout_does_nothing() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
-    stack.clock.set(at(t0, TTL + SECOND));
+    let (_, cache, _) = loaded_then(TTL + SECOND).await;
     let calls = Calls::default();
     let without_fail_safe = soft_and_hard().fail_safe(false);
 
@@ -553,12 +622,7 @@ async fn b23_a_fallback_published_after_the_soft_deadline_is_served_when_it_arri
         .get_or_fetch_with("k", &soft_and_hard(), never(&calls))
         .await
         .unwrap();
-    assert_hit(
-        &hit,
-        Source::L2,
-        "v1",
-        HitFreshness::Stale(StaleCause::SoftTimeout),
-    );
+    assert_stale(&hit, Source::L2, "v1", StaleCause::SoftTimeout);
     assert_eq!(
         start.elapsed(),
         200 * MS,
@@ -577,8 +641,7 @@ async fn b23_a_fallback_published_after_the_soft_deadline_is_served_when_it_arri
 async fn b30_every_tier_stores_the_same_envelope_times() {
     let (stack, cache) = setup();
     let t0 = stack.clock.now();
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), instant(&Calls::default(), "v1"))
+    let hit = fetch(&cache, "k", instant(&Calls::default(), "v1"))
         .await
         .unwrap();
     settle().await;
@@ -591,8 +654,7 @@ async fn b30_every_tier_stores_the_same_envelope_times() {
         at(t0, TTL),
         "no jitter here: L1 freshness ends at stale_at"
     );
-    assert_eq!(stored_times(&stack.l2.peek(&key("k")).unwrap()), want);
-    assert_eq!(stored_times(&stack.l3.peek(&key("k")).unwrap()), want);
+    assert_remote_times(&stack, "k", want);
 
     // A TTL above fail_safe_max: expires_at is created_at + ttl.
     let long = FetchOptions::new().ttl(FAIL_SAFE_MAX + TTL);
@@ -608,15 +670,9 @@ async fn b30_every_tier_stores_the_same_envelope_times() {
 
     // Physical life: every tier holds the entry until expires_at, and not at it.
     stack.clock.set(at(t0, FAIL_SAFE_MAX - MS));
-    let now = stack.clock.now();
-    assert!(stack.l1.get(&key("k"), now).is_some());
-    assert!(stack.l2.peek(&key("k")).is_some());
-    assert!(stack.l3.peek(&key("k")).is_some());
+    assert_every_tier_holds(&stack, "k", true);
     stack.clock.set(at(t0, FAIL_SAFE_MAX));
-    let now = stack.clock.now();
-    assert!(stack.l1.get(&key("k"), now).is_none());
-    assert!(stack.l2.peek(&key("k")).is_none());
-    assert!(stack.l3.peek(&key("k")).is_none());
+    assert_every_tier_holds(&stack, "k", false);
 }
 
 /// Behaviour 30 (normalisation): `fail_safe_max` below the TTL is raised to the TTL, so the
@@ -644,9 +700,7 @@ async fn b30_fail_safe_max_below_the_ttl_is_raised_to_the_ttl_with_one_warning()
     }
     settle().await;
     let want = (t0, at(t0, TTL), at(t0, TTL));
-    assert_eq!(times(stack.l1.peek(&key("a")).unwrap().meta()), want);
-    assert_eq!(stored_times(&stack.l2.peek(&key("a")).unwrap()), want);
-    assert_eq!(stored_times(&stack.l3.peek(&key("a")).unwrap()), want);
+    assert_times_in_every_tier(&stack, "a", want);
     logs.assert_lines(1, &[WARNING]);
     logs.assert_lines(1, &[WARNING, "fail_safe_max", "configured=10s", "used=60s"]);
 
@@ -661,8 +715,7 @@ async fn b30_fail_safe_max_below_the_ttl_is_raised_to_the_ttl_with_one_warning()
     // Incoherent handle defaults: warned when that cache is built, not again on its calls.
     let with_defaults = stack.builder().defaults(incoherent).build();
     logs.assert_lines(2, &[WARNING, "fail_safe_max"]);
-    with_defaults
-        .get_or_fetch_with("d", &FetchOptions::new(), instant(&calls, "v"))
+    fetch(&with_defaults, "d", instant(&calls, "v"))
         .await
         .unwrap();
     with_defaults
@@ -689,22 +742,18 @@ async fn b30_jitter_room_never_moves_expires_at_past_the_fail_safe_horizon() {
         )
         .build();
     let t0 = stack.clock.now();
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), instant(&Calls::default(), "v1"))
+    let hit = fetch(&cache, "k", instant(&Calls::default(), "v1"))
         .await
         .unwrap();
     settle().await;
     let want = (t0, at(t0, TTL), at(t0, TTL + SECOND));
     assert_eq!(times(hit.meta()), want);
-    assert_eq!(stored_times(&stack.l2.peek(&key("k")).unwrap()), want);
-    assert_eq!(stored_times(&stack.l3.peek(&key("k")).unwrap()), want);
+    assert_remote_times(&stack, "k", want);
 
     // Past the horizon: the loader's error, not the stale value.
     stack.clock.set(at(t0, TTL + 2 * SECOND));
     let calls = Calls::default();
-    let answer = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await;
+    let answer = fetch(&cache, "k", failing(&calls)).await;
     origin_down(&answer.unwrap_err());
 }
 
@@ -717,31 +766,18 @@ async fn b30_jitter_room_never_moves_expires_at_past_the_fail_safe_horizon() {
 /// before `expires_at`); at `expires_at` there is no candidate and the caller gets the error.
 #[tokio::test(start_paused = true)]
 async fn b31_a_loader_error_activates_fail_safe_only_before_expires_at() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
+    let (stack, cache, t0) = loaded().await;
     let calls = Calls::default();
 
     for offset in [TTL, FAIL_SAFE_MAX - MS] {
         stack.clock.set(at(t0, offset));
-        let hit = cache
-            .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-            .await
-            .unwrap();
-        assert_hit(
-            &hit,
-            Source::L1,
-            "v1",
-            fail_safe_of(FailSafeCause::LoaderError, false),
-        );
+        let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
+        assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderError, false);
         origin_down(hit.suppressed_error().unwrap());
     }
 
     stack.clock.set(at(t0, FAIL_SAFE_MAX));
-    let error = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap_err();
+    let error = fetch(&cache, "k", failing(&calls)).await.unwrap_err();
     origin_down(&error);
     assert_eq!(calls.get(), 3);
     let stats = cache.stats();
@@ -754,43 +790,22 @@ async fn b31_a_loader_error_activates_fail_safe_only_before_expires_at() {
 /// serves v2 from L2 and L1 keeps v2 for the throttle.
 #[tokio::test(start_paused = true)]
 async fn b31_a_newer_stale_entry_in_l2_wins_over_the_stale_l1_entry() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
-    let other = stack.other_node::<String>();
-    stack.clock.set(at(t0, 10 * SECOND));
-    fail_safe_cache(&other)
+    let (stack, cache, t0) = loaded().await;
+    other_node_at(&stack, at(t0, 10 * SECOND))
         .set("k", "v2".to_owned())
         .await
         .unwrap();
     let calls = Calls::default();
 
-    stack.clock.set(at(t0, TTL + 15 * SECOND));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L2,
-        "v2",
-        fail_safe_of(FailSafeCause::LoaderError, false),
-    );
+    let hit = fail_once_all_stale(&stack, &cache, t0, &calls).await;
+    assert_fail_safe(&hit, Source::L2, "v2", FailSafeCause::LoaderError, false);
     let t1 = at(t0, 10 * SECOND);
     assert_eq!(times(hit.meta()), (t1, at(t1, TTL), at(t1, FAIL_SAFE_MAX)));
     assert_eq!(stack.l1_value("k"), Some("v2".to_owned()));
     assert_eq!(stack.l1.peek(&key("k")).unwrap().meta().created_at(), t1);
 
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v2",
-        fail_safe_of(FailSafeCause::LoaderError, true),
-    );
+    let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v2", FailSafeCause::LoaderError, true);
     assert_eq!(calls.get(), 1);
 }
 
@@ -798,29 +813,16 @@ async fn b31_a_newer_stale_entry_in_l2_wins_over_the_stale_l1_entry() {
 /// (written at t0) and another node wrote v3 to L3 only at t0 + 10 s: fail-safe serves L3's v3.
 #[tokio::test(start_paused = true)]
 async fn b31_a_newer_stale_entry_in_l3_wins_over_l2_and_l1() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
-    let other = stack.other_node::<String>();
-    stack.clock.set(at(t0, 10 * SECOND));
-    fail_safe_cache(&other)
+    let (stack, cache, t0) = loaded().await;
+    other_node_at(&stack, at(t0, 10 * SECOND))
         .set_with("k", "v3".to_owned(), &write_l3_only())
         .await
         .unwrap();
     assert_eq!(stack.l2.peek(&key("k")).unwrap().created_at(), t0);
     let calls = Calls::default();
 
-    stack.clock.set(at(t0, TTL + 15 * SECOND));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L3,
-        "v3",
-        fail_safe_of(FailSafeCause::LoaderError, false),
-    );
+    let hit = fail_once_all_stale(&stack, &cache, t0, &calls).await;
+    assert_fail_safe(&hit, Source::L3, "v3", FailSafeCause::LoaderError, false);
     assert_eq!(hit.meta().created_at(), at(t0, 10 * SECOND));
     assert_eq!(stack.l1_value("k"), Some("v3".to_owned()));
 }
@@ -829,32 +831,16 @@ async fn b31_a_newer_stale_entry_in_l3_wins_over_l2_and_l1() {
 /// t0 + 10 s, in L1 only) while L2 and L3 hold v1 from t0: fail-safe serves L1's v2.
 #[tokio::test(start_paused = true)]
 async fn b31_a_newer_stale_l1_entry_wins_over_an_older_one_in_l2() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
-    stack.clock.set(at(t0, 10 * SECOND));
+    let (stack, cache, t0) = loaded_then(10 * SECOND).await;
     cache
-        .set_with(
-            "k",
-            "v2".to_owned(),
-            &FetchOptions::new().skip_l2_write(true).skip_l3_write(true),
-        )
+        .set_with("k", "v2".to_owned(), &write_l1_only())
         .await
         .unwrap();
     assert_eq!(stack.l2.peek(&key("k")).unwrap().created_at(), t0);
     let calls = Calls::default();
 
-    stack.clock.set(at(t0, TTL + 15 * SECOND));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v2",
-        fail_safe_of(FailSafeCause::LoaderError, false),
-    );
+    let hit = fail_once_all_stale(&stack, &cache, t0, &calls).await;
+    assert_fail_safe(&hit, Source::L1, "v2", FailSafeCause::LoaderError, false);
     assert_eq!(hit.meta().created_at(), at(t0, 10 * SECOND));
     assert_eq!(stack.l2.calls().get, 2, "L2 was read (and found older)");
 }
@@ -865,64 +851,30 @@ async fn b31_a_newer_stale_l1_entry_wins_over_an_older_one_in_l2() {
 /// stale value, L1 keeps it for the throttle, and nothing is stored remotely.
 #[tokio::test(start_paused = true)]
 async fn b31_the_hard_timeout_serves_stale_and_the_background_cap_activates_fail_safe() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
-    stack.clock.set(at(t0, TTL + SECOND));
+    let (stack, cache, _) = loaded_then(TTL + SECOND).await;
     let calls = Calls::default();
 
     let start = Instant::now();
-    let starter = spawn_call(
-        &cache,
-        "k",
-        FetchOptions::new()
-            .hard_timeout(100 * MS)
-            .background_cap(400 * MS),
-        never(&calls),
-    );
-    let joiner = spawn_call(
-        &cache,
-        "k",
-        FetchOptions::new().hard_timeout(SECOND),
-        failing(&calls),
-    );
+    let (starter, joiner) = spawn_capped_flight(&cache, 400 * MS, never(&calls), failing(&calls));
 
     let (answer, when) = starter.await.unwrap();
     let hit = answer.unwrap();
     assert_eq!(when, start + 100 * MS);
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        HitFreshness::Stale(StaleCause::HardTimeout),
-    );
+    assert_stale(&hit, Source::L1, "v1", StaleCause::HardTimeout);
     assert_timeout(hit.suppressed_error(), TimeoutKind::Hard, 100 * MS);
 
     let (answer, when) = joiner.await.unwrap();
     let hit = answer.unwrap();
     assert_eq!(when, start + 400 * MS, "answered by the background cap");
     assert!(hit.is_coalesced());
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::Timeout, false),
-    );
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::Timeout, false);
     assert_timeout(hit.suppressed_error(), TimeoutKind::BackgroundCap, 400 * MS);
     let stats = cache.stats();
     assert_eq!(stats.flights_capped, 1);
     assert_eq!(stats.fail_safe_activations, [0, 0, 1]);
 
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::Timeout, true),
-    );
+    let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::Timeout, true);
     assert_eq!(
         calls.get(),
         1,
@@ -953,25 +905,17 @@ async fn b31_the_hard_timeout_serves_stale_and_the_background_cap_activates_fail
 /// in `throttled_serves`. The first call at the window's end calls the loader.
 #[tokio::test(start_paused = true)]
 async fn b32_the_throttle_serves_the_stale_value_without_calling_the_loader() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
+    let (stack, cache, t0) = loaded().await;
     let calls = Calls::default();
     let activated = at(t0, TTL);
     stack.clock.set(activated);
-    cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
+    fetch(&cache, "k", failing(&calls)).await.unwrap();
     assert_eq!(calls.get(), 1);
 
     let throttled = fail_safe_of(FailSafeCause::LoaderError, true);
     for offset in [Duration::ZERO, SECOND, 15 * SECOND, THROTTLE - MS] {
         stack.clock.set(at(activated, offset));
-        let hit = cache
-            .get_or_fetch_with("k", &FetchOptions::new(), instant(&calls, "v2"))
-            .await
-            .unwrap();
+        let hit = fetch(&cache, "k", instant(&calls, "v2")).await.unwrap();
         assert_hit(&hit, Source::L1, "v1", throttled);
         assert!(hit.suppressed_error().is_none());
         assert_eq!(hit.flight_id(), None, "no flight");
@@ -988,10 +932,7 @@ async fn b32_the_throttle_serves_the_stale_value_without_calling_the_loader() {
 
     // The window's end: the loader runs again (here it succeeds).
     stack.clock.set(at(activated, THROTTLE));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), instant(&calls, "v2"))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", instant(&calls, "v2")).await.unwrap();
     assert_hit(&hit, Source::Loader, "v2", HitFreshness::Fresh);
     assert_eq!(calls.get(), 2);
 }
@@ -1006,18 +947,13 @@ async fn b32_the_throttle_serves_the_stale_value_without_calling_the_loader() {
 /// the throttle, without a loader call.
 #[tokio::test(start_paused = true)]
 async fn b33_fail_safe_values_are_never_written_remotely() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
+    let (stack, cache, t0) = loaded().await;
     let before = (stack.l2.calls(), stack.l3.calls());
     let calls = Calls::default();
 
     stack.clock.set(at(t0, TTL));
     for _ in 0..3 {
-        cache
-            .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-            .await
-            .unwrap();
+        fetch(&cache, "k", failing(&calls)).await.unwrap();
     }
     settle().await;
     let after = (stack.l2.calls(), stack.l3.calls());
@@ -1030,36 +966,22 @@ async fn b33_fail_safe_values_are_never_written_remotely() {
         (before.1.set, before.1.delete)
     );
     let original = (t0, at(t0, TTL), at(t0, FAIL_SAFE_MAX));
-    assert_eq!(stored_times(&stack.l2.peek(&key("k")).unwrap()), original);
-    assert_eq!(stored_times(&stack.l3.peek(&key("k")).unwrap()), original);
+    assert_remote_times(&stack, "k", original);
     assert_eq!(times(stack.l1.peek(&key("k")).unwrap().meta()), original);
 
     // Another node writes v2 during the throttle: this node still serves v1 from its throttle.
-    let other = stack.other_node::<String>();
     let written = at(t0, TTL + 10 * SECOND);
-    stack.clock.set(written);
-    fail_safe_cache(&other)
+    other_node_at(&stack, written)
         .set("k", "v2".to_owned())
         .await
         .unwrap();
     stack.clock.set(at(t0, TTL + 20 * SECOND));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::LoaderError, true),
-    );
+    let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderError, true);
 
     // After the throttle: L2's newer value wins; the loader is not called.
     stack.clock.set(at(t0, TTL + THROTTLE));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
     assert_hit(&hit, Source::L2, "v2", HitFreshness::Fresh);
     assert_eq!(hit.meta().created_at(), written);
     assert_eq!(stack.l1_value("k"), Some("v2".to_owned()));
@@ -1076,9 +998,7 @@ async fn b33_fail_safe_values_are_never_written_remotely() {
 /// have been the last activation's 30 s throttle, the caller gets the loader's error.
 #[tokio::test(start_paused = true)]
 async fn b34_no_stale_serve_after_created_at_plus_fail_safe_max() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
+    let (stack, cache, t0) = loaded().await;
     let calls = Calls::default();
     let original = (t0, at(t0, TTL), at(t0, FAIL_SAFE_MAX));
 
@@ -1086,16 +1006,8 @@ async fn b34_no_stale_serve_after_created_at_plus_fail_safe_max() {
     let mut offset = TTL + 15 * SECOND;
     while offset < FAIL_SAFE_MAX {
         stack.clock.set(at(t0, offset));
-        let hit = cache
-            .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-            .await
-            .unwrap();
-        assert_hit(
-            &hit,
-            Source::L1,
-            "v1",
-            fail_safe_of(FailSafeCause::LoaderError, false),
-        );
+        let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
+        assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderError, false);
         assert_eq!(times(hit.meta()), original, "at {offset:?}");
         activations += 1;
         assert_eq!(calls.get(), activations);
@@ -1105,16 +1017,8 @@ async fn b34_no_stale_serve_after_created_at_plus_fail_safe_max() {
 
     // The last activation (at 585 s) serves from its throttle up to expires_at, not 615 s.
     stack.clock.set(at(t0, FAIL_SAFE_MAX - MS));
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::LoaderError, true),
-    );
+    let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderError, true);
     assert_eq!(calls.get(), 18);
 
     for offset in [
@@ -1123,10 +1027,7 @@ async fn b34_no_stale_serve_after_created_at_plus_fail_safe_max() {
         FAIL_SAFE_MAX + THROTTLE,
     ] {
         stack.clock.set(at(t0, offset));
-        let error = cache
-            .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-            .await
-            .unwrap_err();
+        let error = fetch(&cache, "k", failing(&calls)).await.unwrap_err();
         origin_down(&error);
     }
     assert_eq!(
@@ -1136,10 +1037,7 @@ async fn b34_no_stale_serve_after_created_at_plus_fail_safe_max() {
     );
     let stats = cache.stats();
     assert_eq!(stats.fail_safe_activations, [18, 0, 0]);
-    let now = stack.clock.now();
-    assert!(stack.l1.get(&key("k"), now).is_none());
-    assert!(stack.l2.peek(&key("k")).is_none());
-    assert!(stack.l3.peek(&key("k")).is_none());
+    assert_every_tier_holds(&stack, "k", false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1156,20 +1054,15 @@ async fn b35_the_per_call_fallback_is_served_when_no_candidate_exists() {
     let (stack, cache) = setup();
     let calls = Calls::default();
 
-    let hit = cache
-        .get_or_fetch_with_fallback(
-            "k",
-            &FetchOptions::new(),
-            "fallback".to_owned(),
-            failing(&calls),
-        )
+    let hit = fetch_or_fallback(&cache, "k", failing(&calls))
         .await
         .unwrap();
-    assert_hit(
+    assert_fail_safe(
         &hit,
         Source::Fallback,
         "fallback",
-        fail_safe_of(FailSafeCause::LoaderError, false),
+        FailSafeCause::LoaderError,
+        false,
     );
     origin_down(hit.suppressed_error().unwrap());
     settle().await;
@@ -1177,28 +1070,20 @@ async fn b35_the_per_call_fallback_is_served_when_no_candidate_exists() {
     assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 0));
 
     // No throttle: the next call runs the loader, and without a fallback gets the error.
-    let error = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap_err();
+    let error = fetch(&cache, "k", failing(&calls)).await.unwrap_err();
     origin_down(&error);
     assert_eq!(calls.get(), 2);
 
     // A panic, likewise.
-    let hit = cache
-        .get_or_fetch_with_fallback(
-            "k",
-            &FetchOptions::new(),
-            "fallback".to_owned(),
-            panicking(&calls),
-        )
+    let hit = fetch_or_fallback(&cache, "k", panicking(&calls))
         .await
         .unwrap();
-    assert_hit(
+    assert_fail_safe(
         &hit,
         Source::Fallback,
         "fallback",
-        fail_safe_of(FailSafeCause::LoaderPanic, false),
+        FailSafeCause::LoaderPanic,
+        false,
     );
 
     // Fail-safe off: the fallback is not used.
@@ -1220,21 +1105,10 @@ async fn b35_the_per_call_fallback_is_served_when_no_candidate_exists() {
     let t0 = stack.clock.now();
     load(&cache, "warm", "v1").await;
     stack.clock.set(at(t0, TTL + SECOND));
-    let hit = cache
-        .get_or_fetch_with_fallback(
-            "warm",
-            &FetchOptions::new(),
-            "fallback".to_owned(),
-            failing(&calls),
-        )
+    let hit = fetch_or_fallback(&cache, "warm", failing(&calls))
         .await
         .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::LoaderError, false),
-    );
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderError, false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1247,9 +1121,7 @@ async fn b35_the_per_call_fallback_is_served_when_no_candidate_exists() {
 /// `None` when no tier holds the value fresh; past `expires_at`, `None` either way.
 #[tokio::test(start_paused = true)]
 async fn b36_a_read_only_stale_value_needs_allow_stale() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
+    let (stack, cache, t0) = loaded().await;
     let allow_stale = FetchOptions::new().allow_stale(true);
 
     // Fresh: the flag changes nothing.
@@ -1259,12 +1131,7 @@ async fn b36_a_read_only_stale_value_needs_allow_stale() {
     stack.clock.set(at(t0, TTL + SECOND));
     let reads = (stack.l2.calls().get, stack.l3.calls().get);
     let hit = cache.get_with("k", &allow_stale).await.unwrap().unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        HitFreshness::Stale(StaleCause::Allowed),
-    );
+    assert_stale(&hit, Source::L1, "v1", StaleCause::Allowed);
     assert!(hit.suppressed_error().is_none());
     assert_eq!(times(hit.meta()).0, t0);
     assert_eq!(
@@ -1287,12 +1154,7 @@ async fn b36_a_read_only_stale_value_needs_allow_stale() {
     let node = stack.other_node::<String>();
     let other = fail_safe_cache(&node);
     let hit = other.get_with("k", &allow_stale).await.unwrap().unwrap();
-    assert_hit(
-        &hit,
-        Source::L2,
-        "v1",
-        HitFreshness::Stale(StaleCause::Allowed),
-    );
+    assert_stale(&hit, Source::L2, "v1", StaleCause::Allowed);
     assert!(node.l1.peek(&key("k")).is_none());
     assert!(other.get("k").await.unwrap().is_none());
 
@@ -1313,10 +1175,7 @@ async fn b36_a_read_only_stale_value_needs_allow_stale() {
 /// `fail_safe_activations` counts per cause: loader error, panic, timeout.
 #[tokio::test(start_paused = true)]
 async fn b37_fail_safe_outcomes_report_the_cause_and_the_shared_error() {
-    let (stack, cache) = setup();
-    let t0 = stack.clock.now();
-    load(&cache, "k", "v1").await;
-    stack.clock.set(at(t0, TTL));
+    let (stack, cache, _) = loaded_then(TTL).await;
     let calls = Calls::default();
 
     // Loader error: five callers of one flight.
@@ -1324,11 +1183,7 @@ async fn b37_fail_safe_outcomes_report_the_cause_and_the_shared_error() {
     let tasks: Vec<_> = (0..5)
         .map(|_| {
             let (cache, loader) = (cache.clone(), failing_at(&calls, &gate));
-            tokio::spawn(async move {
-                cache
-                    .get_or_fetch_with("k", &FetchOptions::new(), loader)
-                    .await
-            })
+            tokio::spawn(async move { fetch(&cache, "k", loader).await })
         })
         .collect();
     settle().await;
@@ -1338,12 +1193,7 @@ async fn b37_fail_safe_outcomes_report_the_cause_and_the_shared_error() {
     let errors: Vec<&LoaderError> = answers
         .iter()
         .map(|hit| {
-            assert_hit(
-                hit,
-                Source::L1,
-                "v1",
-                fail_safe_of(FailSafeCause::LoaderError, false),
-            );
+            assert_fail_safe(hit, Source::L1, "v1", FailSafeCause::LoaderError, false);
             origin_down(hit.suppressed_error().unwrap())
         })
         .collect();
@@ -1351,24 +1201,13 @@ async fn b37_fail_safe_outcomes_report_the_cause_and_the_shared_error() {
     assert_eq!(answers.iter().filter(|hit| hit.is_coalesced()).count(), 4);
     assert_eq!(cache.stats().fail_safe_activations, [1, 0, 0]);
 
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), failing(&calls))
-        .await
-        .unwrap();
-    assert_hit(
-        &hit,
-        Source::L1,
-        "v1",
-        fail_safe_of(FailSafeCause::LoaderError, true),
-    );
+    let hit = fetch(&cache, "k", failing(&calls)).await.unwrap();
+    assert_fail_safe(&hit, Source::L1, "v1", FailSafeCause::LoaderError, true);
     assert!(hit.suppressed_error().is_none());
 
     // Panic.
     stack.clock.advance(THROTTLE);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), panicking(&calls))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", panicking(&calls)).await.unwrap();
     assert_eq!(
         hit.freshness(),
         fail_safe_of(FailSafeCause::LoaderPanic, false)
@@ -1382,20 +1221,7 @@ async fn b37_fail_safe_outcomes_report_the_cause_and_the_shared_error() {
     // Timeout: the flight's background cap, seen by a caller that outlasts it.
     stack.clock.advance(THROTTLE);
     let start = Instant::now();
-    let starter = spawn_call(
-        &cache,
-        "k",
-        FetchOptions::new()
-            .hard_timeout(100 * MS)
-            .background_cap(200 * MS),
-        never(&calls),
-    );
-    let joiner = spawn_call(
-        &cache,
-        "k",
-        FetchOptions::new().hard_timeout(SECOND),
-        never(&calls),
-    );
+    let (starter, joiner) = spawn_capped_flight(&cache, 200 * MS, never(&calls), never(&calls));
     let (answer, _) = starter.await.unwrap();
     assert_eq!(
         answer.unwrap().freshness(),
@@ -1427,10 +1253,7 @@ async fn scenario_an_origin_failing_for_a_stretch_then_recovering() {
     let t0 = stack.clock.now();
     let origin = Origin::default();
     origin.up("v1");
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), origin.loader())
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", origin.loader()).await.unwrap();
     assert_hit(&hit, Source::Loader, "v1", HitFreshness::Fresh);
     settle().await;
     origin.down();
@@ -1442,17 +1265,15 @@ async fn scenario_an_origin_failing_for_a_stretch_then_recovering() {
             origin.up("v2");
         }
         stack.clock.set(at(t0, Duration::from_secs(seconds)));
-        let hit = cache
-            .get_or_fetch_with("k", &FetchOptions::new(), origin.loader())
-            .await
-            .unwrap();
+        let hit = fetch(&cache, "k", origin.loader()).await.unwrap();
         let opens_a_window = (seconds - 60) % 30 == 0;
         windows += usize::from(opens_a_window);
-        assert_hit(
+        assert_fail_safe(
             &hit,
             Source::L1,
             "v1",
-            fail_safe_of(FailSafeCause::LoaderError, !opens_a_window),
+            FailSafeCause::LoaderError,
+            !opens_a_window,
         );
         assert_eq!(origin.calls.get(), 1 + windows, "at {seconds} s");
     }
@@ -1466,26 +1287,18 @@ async fn scenario_an_origin_failing_for_a_stretch_then_recovering() {
     // The first read after the throttle: the new value, stored in every tier.
     let recovered = at(t0, Duration::from_secs(300));
     stack.clock.set(recovered);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), origin.loader())
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", origin.loader()).await.unwrap();
     assert_hit(&hit, Source::Loader, "v2", HitFreshness::Fresh);
     assert_eq!(origin.calls.get(), 10);
     settle().await;
     let written = (recovered, at(recovered, TTL), at(recovered, FAIL_SAFE_MAX));
     assert_eq!(stack.l1_value("k"), Some("v2".to_owned()));
-    assert_eq!(times(stack.l1.peek(&key("k")).unwrap().meta()), written);
-    assert_eq!(stored_times(&stack.l2.peek(&key("k")).unwrap()), written);
-    assert_eq!(stored_times(&stack.l3.peek(&key("k")).unwrap()), written);
+    assert_times_in_every_tier(&stack, "k", written);
     // Another node reads the new value from L2.
     let node = stack.other_node::<String>();
     let hit = fail_safe_cache(&node).get("k").await.unwrap().unwrap();
     assert_hit(&hit, Source::L2, "v2", HitFreshness::Fresh);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), origin.loader())
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", origin.loader()).await.unwrap();
     assert_hit(&hit, Source::L1, "v2", HitFreshness::Fresh);
     assert_eq!(origin.calls.get(), 10);
 }
@@ -1501,19 +1314,14 @@ async fn scenario_an_origin_failing_past_the_horizon() {
     let t0 = stack.clock.now();
     let origin = Origin::default();
     origin.up("v1");
-    cache
-        .get_or_fetch_with("k", &FetchOptions::new(), origin.loader())
-        .await
-        .unwrap();
+    fetch(&cache, "k", origin.loader()).await.unwrap();
     settle().await;
     origin.down();
 
     let (mut stale, mut errors) = (0, 0);
     for seconds in (60..=700).step_by(5) {
         stack.clock.set(at(t0, Duration::from_secs(seconds)));
-        let answer = cache
-            .get_or_fetch_with("k", &FetchOptions::new(), origin.loader())
-            .await;
+        let answer = fetch(&cache, "k", origin.loader()).await;
         if seconds < 600 {
             let hit = answer.unwrap();
             assert_eq!(hit.as_str(), "v1");
@@ -1535,14 +1343,9 @@ async fn scenario_an_origin_failing_past_the_horizon() {
     origin.up("v2");
     let recovered = at(t0, Duration::from_secs(705));
     stack.clock.set(recovered);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), origin.loader())
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", origin.loader()).await.unwrap();
     assert_hit(&hit, Source::Loader, "v2", HitFreshness::Fresh);
     settle().await;
     let written = (recovered, at(recovered, TTL), at(recovered, FAIL_SAFE_MAX));
-    assert_eq!(times(stack.l1.peek(&key("k")).unwrap().meta()), written);
-    assert_eq!(stored_times(&stack.l2.peek(&key("k")).unwrap()), written);
-    assert_eq!(stored_times(&stack.l3.peek(&key("k")).unwrap()), written);
+    assert_times_in_every_tier(&stack, "k", written);
 }

@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use support::{Answer, Calls, Gate, MINUTE, Stack, assert_stored_in_no_tier, key, settle};
+use support::{Answer, Calls, Gate, MINUTE, Stack, assert_stored_in_no_tier, hits, key, settle};
 use tierkit_cache::{
     Cache, CacheError, EntryMeta, FailSafeCause, FetchContext, FetchOptions, Fetched, Hit,
     HitFreshness, JitterSource, LoaderError, Source, StaleCause,
 };
+use tierkit_core::Timestamp;
 use tierkit_testkit::logs::capture;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -114,6 +115,23 @@ impl StaleSeen {
     }
 }
 
+/// Advances the clock by `after`, then reads "k" with a loader answering
+/// [`Fetched::not_modified`] and lets its writes land: the read's instant, what the loader
+/// was shown, and the hit.
+async fn not_modified_after(
+    stack: &Stack<String>,
+    cache: &Cache<String>,
+    calls: &Calls,
+    after: Duration,
+) -> (Timestamp, StaleSeen, Hit<String>) {
+    stack.clock.advance(after);
+    let t1 = stack.clock.now();
+    let seen = StaleSeen::default();
+    let hit = fetch(cache, "k", seen.not_modified(calls)).await.unwrap();
+    settle().await;
+    (t1, seen, hit)
+}
+
 /// Spawns a caller of `get_or_fetch_with(k, options, loader)`.
 fn spawn_with<F, Fut>(
     cache: &Cache<String>,
@@ -127,6 +145,52 @@ where
 {
     let cache = cache.clone();
     tokio::spawn(async move { cache.get_or_fetch_with(k, &options, loader).await })
+}
+
+/// Spawns `n` callers of `get_or_fetch_with(k)`, each with a loader that counts its call, waits
+/// for `gate` and answers `answer(&ctx)` (only the flight's starter's loader runs).
+fn spawn_gated<A>(
+    cache: &Cache<String>,
+    k: &'static str,
+    n: usize,
+    calls: &Calls,
+    gate: &Gate,
+    answer: A,
+) -> Vec<JoinHandle<Answer<String>>>
+where
+    A: FnOnce(&FetchContext<String>) -> Fetched<String> + Clone + Send + 'static,
+{
+    (0..n)
+        .map(|_| {
+            let loader = answering(calls, gate.opened(), answer.clone());
+            spawn_with(cache, k, FetchOptions::new(), loader)
+        })
+        .collect()
+}
+
+/// `get_or_fetch_with(k, loader)` with no per-call options.
+async fn fetch<F, Fut>(cache: &Cache<String>, k: &str, loader: F) -> Answer<String>
+where
+    F: FnOnce(FetchContext<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Fetched<String>, std::io::Error>> + Send + 'static,
+{
+    cache
+        .get_or_fetch_with(k, &FetchOptions::new(), loader)
+        .await
+}
+
+/// A stack, the cache `build` makes over it, and a loader call counter.
+fn setup(
+    build: impl FnOnce(&Stack<String>) -> Cache<String>,
+) -> (Stack<String>, Cache<String>, Calls) {
+    let stack = Stack::<String>::new();
+    let cache = build(&stack);
+    (stack, cache, Calls::default())
+}
+
+/// What a hit answered: its source, value and freshness.
+fn answered(hit: &Hit<String>) -> (Source, &str, HitFreshness) {
+    (hit.source(), hit.as_str(), hit.freshness())
 }
 
 /// Spawns a caller of `get(k)` (no loader).
@@ -153,6 +217,72 @@ fn l1_meta(stack: &Stack<String>, name: &str) -> EntryMeta {
     stack.l1.peek(&key(name)).expect("L1 holds the key").meta()
 }
 
+/// Asserts that L2 and L3 hold `name` with the timestamps `meta`.
+#[track_caller]
+fn assert_remote_meta(stack: &Stack<String>, name: &str, meta: EntryMeta) {
+    assert_eq!(remote_meta(stack, 0, name), meta);
+    assert_eq!(remote_meta(stack, 1, name), meta);
+}
+
+/// Asserts that L1, L2 and L3 hold `name` with the timestamps `meta`.
+#[track_caller]
+fn assert_meta_in_every_tier(stack: &Stack<String>, name: &str, meta: EntryMeta) {
+    assert_eq!(l1_meta(stack, name), meta);
+    assert_remote_meta(stack, name, meta);
+}
+
+/// The timestamps of a value renewed at `t1` with the one-minute TTL: stale a minute later,
+/// expiring `expires_in` after `t1`.
+fn renewed_at(t1: Timestamp, expires_in: Duration) -> EntryMeta {
+    EntryMeta::new(t1, t1.saturating_add(MINUTE), t1.saturating_add(expires_in))
+}
+
+/// Asserts that `hit` carries the timestamps `renewed`, and that L1, L2 and L3 hold `value`
+/// under "k" with them.
+#[track_caller]
+fn assert_renewed_in_every_tier(
+    stack: &Stack<String>,
+    hit: &Hit<String>,
+    value: &str,
+    renewed: EntryMeta,
+) {
+    assert_eq!(hit.meta(), renewed);
+    assert_eq!(stack.l1_value("k").as_deref(), Some(value));
+    assert_meta_in_every_tier(stack, "k", renewed);
+}
+
+/// Asserts that `error` is `CacheError::NotFound`.
+#[track_caller]
+fn assert_not_found(error: &CacheError) {
+    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+}
+
+/// Asserts that `error` is a loader error.
+#[track_caller]
+fn assert_loader_error(error: &CacheError) {
+    assert!(matches!(error, CacheError::Loader(_)), "{error:?}");
+}
+
+/// Three `get_or_fetch` callers of "gone" and then a `get` join one flight whose loader, once
+/// `gate` opens, answers [`Fetched::absent`]: asserts that every caller gets `NotFound` and
+/// the `get` gets `None`, then lets the flight end.
+async fn assert_absent_for_three_callers_and_a_get(
+    cache: &Cache<String>,
+    calls: &Calls,
+    gate: &Gate,
+) {
+    let callers = spawn_gated(cache, "gone", 3, calls, gate, |_| Fetched::absent());
+    settle().await;
+    let reader = spawn_get(cache, "gone");
+    settle().await;
+    gate.open();
+    for caller in callers {
+        let error = caller.await.unwrap().unwrap_err();
+        assert_not_found(&error);
+    }
+    assert!(reader.await.unwrap().unwrap().is_none());
+}
+
 /// Fail-safe with a one-minute TTL and a ten-minute horizon, so a value stays a stale
 /// candidate from minute 1 to minute 10 after its write.
 fn fail_safe() -> FetchOptions {
@@ -160,6 +290,11 @@ fn fail_safe() -> FetchOptions {
         .ttl(MINUTE)
         .fail_safe(true)
         .fail_safe_max(10 * MINUTE)
+}
+
+/// The cache over all three tiers of `stack`, with [`fail_safe`] as its defaults.
+fn fail_safe_cache(stack: &Stack<String>) -> Cache<String> {
+    stack.tiered_builder().defaults(fail_safe()).build()
 }
 
 /// A jitter source always drawing the same extension (at most `max`).
@@ -190,17 +325,16 @@ async fn b45_ttl_from_the_value_overrides_the_ttl_in_every_tier() {
     let calls = Calls::default();
     let t0 = stack.clock.now();
 
-    let hit = cache
-        .get_or_fetch_with(
-            "k",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::value("short".to_owned()).ttl(MINUTE)),
-        )
-        .await
-        .unwrap();
+    let hit = fetch(
+        &cache,
+        "k",
+        answer_now(&calls, |_| Fetched::value("short".to_owned()).ttl(MINUTE)),
+    )
+    .await
+    .unwrap();
     settle().await;
     assert_eq!(
-        (hit.source(), hit.as_str(), hit.freshness()),
+        answered(&hit),
         (Source::Loader, "short", HitFreshness::Fresh)
     );
     assert_eq!(hit.meta().created_at(), t0);
@@ -217,16 +351,14 @@ async fn b45_ttl_from_the_value_overrides_the_ttl_in_every_tier() {
 
     // Fresh until the value's TTL, not the resolved one.
     stack.clock.advance(MINUTE - SECOND);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "unused"))
+    let hit = fetch(&cache, "k", value_now(&calls, "unused"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L1, "short"));
     assert_eq!(calls.get(), 1);
     stack.clock.advance(SECOND);
     let t1 = stack.clock.now();
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "plain"))
+    let hit = fetch(&cache, "k", value_now(&calls, "plain"))
         .await
         .unwrap();
     settle().await;
@@ -236,8 +368,7 @@ async fn b45_ttl_from_the_value_overrides_the_ttl_in_every_tier() {
     // The override was for that write only.
     assert_eq!(hit.meta().stale_at(), t1.saturating_add(10 * MINUTE));
     assert_eq!(l1_meta(&stack, "k"), hit.meta());
-    assert_eq!(remote_meta(&stack, 0, "k"), hit.meta());
-    assert_eq!(remote_meta(&stack, 1, "k"), hit.meta());
+    assert_remote_meta(&stack, "k", hit.meta());
 }
 
 /// Behaviour 45 with 30: a TTL from the value changes the freshness of its write only, while
@@ -259,22 +390,20 @@ async fn b45_ttl_from_the_value_keeps_the_fail_safe_horizon() {
     let calls = Calls::default();
     let t0 = stack.clock.now();
 
-    let short = cache
-        .get_or_fetch_with(
-            "short",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::value("s".to_owned()).ttl(MINUTE)),
-        )
-        .await
-        .unwrap();
-    let long = cache
-        .get_or_fetch_with(
-            "long",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::value("l".to_owned()).ttl(120 * MINUTE)),
-        )
-        .await
-        .unwrap();
+    let short = fetch(
+        &cache,
+        "short",
+        answer_now(&calls, |_| Fetched::value("s".to_owned()).ttl(MINUTE)),
+    )
+    .await
+    .unwrap();
+    let long = fetch(
+        &cache,
+        "long",
+        answer_now(&calls, |_| Fetched::value("l".to_owned()).ttl(120 * MINUTE)),
+    )
+    .await
+    .unwrap();
     settle().await;
 
     assert_eq!(short.meta().stale_at(), t0.saturating_add(MINUTE));
@@ -291,8 +420,7 @@ async fn b45_ttl_from_the_value_keeps_the_fail_safe_horizon() {
     );
     for name in ["short", "long"] {
         let meta = l1_meta(&stack, name);
-        assert_eq!(remote_meta(&stack, 0, name), meta);
-        assert_eq!(remote_meta(&stack, 1, name), meta);
+        assert_remote_meta(&stack, name, meta);
     }
 }
 
@@ -309,14 +437,13 @@ async fn b45_ttl_from_the_value_gets_the_l1_jitter_on_top() {
     let calls = Calls::default();
     let t0 = stack.clock.now();
 
-    cache
-        .get_or_fetch_with(
-            "k",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::value("v".to_owned()).ttl(MINUTE)),
-        )
-        .await
-        .unwrap();
+    fetch(
+        &cache,
+        "k",
+        answer_now(&calls, |_| Fetched::value("v".to_owned()).ttl(MINUTE)),
+    )
+    .await
+    .unwrap();
     settle().await;
     let l1 = stack.l1.peek(&key("k")).unwrap();
     assert_eq!(l1.meta().stale_at(), t0.saturating_add(MINUTE));
@@ -336,16 +463,10 @@ async fn b45_ttl_from_the_value_gets_the_l1_jitter_on_top() {
 
     // L1 answers within the jitter, the loader runs after it.
     stack.clock.advance(MINUTE + 3 * SECOND);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "next"))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", value_now(&calls, "next")).await.unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L1, "v"));
     stack.clock.advance(SECOND);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "next"))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", value_now(&calls, "next")).await.unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "next"));
     assert_eq!(calls.get(), 2);
 }
@@ -354,29 +475,15 @@ async fn b45_ttl_from_the_value_gets_the_l1_jitter_on_top() {
 /// caller of the flight gets it, no tier is written, and the next call runs the loader.
 #[tokio::test(start_paused = true)]
 async fn b45_zero_ttl_from_the_value_is_returned_but_not_stored() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let gate = Gate::closed();
 
-    let callers: Vec<_> = (0..3)
-        .map(|_| {
-            spawn_with(
-                &cache,
-                "k",
-                FetchOptions::new(),
-                answering(&calls, gate.opened(), |_| {
-                    Fetched::value("once".to_owned()).ttl(Duration::ZERO)
-                }),
-            )
-        })
-        .collect();
+    let callers = spawn_gated(&cache, "k", 3, &calls, &gate, |_| {
+        Fetched::value("once".to_owned()).ttl(Duration::ZERO)
+    });
     settle().await;
     gate.open();
-    let mut hits = Vec::new();
-    for caller in callers {
-        hits.push(caller.await.unwrap().unwrap());
-    }
+    let hits = hits(callers).await;
     settle().await;
     assert_eq!(calls.get(), 1);
     for hit in &hits {
@@ -387,8 +494,7 @@ async fn b45_zero_ttl_from_the_value_is_returned_but_not_stored() {
     assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 0));
     assert_stored_in_no_tier(&stack, "k");
 
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "stored"))
+    let hit = fetch(&cache, "k", value_now(&calls, "stored"))
         .await
         .unwrap();
     settle().await;
@@ -406,31 +512,17 @@ async fn b45_zero_ttl_from_the_value_is_returned_but_not_stored() {
 /// nothing anywhere; the next call, arriving after the flight, runs the loader again.
 #[tokio::test(start_paused = true)]
 async fn b46_no_store_reaches_only_the_callers_of_its_flight_and_writes_nothing() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let gate = Gate::closed();
 
-    let callers: Vec<_> = (0..4)
-        .map(|_| {
-            spawn_with(
-                &cache,
-                "k",
-                FetchOptions::new(),
-                answering(&calls, gate.opened(), |_| {
-                    Fetched::no_store("per-request".to_owned())
-                }),
-            )
-        })
-        .collect();
+    let callers = spawn_gated(&cache, "k", 4, &calls, &gate, |_| {
+        Fetched::no_store("per-request".to_owned())
+    });
     settle().await;
     let reader = spawn_get(&cache, "k");
     settle().await;
     gate.open();
-    let mut hits = Vec::new();
-    for caller in callers {
-        hits.push(caller.await.unwrap().unwrap());
-    }
+    let mut hits = hits(callers).await;
     hits.push(
         reader
             .await
@@ -444,7 +536,7 @@ async fn b46_no_store_reaches_only_the_callers_of_its_flight_and_writes_nothing(
     assert_eq!(cache.stats().flights, 1);
     for hit in &hits {
         assert_eq!(
-            (hit.source(), hit.as_str(), hit.freshness()),
+            answered(hit),
             (Source::Loader, "per-request", HitFreshness::Fresh)
         );
         assert!(Arc::ptr_eq(hit.value(), hits[0].value()));
@@ -457,14 +549,13 @@ async fn b46_no_store_reaches_only_the_callers_of_its_flight_and_writes_nothing(
     assert_eq!(cache.keys_in_progress(), 0);
 
     // A later caller does not get it: a new flight, a new loader call.
-    let hit = cache
-        .get_or_fetch_with(
-            "k",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::no_store("second".to_owned())),
-        )
-        .await
-        .unwrap();
+    let hit = fetch(
+        &cache,
+        "k",
+        answer_now(&calls, |_| Fetched::no_store("second".to_owned())),
+    )
+    .await
+    .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "second"));
     assert_eq!(calls.get(), 2);
     assert_eq!(cache.get("k").await.unwrap().map(|h| h.into_value()), None);
@@ -481,30 +572,10 @@ async fn b46_no_store_reaches_only_the_callers_of_its_flight_and_writes_nothing(
 /// stored, so the next call runs the loader again.
 #[tokio::test(start_paused = true)]
 async fn b47_absent_without_negative_ttl_is_not_found_for_all_and_stores_nothing() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let gate = Gate::closed();
 
-    let callers: Vec<_> = (0..3)
-        .map(|_| {
-            spawn_with(
-                &cache,
-                "gone",
-                FetchOptions::new(),
-                answering(&calls, gate.opened(), |_| Fetched::absent()),
-            )
-        })
-        .collect();
-    settle().await;
-    let reader = spawn_get(&cache, "gone");
-    settle().await;
-    gate.open();
-    for caller in callers {
-        let error = caller.await.unwrap().unwrap_err();
-        assert!(matches!(error, CacheError::NotFound), "{error:?}");
-    }
-    assert!(reader.await.unwrap().unwrap().is_none());
+    assert_absent_for_three_callers_and_a_get(&cache, &calls, &gate).await;
     settle().await;
     assert_eq!(calls.get(), 1);
     assert_eq!(cache.stats().flights, 1);
@@ -512,18 +583,12 @@ async fn b47_absent_without_negative_ttl_is_not_found_for_all_and_stores_nothing
     assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 0));
     assert_stored_in_no_tier(&stack, "gone");
 
-    let error = cache
-        .get_or_fetch_with(
-            "gone",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::absent()),
-        )
+    let error = fetch(&cache, "gone", answer_now(&calls, |_| Fetched::absent()))
         .await
         .unwrap_err();
-    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+    assert_not_found(&error);
     assert_eq!(calls.get(), 2, "nothing remembered: the loader runs again");
-    let hit = cache
-        .get_or_fetch_with("gone", &FetchOptions::new(), value_now(&calls, "back"))
+    let hit = fetch(&cache, "gone", value_now(&calls, "back"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "back"));
@@ -547,25 +612,7 @@ async fn b47_absent_with_negative_ttl_is_remembered_as_a_tombstone_in_every_tier
     let t0 = stack.clock.now();
     let gone_at = t0.saturating_add(30 * SECOND);
 
-    let callers: Vec<_> = (0..3)
-        .map(|_| {
-            spawn_with(
-                &cache,
-                "gone",
-                FetchOptions::new(),
-                answering(&calls, gate.opened(), |_| Fetched::absent()),
-            )
-        })
-        .collect();
-    settle().await;
-    let reader = spawn_get(&cache, "gone");
-    settle().await;
-    gate.open();
-    for caller in callers {
-        let error = caller.await.unwrap().unwrap_err();
-        assert!(matches!(error, CacheError::NotFound), "{error:?}");
-    }
-    assert!(reader.await.unwrap().unwrap().is_none());
+    assert_absent_for_three_callers_and_a_get(&cache, &calls, &gate).await;
     settle().await;
     assert_eq!(calls.get(), 1);
 
@@ -579,11 +626,10 @@ async fn b47_absent_with_negative_ttl_is_remembered_as_a_tombstone_in_every_tier
     // Within negative_ttl: not found from L1, no loader, no tier read.
     stack.clock.advance(29 * SECOND);
     let (l2, l3) = (stack.l2.calls(), stack.l3.calls());
-    let error = cache
-        .get_or_fetch_with("gone", &FetchOptions::new(), value_now(&calls, "x"))
+    let error = fetch(&cache, "gone", value_now(&calls, "x"))
         .await
         .unwrap_err();
-    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+    assert_not_found(&error);
     assert!(cache.get("gone").await.unwrap().is_none());
     assert_eq!(calls.get(), 1);
     assert_eq!((stack.l2.calls(), stack.l3.calls()), (l2, l3));
@@ -592,22 +638,20 @@ async fn b47_absent_with_negative_ttl_is_remembered_as_a_tombstone_in_every_tier
     let node = stack.other_node::<String>();
     let other = node.tiered_builder().defaults(negative).build();
     let other_calls = Calls::default();
-    let error = other
-        .get_or_fetch_with("gone", &FetchOptions::new(), value_now(&other_calls, "x"))
+    let error = fetch(&other, "gone", value_now(&other_calls, "x"))
         .await
         .unwrap_err();
-    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+    assert_not_found(&error);
     assert_eq!(other_calls.get(), 0);
     assert_eq!(stack.l2.calls().get, l2.get + 1);
     assert_eq!(stack.l3.calls().get, l3.get);
     let copied = node.l1.peek(&key("gone")).expect("a tombstone in its L1");
     assert!(copied.is_absent());
     assert_eq!(copied.meta().expires_at(), gone_at, "never extended");
-    let error = other
-        .get_or_fetch_with("gone", &FetchOptions::new(), value_now(&other_calls, "x"))
+    let error = fetch(&other, "gone", value_now(&other_calls, "x"))
         .await
         .unwrap_err();
-    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+    assert_not_found(&error);
     assert_eq!(
         stack.l2.calls().get,
         l2.get + 1,
@@ -616,15 +660,13 @@ async fn b47_absent_with_negative_ttl_is_remembered_as_a_tombstone_in_every_tier
 
     // After negative_ttl: the loader runs again (on both nodes).
     stack.clock.advance(SECOND);
-    let hit = cache
-        .get_or_fetch_with("gone", &FetchOptions::new(), value_now(&calls, "back"))
+    let hit = fetch(&cache, "gone", value_now(&calls, "back"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "back"));
     assert_eq!(calls.get(), 2);
     settle().await;
-    let hit = other
-        .get_or_fetch_with("gone", &FetchOptions::new(), value_now(&other_calls, "x"))
+    let hit = fetch(&other, "gone", value_now(&other_calls, "x"))
         .await
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "back"));
@@ -641,40 +683,20 @@ async fn b47_absent_with_negative_ttl_is_remembered_as_a_tombstone_in_every_tier
 /// tiers hold the same value with the same new timestamps).
 #[tokio::test(start_paused = true)]
 async fn b48_not_modified_renews_a_stale_l1_value_in_every_tier() {
-    let stack = Stack::<String>::new();
-    let cache = stack.tiered_builder().defaults(fail_safe()).build();
-    let calls = Calls::default();
-    let first = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "v1"))
-        .await
-        .unwrap();
+    let (stack, cache, calls) = setup(fail_safe_cache);
+    let first = fetch(&cache, "k", value_now(&calls, "v1")).await.unwrap();
     settle().await;
     let (l2_sets, l3_sets) = (stack.l2.calls().set, stack.l3.calls().set);
 
-    stack.clock.advance(2 * MINUTE);
-    let t1 = stack.clock.now();
-    let seen = StaleSeen::default();
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), seen.not_modified(&calls))
-        .await
-        .unwrap();
-    settle().await;
+    let (t1, seen, hit) = not_modified_after(&stack, &cache, &calls, 2 * MINUTE).await;
     assert_eq!(
         seen.calls(),
         vec![Some(("v1".to_owned(), first.meta()))],
         "the loader saw the stale value and its timestamps"
     );
     assert_eq!((hit.as_str(), hit.freshness()), ("v1", HitFreshness::Fresh));
-    let renewed = EntryMeta::new(
-        t1,
-        t1.saturating_add(MINUTE),
-        t1.saturating_add(10 * MINUTE),
-    );
-    assert_eq!(hit.meta(), renewed);
-    assert_eq!(stack.l1_value("k").as_deref(), Some("v1"));
-    assert_eq!(l1_meta(&stack, "k"), renewed);
-    assert_eq!(remote_meta(&stack, 0, "k"), renewed);
-    assert_eq!(remote_meta(&stack, 1, "k"), renewed);
+    let renewed = renewed_at(t1, 10 * MINUTE);
+    assert_renewed_in_every_tier(&stack, &hit, "v1", renewed);
     // A memory tier has no metadata-only update: the entry is rewritten once per tier.
     assert_eq!(
         (stack.l2.calls().set, stack.l3.calls().set),
@@ -683,14 +705,10 @@ async fn b48_not_modified_renews_a_stale_l1_value_in_every_tier() {
 
     // Fresh again for a TTL: L1 answers, and another node reads the same value from L2.
     stack.clock.advance(MINUTE - SECOND);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "unused"))
+    let hit = fetch(&cache, "k", value_now(&calls, "unused"))
         .await
         .unwrap();
-    assert_eq!(
-        (hit.source(), hit.as_str(), hit.freshness()),
-        (Source::L1, "v1", HitFreshness::Fresh)
-    );
+    assert_eq!(answered(&hit), (Source::L1, "v1", HitFreshness::Fresh));
     let node = stack.other_node::<String>();
     let hit = node.cache().get("k").await.unwrap().expect("in L2");
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "v1"));
@@ -703,9 +721,7 @@ async fn b48_not_modified_renews_a_stale_l1_value_in_every_tier() {
 /// value: L1 adopts it, and L2 and L3 hold it with the same new timestamps.
 #[tokio::test(start_paused = true)]
 async fn b48_not_modified_renews_the_newest_stale_candidate_from_a_remote_tier() {
-    let stack = Stack::<String>::new();
-    let cache = stack.tiered_builder().defaults(fail_safe()).build();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(fail_safe_cache);
     // L1 holds "old" (t0); L2 only holds "newer" (t0 + 30 s), written by another node.
     cache
         .set_with("k", "old".to_owned(), &support::write_l1_only())
@@ -726,29 +742,14 @@ async fn b48_not_modified_renews_the_newest_stale_candidate_from_a_remote_tier()
     assert!(stack.l3.peek(&key("k")).is_none());
 
     // Both stale, neither expired.
-    stack.clock.advance(2 * MINUTE);
-    let t1 = stack.clock.now();
-    let seen = StaleSeen::default();
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), seen.not_modified(&calls))
-        .await
-        .unwrap();
-    settle().await;
+    let (t1, seen, hit) = not_modified_after(&stack, &cache, &calls, 2 * MINUTE).await;
     assert_eq!(seen.calls(), vec![Some(("newer".to_owned(), l2_entry))]);
     assert_eq!(
         (hit.as_str(), hit.freshness()),
         ("newer", HitFreshness::Fresh)
     );
-    let renewed = EntryMeta::new(
-        t1,
-        t1.saturating_add(MINUTE),
-        t1.saturating_add(10 * MINUTE),
-    );
-    assert_eq!(hit.meta(), renewed);
-    assert_eq!(stack.l1_value("k").as_deref(), Some("newer"));
-    assert_eq!(l1_meta(&stack, "k"), renewed);
-    assert_eq!(remote_meta(&stack, 0, "k"), renewed);
-    assert_eq!(remote_meta(&stack, 1, "k"), renewed);
+    let renewed = renewed_at(t1, 10 * MINUTE);
+    assert_renewed_in_every_tier(&stack, &hit, "newer", renewed);
     let node = stack.other_node::<String>();
     let from_l3 = node
         .cache()
@@ -776,45 +777,29 @@ async fn b48_not_modified_from_a_background_refresh_renews_the_value() {
         )
         .build();
     let calls = Calls::default();
-    let first = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "v1"))
-        .await
-        .unwrap();
+    let first = fetch(&cache, "k", value_now(&calls, "v1")).await.unwrap();
     settle().await;
 
     stack.clock.advance(70 * SECOND);
     let t1 = stack.clock.now();
     let seen = StaleSeen::default();
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), seen.not_modified(&calls))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", seen.not_modified(&calls)).await.unwrap();
     assert_eq!(
-        (hit.source(), hit.as_str(), hit.freshness()),
+        answered(&hit),
         (Source::L1, "v1", HitFreshness::Revalidating)
     );
     assert!(hit.refresh_started());
     settle().await;
     assert_eq!(seen.calls(), vec![Some(("v1".to_owned(), first.meta()))]);
-    let renewed = EntryMeta::new(
-        t1,
-        t1.saturating_add(MINUTE),
-        t1.saturating_add(MINUTE + 30 * SECOND),
-    );
-    assert_eq!(l1_meta(&stack, "k"), renewed);
-    assert_eq!(remote_meta(&stack, 0, "k"), renewed);
-    assert_eq!(remote_meta(&stack, 1, "k"), renewed);
+    let renewed = renewed_at(t1, MINUTE + 30 * SECOND);
+    assert_meta_in_every_tier(&stack, "k", renewed);
     let stats = cache.stats();
     assert_eq!((stats.refreshes_started, stats.refreshes_failed), (1, 0));
 
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "unused"))
+    let hit = fetch(&cache, "k", value_now(&calls, "unused"))
         .await
         .unwrap();
-    assert_eq!(
-        (hit.source(), hit.as_str(), hit.freshness()),
-        (Source::L1, "v1", HitFreshness::Fresh)
-    );
+    assert_eq!(answered(&hit), (Source::L1, "v1", HitFreshness::Fresh));
     assert_eq!(hit.meta(), renewed);
     assert_eq!(calls.get(), 2);
 }
@@ -824,33 +809,26 @@ async fn b48_not_modified_from_a_background_refresh_renews_the_value() {
 /// also with fail-safe on (there is nothing to fall back on).
 #[tokio::test(start_paused = true)]
 async fn b48_not_modified_without_a_stale_value_is_a_loader_error() {
-    let stack = Stack::<String>::new();
-    let cache = stack.tiered_builder().defaults(fail_safe()).build();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(fail_safe_cache);
     let seen = StaleSeen::default();
 
-    let error = cache
-        .get_or_fetch_with("cold", &FetchOptions::new(), seen.not_modified(&calls))
+    let error = fetch(&cache, "cold", seen.not_modified(&calls))
         .await
         .unwrap_err();
     assert_eq!(seen.calls(), vec![None], "nothing stale to show");
-    assert!(matches!(error, CacheError::Loader(_)), "{error:?}");
+    assert_loader_error(&error);
     assert_eq!(cache.stats().loader_errors, 1);
     settle().await;
     assert_stored_in_no_tier(&stack, "cold");
 
     // Past its expires_at, a value is no candidate either.
-    cache
-        .get_or_fetch_with("old", &FetchOptions::new(), value_now(&calls, "v1"))
-        .await
-        .unwrap();
+    fetch(&cache, "old", value_now(&calls, "v1")).await.unwrap();
     settle().await;
     stack.clock.advance(10 * MINUTE);
-    let error = cache
-        .get_or_fetch_with("old", &FetchOptions::new(), seen.not_modified(&calls))
+    let error = fetch(&cache, "old", seen.not_modified(&calls))
         .await
         .unwrap_err();
-    assert!(matches!(error, CacheError::Loader(_)), "{error:?}");
+    assert_loader_error(&error);
     assert_eq!(seen.calls(), vec![None, None]);
     assert_eq!(cache.stats().loader_errors, 2);
     assert_eq!(calls.get(), 3);
@@ -879,21 +857,12 @@ struct FailSafeRun {
 async fn fail_safe_run(
     fail: impl FnOnce(FetchContext<String>) -> Loaded + Send + 'static,
 ) -> FailSafeRun {
-    let stack = Stack::<String>::new();
-    let cache = stack.tiered_builder().defaults(fail_safe()).build();
-    let calls = Calls::default();
-    cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "v1"))
-        .await
-        .unwrap();
+    let (stack, cache, calls) = setup(fail_safe_cache);
+    fetch(&cache, "k", value_now(&calls, "v1")).await.unwrap();
     settle().await;
     stack.clock.advance(2 * MINUTE);
-    let hit = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), fail)
-        .await
-        .unwrap();
-    let throttled = cache
-        .get_or_fetch_with("k", &FetchOptions::new(), value_now(&calls, "unused"))
+    let hit = fetch(&cache, "k", fail).await.unwrap();
+    let throttled = fetch(&cache, "k", value_now(&calls, "unused"))
         .await
         .unwrap();
     settle().await;
@@ -961,22 +930,11 @@ async fn b49_fail_triggers_fail_safe_exactly_like_an_error() {
 /// flight (one allocation), counted, stored nowhere; the next call runs the loader again.
 #[tokio::test(start_paused = true)]
 async fn b49_fail_without_fail_safe_is_a_shared_loader_error_with_the_reason() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let gate = Gate::closed();
     let reason = "tenant 42 is suspended";
 
-    let callers: Vec<_> = (0..3)
-        .map(|_| {
-            spawn_with(
-                &cache,
-                "k",
-                FetchOptions::new(),
-                answering(&calls, gate.opened(), move |ctx| ctx.fail(reason)),
-            )
-        })
-        .collect();
+    let callers = spawn_gated(&cache, "k", 3, &calls, &gate, move |ctx| ctx.fail(reason));
     settle().await;
     gate.open();
     let mut errors: Vec<LoaderError> = Vec::new();
@@ -990,14 +948,13 @@ async fn b49_fail_without_fail_safe_is_a_shared_loader_error_with_the_reason() {
     assert_eq!(cache.stats().loader_errors, 1);
     settle().await;
     assert_stored_in_no_tier(&stack, "k");
-    let error = cache
-        .get_or_fetch_with(
-            "k",
-            &FetchOptions::new(),
-            answer_now(&calls, move |_| Fetched::fail(reason)),
-        )
-        .await
-        .unwrap_err();
+    let error = fetch(
+        &cache,
+        "k",
+        answer_now(&calls, move |_| Fetched::fail(reason)),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&error, CacheError::Loader(e) if e.to_string().contains(reason)),
         "{error:?}"
@@ -1029,19 +986,16 @@ async fn b49_fail_without_fail_safe_is_a_shared_loader_error_with_the_reason() {
 /// only. The skip is for that write only.
 #[tokio::test(start_paused = true)]
 async fn b50_skip_writes_from_the_loader_keep_the_value_out_of_those_tiers() {
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let sets = || (stack.l2.calls().set, stack.l3.calls().set);
 
-    let hit = cache
-        .get_or_fetch_with(
-            "no-l2",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::value("a".to_owned()).skip_l2_write()),
-        )
-        .await
-        .unwrap();
+    let hit = fetch(
+        &cache,
+        "no-l2",
+        answer_now(&calls, |_| Fetched::value("a".to_owned()).skip_l2_write()),
+    )
+    .await
+    .unwrap();
     settle().await;
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "a"));
     assert_eq!(sets(), (0, 1));
@@ -1049,14 +1003,13 @@ async fn b50_skip_writes_from_the_loader_keep_the_value_out_of_those_tiers() {
     assert!(stack.l2.peek(&key("no-l2")).is_none());
     assert!(stack.l3.peek(&key("no-l2")).is_some());
 
-    cache
-        .get_or_fetch_with(
-            "no-l3",
-            &FetchOptions::new(),
-            answer_now(&calls, |_| Fetched::value("b".to_owned()).skip_l3_write()),
-        )
-        .await
-        .unwrap();
+    fetch(
+        &cache,
+        "no-l3",
+        answer_now(&calls, |_| Fetched::value("b".to_owned()).skip_l3_write()),
+    )
+    .await
+    .unwrap();
     settle().await;
     assert_eq!(sets(), (1, 1));
     assert_eq!(stack.l1_value("no-l3").as_deref(), Some("b"));
@@ -1084,8 +1037,7 @@ async fn b50_skip_writes_from_the_loader_keep_the_value_out_of_those_tiers() {
 
     // L1 serves all three.
     for (name, value) in [("no-l2", "a"), ("no-l3", "b"), ("l1-only", "c")] {
-        let hit = cache
-            .get_or_fetch_with(name, &FetchOptions::new(), value_now(&calls, "unused"))
+        let hit = fetch(&cache, name, value_now(&calls, "unused"))
             .await
             .unwrap();
         assert_eq!((hit.source(), hit.as_str()), (Source::L1, value));
@@ -1094,8 +1046,7 @@ async fn b50_skip_writes_from_the_loader_keep_the_value_out_of_those_tiers() {
 
     // The skip was for that write only: the next load of the key writes both tiers.
     stack.clock.advance(5 * MINUTE);
-    cache
-        .get_or_fetch_with("l1-only", &FetchOptions::new(), value_now(&calls, "c2"))
+    fetch(&cache, "l1-only", value_now(&calls, "c2"))
         .await
         .unwrap();
     settle().await;
@@ -1113,9 +1064,7 @@ async fn b50_skip_writes_from_the_loader_keep_the_value_out_of_those_tiers() {
 #[tokio::test(start_paused = true)]
 async fn b61_soft_timeout_above_hard_is_lowered_to_hard_and_warned_once() {
     let logs = capture(tracing::Level::WARN);
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let incoherent = fail_safe()
         .hard_timeout(2 * SECOND)
         .soft_timeout(5 * SECOND);
@@ -1187,9 +1136,7 @@ async fn b61_soft_timeout_above_hard_is_lowered_to_hard_and_warned_once() {
 #[tokio::test(start_paused = true)]
 async fn b61_fail_safe_max_below_ttl_is_raised_to_ttl_and_warned_once() {
     let logs = capture(tracing::Level::WARN);
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let incoherent = FetchOptions::new()
         .ttl(10 * MINUTE)
         .fail_safe(true)
@@ -1221,7 +1168,7 @@ async fn b61_fail_safe_max_below_ttl_is_raised_to_ttl_and_warned_once() {
         .get_or_fetch_with("a", &incoherent, failing(&calls, "down"))
         .await
         .unwrap_err();
-    assert!(matches!(error, CacheError::Loader(_)), "{error:?}");
+    assert_loader_error(&error);
 
     // Another configuration warns once more; a coherent one never.
     let other = incoherent.fail_safe_max(2 * MINUTE);
@@ -1250,9 +1197,7 @@ async fn b61_fail_safe_max_below_ttl_is_raised_to_ttl_and_warned_once() {
 #[tokio::test(start_paused = true)]
 async fn b61_eager_refresh_threshold_outside_the_unit_interval_turns_it_off() {
     let logs = capture(tracing::Level::WARN);
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
 
     for (name, threshold, shown) in [("zero", 0.0, "0"), ("one", 1.0, "1"), ("big", 1.5, "1.5")] {
         let options = FetchOptions::new().ttl(MINUTE).eager_refresh(threshold);
@@ -1310,9 +1255,7 @@ async fn b61_eager_refresh_threshold_outside_the_unit_interval_turns_it_off() {
 #[tokio::test(start_paused = true)]
 async fn b61_swr_beyond_the_fail_safe_horizon_is_clamped_and_warned_once() {
     let logs = capture(tracing::Level::WARN);
-    let stack = Stack::<String>::new();
-    let cache = stack.cache();
-    let calls = Calls::default();
+    let (stack, cache, calls) = setup(Stack::cache);
     let incoherent = FetchOptions::new()
         .ttl(MINUTE)
         .fail_safe(true)
@@ -1485,7 +1428,7 @@ async fn b60_resilience_defaults_apply_to_calls_with_other_options() {
         .get_or_fetch_with("gone", &call, answer_now(&calls, |_| Fetched::absent()))
         .await
         .unwrap_err();
-    assert!(matches!(error, CacheError::NotFound), "{error:?}");
+    assert_not_found(&error);
     let error = cache
         .get_or_fetch_with("gone", &call, value_now(&calls, "x"))
         .await

@@ -13,15 +13,16 @@
 
 mod support;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    Calls, Gate, Stack, TokenProbe, assert_stored_in_no_tier, cancel_when_unobserved, counting,
-    gated, hits, instant, key, settle, spawn_fetch, spawn_fetches,
+    Answer, Calls, Gate, Stack, TokenProbe, assert_stored_in_no_tier, at, cancel_when_unobserved,
+    counting, gated, hits, instant, key, settle, spawn_fetch, spawn_fetches,
 };
 use tierkit_cache::{
-    Cache, CacheError, FailSafeCause, FetchOptions, HitFreshness, JitterSource, LocalTier,
+    Cache, CacheError, FailSafeCause, FetchOptions, Hit, HitFreshness, JitterSource, LocalTier,
     RandomJitter, Source, StaleCause, TimeoutKind,
 };
 use tierkit_core::Timestamp;
@@ -63,6 +64,70 @@ async fn load(cache: &Cache<String>, k: &str, value: &str) {
     settle().await;
 }
 
+/// A stack and its cache with `defaults`, holding "v1" under "k" (loaded through a miss).
+async fn loaded(defaults: FetchOptions) -> (Stack<String>, Cache<String>) {
+    let stack = Stack::<String>::new();
+    let cache = cache_with(&stack, defaults);
+    load(&cache, "k", "v1").await;
+    (stack, cache)
+}
+
+/// [`loaded`], with the manual clock then advanced by `after`.
+async fn loaded_then(defaults: FetchOptions, after: Duration) -> (Stack<String>, Cache<String>) {
+    let (stack, cache) = loaded(defaults).await;
+    stack.clock.advance(after);
+    (stack, cache)
+}
+
+/// `get_or_fetch(k)` with a counting loader answering `value`.
+async fn fetch(cache: &Cache<String>, k: &str, calls: &Calls, value: &str) -> Answer<String> {
+    cache
+        .get_or_fetch(k, counting(calls, value.to_owned()))
+        .await
+}
+
+/// Reads `k` with `loader`, checks that the read started a refresh, and lets the refresh run
+/// (into its loader, or to its end).
+async fn start_refresh<F, Fut>(cache: &Cache<String>, k: &str, loader: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, std::io::Error>> + Send + 'static,
+{
+    let hit = cache.get_or_fetch(k, loader).await.unwrap();
+    assert!(hit.refresh_started());
+    settle().await;
+}
+
+/// What a read answered: its value, its freshness and whether it started a refresh.
+fn answered(hit: &Hit<String>) -> (&str, HitFreshness, bool) {
+    (hit.as_str(), hit.freshness(), hit.refresh_started())
+}
+
+/// [`answered`], with the source of the value.
+fn answered_from(hit: &Hit<String>) -> (&str, Source, HitFreshness, bool) {
+    (
+        hit.as_str(),
+        hit.source(),
+        hit.freshness(),
+        hit.refresh_started(),
+    )
+}
+
+/// Asserts that `error` is a caller's hard timeout.
+#[track_caller]
+fn assert_hard_timeout(error: &CacheError) {
+    assert!(
+        matches!(
+            error,
+            CacheError::Timeout {
+                kind: TimeoutKind::Hard,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
 /// A loader for `get_or_fetch` that counts its call and fails at once.
 fn failing(
     calls: &Calls,
@@ -76,14 +141,7 @@ fn failing(
 
 /// `get_or_fetch(k)` with a loader that must not run (it would answer "unexpected").
 async fn read(cache: &Cache<String>, k: &str, calls: &Calls) -> tierkit_cache::Hit<String> {
-    cache
-        .get_or_fetch(k, counting(calls, "unexpected".to_owned()))
-        .await
-        .unwrap()
-}
-
-fn at(t0: Timestamp, offset: Duration) -> Timestamp {
-    t0.saturating_add(offset)
+    fetch(cache, k, calls, "unexpected").await.unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -96,20 +154,14 @@ fn at(t0: Timestamp, offset: Duration) -> Timestamp {
 /// count 1 in total).
 #[tokio::test(start_paused = true)]
 async fn b07_a_read_skipping_l1_joins_the_running_refresh() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(70 * SEC);
+    let (stack, cache) = loaded_then(swr(), 70 * SEC).await;
 
     let (calls, gate) = (Calls::default(), Gate::closed());
     let hit = cache
         .get_or_fetch("k", gated(&calls, &gate, "v2".to_owned()))
         .await
         .unwrap();
-    assert_eq!(
-        (hit.as_str(), hit.freshness(), hit.refresh_started()),
-        ("v1", HitFreshness::Revalidating, true)
-    );
+    assert_eq!(answered(&hit), ("v1", HitFreshness::Revalidating, true));
     settle().await;
     assert_eq!(calls.get(), 1, "the refresh is inside its loader");
     assert_eq!(cache.flights_in_progress(), 1);
@@ -158,17 +210,9 @@ async fn b07_a_read_skipping_l1_joins_the_running_refresh() {
 /// starting a flight of its own: loader count 1.
 #[tokio::test(start_paused = true)]
 async fn b07_a_miss_after_the_window_joins_the_refresh_still_running() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(70 * SEC);
+    let (stack, cache) = loaded_then(swr(), 70 * SEC).await;
     let (calls, gate) = (Calls::default(), Gate::closed());
-    let hit = cache
-        .get_or_fetch("k", gated(&calls, &gate, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(&cache, "k", gated(&calls, &gate, "v2".to_owned())).await;
     assert_eq!(calls.get(), 1);
 
     // Past the window: the entry expired (no fail-safe reserve), L1 misses.
@@ -202,10 +246,7 @@ async fn b07_a_miss_after_the_window_joins_the_refresh_still_running() {
 /// every tier.
 #[tokio::test(start_paused = true)]
 async fn b20_aborting_the_triggering_request_does_not_cancel_the_refresh() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(70 * SEC);
+    let (stack, cache) = loaded_then(swr(), 70 * SEC).await;
 
     let (probe, gate) = (TokenProbe::default(), Gate::closed());
     let (started, started_rx) = tokio::sync::oneshot::channel();
@@ -260,10 +301,7 @@ async fn b20_aborting_the_triggering_request_does_not_cancel_the_refresh() {
 /// the flight's waiter count to zero but does not cancel the refresh: it completes and stores.
 #[tokio::test(start_paused = true)]
 async fn b20_a_joined_caller_leaving_never_cancels_the_refresh_even_when_unobserved() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(70 * SEC);
+    let (stack, cache) = loaded_then(swr(), 70 * SEC).await;
 
     let (probe, gate) = (TokenProbe::default(), Gate::closed());
     let hit = cache
@@ -310,17 +348,9 @@ async fn b20_a_joined_caller_leaving_never_cancels_the_refresh_even_when_unobser
 /// caller's own hard deadline: the caller gets `Timeout{Hard}` at exactly its deadline.
 #[tokio::test(start_paused = true)]
 async fn b20_a_hung_refresh_never_holds_a_joined_caller_past_its_hard_deadline() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr().background_cap(Duration::from_secs(3600)));
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(70 * SEC);
+    let (_, cache) = loaded_then(swr().background_cap(Duration::from_secs(3600)), 70 * SEC).await;
     let (calls, gate) = (Calls::default(), Gate::closed());
-    let hit = cache
-        .get_or_fetch("k", gated(&calls, &gate, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(&cache, "k", gated(&calls, &gate, "v2".to_owned())).await;
 
     let start = Instant::now();
     let error = cache
@@ -350,35 +380,19 @@ async fn b20_a_hung_refresh_never_holds_a_joined_caller_past_its_hard_deadline()
 /// starts a refresh, which stores the new value; the next read gets it without a refresh.
 #[tokio::test(start_paused = true)]
 async fn b38_eager_refresh_starts_at_ttl_times_threshold() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, eager());
-    load(&cache, "k", "v1").await;
+    let (stack, cache) = loaded(eager()).await;
     let calls = Calls::default();
 
     stack.clock.advance(50 * SEC - MS);
-    let hit = cache
-        .get_or_fetch("k", counting(&calls, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert_eq!(
-        (hit.as_str(), hit.freshness(), hit.refresh_started()),
-        ("v1", HitFreshness::Fresh, false)
-    );
+    let hit = fetch(&cache, "k", &calls, "v2").await.unwrap();
+    assert_eq!(answered(&hit), ("v1", HitFreshness::Fresh, false));
     settle().await;
     assert_eq!((calls.get(), cache.stats().refreshes_started), (0, 0));
 
     stack.clock.advance(MS);
-    let hit = cache
-        .get_or_fetch("k", counting(&calls, "v2".to_owned()))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", &calls, "v2").await.unwrap();
     assert_eq!(
-        (
-            hit.as_str(),
-            hit.source(),
-            hit.freshness(),
-            hit.refresh_started()
-        ),
+        answered_from(&hit),
         ("v1", Source::L1, HitFreshness::Fresh, true)
     );
     settle().await;
@@ -386,12 +400,7 @@ async fn b38_eager_refresh_starts_at_ttl_times_threshold() {
 
     let hit = read(&cache, "k", &calls).await;
     assert_eq!(
-        (
-            hit.as_str(),
-            hit.source(),
-            hit.freshness(),
-            hit.refresh_started()
-        ),
+        answered_from(&hit),
         ("v2", Source::L1, HitFreshness::Fresh, false)
     );
     assert_eq!(calls.get(), 1);
@@ -402,10 +411,7 @@ async fn b38_eager_refresh_starts_at_ttl_times_threshold() {
 /// started the refresh; the loader runs once, and only the refresh reads the remote tiers.
 #[tokio::test(start_paused = true)]
 async fn b38_a_hundred_concurrent_reads_in_the_window_start_one_refresh() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, eager());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(60 * SEC);
+    let (stack, cache) = loaded_then(eager(), 60 * SEC).await;
     let (l2, l3, decodes) = (stack.l2.calls(), stack.l3.calls(), stack.codec.decodes());
 
     let (calls, gate) = (Calls::default(), Gate::closed());
@@ -466,7 +472,7 @@ async fn b38_a_threshold_outside_the_open_unit_interval_disables_eager_refresh()
         let calls = Calls::default();
         let hit = read(&cache, "k", &calls).await;
         assert_eq!(
-            (hit.as_str(), hit.freshness(), hit.refresh_started()),
+            answered(&hit),
             ("v1", HitFreshness::Fresh, false),
             "threshold {threshold}"
         );
@@ -486,9 +492,7 @@ async fn b38_a_threshold_outside_the_open_unit_interval_disables_eager_refresh()
 /// and the next read is a foreground miss.
 #[tokio::test(start_paused = true)]
 async fn b39_an_unread_key_is_never_refreshed_and_expires() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr().eager_refresh(0.5));
-    load(&cache, "k", "v1").await;
+    let (stack, cache) = loaded(swr().eager_refresh(0.5)).await;
     let (l2, l3) = (stack.l2.calls(), stack.l3.calls());
     let loads = cache.stats().loader_calls;
 
@@ -505,10 +509,7 @@ async fn b39_an_unread_key_is_never_refreshed_and_expires() {
     assert!(stack.l2.peek(&key("k")).is_none(), "expired in L2");
 
     let calls = Calls::default();
-    let hit = cache
-        .get_or_fetch("k", counting(&calls, "v2".to_owned()))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", &calls, "v2").await.unwrap();
     assert_eq!(
         (hit.as_str(), hit.source(), hit.refresh_started()),
         ("v2", Source::Loader, false)
@@ -543,26 +544,15 @@ async fn b40_a_refresh_adopts_a_newer_entry_another_node_wrote() {
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "v1"));
 
     a.clock.advance(60 * SEC);
-    let hit = node_a
-        .get_or_fetch("k", counting(&calls_a, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(&node_a, "k", counting(&calls_a, "v2".to_owned())).await;
     assert_eq!(calls_a.get(), 1);
     let written = a.l2.peek(&key("k")).unwrap();
     assert_eq!(written.created_at(), a.clock.now(), "A wrote L2");
     assert_eq!(node_a.stats().refreshes_adopted, 0);
 
     let decodes = b.codec.decodes();
-    let hit = node_b
-        .get_or_fetch("k", counting(&calls_b, "b-loader".to_owned()))
-        .await
-        .unwrap();
-    assert_eq!(
-        (hit.as_str(), hit.freshness(), hit.refresh_started()),
-        ("v1", HitFreshness::Fresh, true)
-    );
+    let hit = fetch(&node_b, "k", &calls_b, "b-loader").await.unwrap();
+    assert_eq!(answered(&hit), ("v1", HitFreshness::Fresh, true));
     settle().await;
     assert_eq!(calls_b.get(), 0, "B's loader is not called");
     let stats = node_b.stats();
@@ -616,12 +606,7 @@ async fn b40_a_refresh_adopts_a_newer_entry_from_l3_and_refills_l2() {
     );
     assert_eq!(calls.get(), 1);
 
-    let hit = node_b
-        .get_or_fetch("k", counting(&calls, "b-loader".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(&node_b, "k", counting(&calls, "b-loader".to_owned())).await;
     assert_eq!(calls.get(), 1, "B's loader is not called");
     assert_eq!(node_b.stats().refreshes_adopted, 1);
     assert_eq!(b.l1_value("k").as_deref(), Some("v2"));
@@ -643,12 +628,7 @@ async fn b40_the_same_entry_is_not_adopted_and_the_loader_runs() {
     a.clock.advance(60 * SEC);
     let (l2, l3) = (a.l2.calls(), a.l3.calls());
 
-    let hit = node_b
-        .get_or_fetch("k", counting(&calls, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(&node_b, "k", counting(&calls, "v2".to_owned())).await;
     assert_eq!(calls.get(), 1, "B's loader runs");
     assert_eq!(
         (a.l2.calls().get - l2.get, a.l3.calls().get - l3.get),
@@ -673,10 +653,7 @@ async fn b40_the_same_entry_is_not_adopted_and_the_loader_runs() {
 /// no refresh; at its end, exactly one more starts however many reads come.
 #[tokio::test(start_paused = true)]
 async fn b41_a_failed_eager_refresh_keeps_the_value_and_backs_off() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, eager().refresh_backoff(10 * SEC));
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(60 * SEC);
+    let (stack, cache) = loaded_then(eager().refresh_backoff(10 * SEC), 60 * SEC).await;
 
     let calls = Calls::default();
     let hit = cache.get_or_fetch("k", failing(&calls)).await.unwrap();
@@ -695,10 +672,7 @@ async fn b41_a_failed_eager_refresh_keeps_the_value_and_backs_off() {
     for step in [Duration::ZERO, 5 * SEC, 5 * SEC - MS] {
         stack.clock.advance(step);
         let hit = cache.get_or_fetch("k", failing(&calls)).await.unwrap();
-        assert_eq!(
-            (hit.as_str(), hit.freshness(), hit.refresh_started()),
-            ("v1", HitFreshness::Fresh, false)
-        );
+        assert_eq!(answered(&hit), ("v1", HitFreshness::Fresh, false));
         settle().await;
         assert_eq!(calls.get(), 1, "backing off");
     }
@@ -722,38 +696,23 @@ async fn b41_a_failed_eager_refresh_keeps_the_value_and_backs_off() {
 /// successful retry stores the new value.
 #[tokio::test(start_paused = true)]
 async fn b41_a_failed_revalidation_keeps_the_stale_value_and_backs_off() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr().refresh_backoff(10 * SEC));
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(65 * SEC);
+    let (stack, cache) = loaded_then(swr().refresh_backoff(10 * SEC), 65 * SEC).await;
 
     let calls = Calls::default();
     let hit = cache.get_or_fetch("k", failing(&calls)).await.unwrap();
-    assert_eq!(
-        (hit.as_str(), hit.freshness(), hit.refresh_started()),
-        ("v1", HitFreshness::Revalidating, true)
-    );
+    assert_eq!(answered(&hit), ("v1", HitFreshness::Revalidating, true));
     settle().await;
     assert_eq!((calls.get(), cache.stats().refreshes_failed), (1, 1));
 
     stack.clock.advance(10 * SEC - MS);
     let hit = cache.get_or_fetch("k", failing(&calls)).await.unwrap();
-    assert_eq!(
-        (hit.as_str(), hit.freshness(), hit.refresh_started()),
-        ("v1", HitFreshness::Revalidating, false)
-    );
+    assert_eq!(answered(&hit), ("v1", HitFreshness::Revalidating, false));
     settle().await;
     assert_eq!(calls.get(), 1);
 
     stack.clock.advance(MS);
-    let hit = cache
-        .get_or_fetch("k", counting(&calls, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert_eq!(
-        (hit.as_str(), hit.freshness(), hit.refresh_started()),
-        ("v1", HitFreshness::Revalidating, true)
-    );
+    let hit = fetch(&cache, "k", &calls, "v2").await.unwrap();
+    assert_eq!(answered(&hit), ("v1", HitFreshness::Revalidating, true));
     settle().await;
     assert_eq!(calls.get(), 2);
     let hit = read(&cache, "k", &calls).await;
@@ -769,12 +728,7 @@ async fn b41_a_failed_revalidation_keeps_the_stale_value_and_backs_off() {
 /// Starts a refresh of `k` (L1 must be in its eager window) held in its loader on `gate`,
 /// whose answer is "refreshed", and lets it reach the loader.
 async fn held_refresh(cache: &Cache<String>, k: &str, calls: &Calls, gate: &Gate) {
-    let hit = cache
-        .get_or_fetch(k, gated(calls, gate, "refreshed".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(cache, k, gated(calls, gate, "refreshed".to_owned())).await;
     assert_eq!(calls.get(), 1);
 }
 
@@ -783,10 +737,7 @@ async fn held_refresh(cache: &Cache<String>, k: &str, calls: &Calls, gate: &Gate
 /// the set's).
 #[tokio::test(start_paused = true)]
 async fn b42_a_set_during_a_refresh_discards_the_refresh_result() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, eager());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(60 * SEC);
+    let (stack, cache) = loaded_then(eager(), 60 * SEC).await;
     let (calls, gate) = (Calls::default(), Gate::closed());
     held_refresh(&cache, "k", &calls, &gate).await;
 
@@ -818,10 +769,7 @@ async fn b42_a_set_during_a_refresh_discards_the_refresh_result() {
 /// stored nowhere, and the next read is a foreground miss.
 #[tokio::test(start_paused = true)]
 async fn b42_a_remove_during_a_refresh_discards_the_refresh_result() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, eager());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(60 * SEC);
+    let (stack, cache) = loaded_then(eager(), 60 * SEC).await;
     let (calls, gate) = (Calls::default(), Gate::closed());
     held_refresh(&cache, "k", &calls, &gate).await;
 
@@ -835,10 +783,7 @@ async fn b42_a_remove_during_a_refresh_discards_the_refresh_result() {
         "the load's only"
     );
     assert_eq!(cache.stats().refreshes_discarded, 1);
-    let hit = cache
-        .get_or_fetch("k", counting(&calls, "v3".to_owned()))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", &calls, "v3").await.unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "v3"));
     assert_eq!(calls.get(), 2);
 }
@@ -849,10 +794,7 @@ async fn b42_a_remove_during_a_refresh_discards_the_refresh_result() {
 /// `remove` discards a refresh (the two tests above); the read-through docs say why.
 #[tokio::test(start_paused = true)]
 async fn b42_an_eviction_during_a_refresh_does_not_discard_its_fresh_result() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, eager());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(60 * SEC);
+    let (stack, cache) = loaded_then(eager(), 60 * SEC).await;
     let (calls, gate) = (Calls::default(), Gate::closed());
     held_refresh(&cache, "k", &calls, &gate).await;
 
@@ -882,9 +824,7 @@ async fn b42_an_eviction_during_a_refresh_does_not_discard_its_fresh_result() {
 /// millisecond, get the same answer and start none; once the refresh lands, reads are fresh.
 #[tokio::test(start_paused = true)]
 async fn b43_within_the_window_a_read_returns_stale_at_once_and_starts_one_refresh() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr());
-    load(&cache, "k", "v1").await;
+    let (stack, cache) = loaded(swr()).await;
     let (calls, gate) = (Calls::default(), Gate::closed());
 
     stack.clock.advance(60 * SEC - MS);
@@ -902,12 +842,7 @@ async fn b43_within_the_window_a_read_returns_stale_at_once_and_starts_one_refre
         .unwrap();
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(
-        (
-            hit.as_str(),
-            hit.source(),
-            hit.freshness(),
-            hit.refresh_started()
-        ),
+        answered_from(&hit),
         ("v1", Source::L1, HitFreshness::Revalidating, true)
     );
     settle().await;
@@ -919,10 +854,7 @@ async fn b43_within_the_window_a_read_returns_stale_at_once_and_starts_one_refre
             .get_or_fetch("k", gated(&calls, &gate, "other".to_owned()))
             .await
             .unwrap();
-        assert_eq!(
-            (hit.as_str(), hit.freshness(), hit.refresh_started()),
-            ("v1", HitFreshness::Revalidating, false)
-        );
+        assert_eq!(answered(&hit), ("v1", HitFreshness::Revalidating, false));
     }
     settle().await;
     assert_eq!(calls.get(), 1);
@@ -931,10 +863,7 @@ async fn b43_within_the_window_a_read_returns_stale_at_once_and_starts_one_refre
     gate.open();
     settle().await;
     let hit = read(&cache, "k", &calls).await;
-    assert_eq!(
-        (hit.as_str(), hit.freshness(), hit.refresh_started()),
-        ("v2", HitFreshness::Fresh, false)
-    );
+    assert_eq!(answered(&hit), ("v2", HitFreshness::Fresh, false));
     assert_eq!(calls.get(), 1);
 }
 
@@ -950,10 +879,7 @@ fn swr_with_fail_safe() -> FetchOptions {
 /// gets the new value; no refresh is started.
 #[tokio::test(start_paused = true)]
 async fn b43_past_the_window_a_read_waits_for_the_loader() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr_with_fail_safe());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(90 * SEC);
+    let (_, cache) = loaded_then(swr_with_fail_safe(), 90 * SEC).await;
 
     let (calls, gate) = (Calls::default(), Gate::closed());
     let task = spawn_fetch(&cache, "k", gated(&calls, &gate, "v2".to_owned()));
@@ -963,12 +889,7 @@ async fn b43_past_the_window_a_read_waits_for_the_loader() {
     gate.open();
     let hit = task.await.unwrap().unwrap();
     assert_eq!(
-        (
-            hit.as_str(),
-            hit.source(),
-            hit.freshness(),
-            hit.refresh_started()
-        ),
+        answered_from(&hit),
         ("v2", Source::Loader, HitFreshness::Fresh, false)
     );
     let stats = cache.stats();
@@ -980,10 +901,7 @@ async fn b43_past_the_window_a_read_waits_for_the_loader() {
 /// error it hid.
 #[tokio::test(start_paused = true)]
 async fn b43_past_the_window_fail_safe_is_the_backstop() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(&stack, swr_with_fail_safe());
-    load(&cache, "k", "v1").await;
-    stack.clock.advance(95 * SEC);
+    let (_, cache) = loaded_then(swr_with_fail_safe(), 95 * SEC).await;
 
     let calls = Calls::default();
     let hit = cache.get_or_fetch("k", failing(&calls)).await.unwrap();
@@ -1018,25 +936,18 @@ async fn b43_past_the_window_fail_safe_is_the_backstop() {
 /// gets its own hard timeout, never the old value.
 #[tokio::test(start_paused = true)]
 async fn b44_a_stuck_refresh_never_extends_service_past_expires_at() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(
-        &stack,
+    let (stack, cache) = loaded(
         swr()
             .hard_timeout(SEC)
             .background_cap(Duration::from_secs(3600)),
-    );
-    load(&cache, "k", "v1").await;
+    )
+    .await;
     let expires_at = stack.l1.peek(&key("k")).unwrap().meta().expires_at();
     assert_eq!(expires_at, at(stack.clock.now(), 90 * SEC));
 
     stack.clock.advance(70 * SEC);
     let (calls, gate) = (Calls::default(), Gate::closed());
-    let hit = cache
-        .get_or_fetch("k", gated(&calls, &gate, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(&cache, "k", gated(&calls, &gate, "v2".to_owned())).await;
 
     stack.clock.advance(20 * SEC - MS);
     let hit = read(&cache, "k", &calls).await;
@@ -1048,20 +959,8 @@ async fn b44_a_stuck_refresh_never_extends_service_past_expires_at() {
     stack.clock.advance(MS);
     assert_eq!(stack.clock.now(), expires_at);
     assert!(cache.try_get_local("k").is_none());
-    let error = cache
-        .get_or_fetch("k", counting(&calls, "foreground".to_owned()))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            CacheError::Timeout {
-                kind: TimeoutKind::Hard,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    let error = fetch(&cache, "k", &calls, "foreground").await.unwrap_err();
+    assert_hard_timeout(&error);
     let stale_read = cache
         .get_with("k", &FetchOptions::new().allow_stale(true))
         .await;
@@ -1079,25 +978,18 @@ async fn b44_a_stuck_refresh_never_extends_service_past_expires_at() {
 /// timeout); from `expires_at` on it gets the timeout error, never the old value.
 #[tokio::test(start_paused = true)]
 async fn b44_a_stuck_refresh_with_fail_safe_stops_serving_at_expires_at() {
-    let stack = Stack::<String>::new();
-    let cache = cache_with(
-        &stack,
+    let (stack, cache) = loaded(
         swr()
             .fail_safe(true)
             .fail_safe_max(120 * SEC)
             .hard_timeout(SEC)
             .background_cap(Duration::from_secs(3600)),
-    );
-    load(&cache, "k", "v1").await;
+    )
+    .await;
     let t0 = stack.clock.now();
     stack.clock.advance(70 * SEC);
     let (calls, gate) = (Calls::default(), Gate::closed());
-    let hit = cache
-        .get_or_fetch("k", gated(&calls, &gate, "v2".to_owned()))
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    start_refresh(&cache, "k", gated(&calls, &gate, "v2".to_owned())).await;
 
     stack.clock.advance(49 * SEC);
     let hit = read(&cache, "k", &calls).await;
@@ -1109,20 +1001,8 @@ async fn b44_a_stuck_refresh_with_fail_safe_stops_serving_at_expires_at() {
 
     stack.clock.advance(SEC);
     assert_eq!(stack.clock.now(), at(t0, 120 * SEC));
-    let error = cache
-        .get_or_fetch("k", counting(&calls, "foreground".to_owned()))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            CacheError::Timeout {
-                kind: TimeoutKind::Hard,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    let error = fetch(&cache, "k", &calls, "foreground").await.unwrap_err();
+    assert_hard_timeout(&error);
     assert_eq!(calls.get(), 1);
     drop(gate);
 }
@@ -1159,6 +1039,28 @@ impl JitterSource for FixedJitter {
     }
 }
 
+/// The cache over all three tiers of `stack` with `defaults`, drawing its jitter from `source`.
+fn jittered_cache(
+    stack: &Stack<String>,
+    defaults: FetchOptions,
+    source: FixedJitter,
+) -> Cache<String> {
+    stack
+        .tiered_builder()
+        .defaults(defaults)
+        .jitter(source)
+        .build()
+}
+
+/// Asserts that L2 and L3 hold "k" with `(stale_at, expires_at)`.
+#[track_caller]
+fn assert_remote_stale_and_expiry(stack: &Stack<String>, want: (Timestamp, Timestamp)) {
+    for tier in [&stack.l2, &stack.l3] {
+        let stored = tier.peek(&key("k")).unwrap();
+        assert_eq!((stored.stale_at(), stored.expires_at()), want);
+    }
+}
+
 /// Fresh for 60 s, up to 10 s of jitter.
 fn jittered() -> FetchOptions {
     FetchOptions::new().ttl(60 * SEC).jitter_max(10 * SEC)
@@ -1173,11 +1075,7 @@ fn jittered() -> FetchOptions {
 async fn b58_jitter_applies_to_l1_freshness_only() {
     let stack = Stack::<String>::new();
     let source = FixedJitter::new(7 * SEC);
-    let cache = stack
-        .tiered_builder()
-        .defaults(jittered())
-        .jitter(source.clone())
-        .build();
+    let cache = jittered_cache(&stack, jittered(), source.clone());
     let t0 = stack.clock.now();
     load(&cache, "k", "v1").await;
     assert_eq!(source.maxes(), [10 * SEC]);
@@ -1186,23 +1084,13 @@ async fn b58_jitter_applies_to_l1_freshness_only() {
     assert_eq!(entry.meta().stale_at(), at(t0, 60 * SEC));
     assert_eq!(entry.meta().expires_at(), at(t0, 70 * SEC));
     assert_eq!(entry.state().fresh_until(), at(t0, 67 * SEC));
-    for tier in [&stack.l2, &stack.l3] {
-        let stored = tier.peek(&key("k")).unwrap();
-        assert_eq!(
-            (stored.stale_at(), stored.expires_at()),
-            (at(t0, 60 * SEC), at(t0, 70 * SEC))
-        );
-    }
+    assert_remote_stale_and_expiry(&stack, (at(t0, 60 * SEC), at(t0, 70 * SEC)));
 
     // Another node refills from L2 with the exact remaining freshness, plus its own jitter.
     stack.clock.advance(30 * SEC);
     let other = stack.other_node::<String>();
     let other_source = FixedJitter::new(2 * SEC);
-    let node_b = other
-        .tiered_builder()
-        .defaults(jittered())
-        .jitter(other_source.clone())
-        .build();
+    let node_b = jittered_cache(&other, jittered(), other_source.clone());
     let calls = Calls::default();
     assert_eq!(read(&node_b, "k", &calls).await.source(), Source::L2);
     let refilled = other.l1.peek(&key("k")).unwrap();
@@ -1220,10 +1108,7 @@ async fn b58_jitter_applies_to_l1_freshness_only() {
     assert_eq!(calls.get(), 0);
     stack.clock.advance(MS);
     assert!(cache.try_get_local("k").is_none());
-    let hit = cache
-        .get_or_fetch("k", counting(&calls, "v2".to_owned()))
-        .await
-        .unwrap();
+    let hit = fetch(&cache, "k", &calls, "v2").await.unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "v2"));
     assert_eq!(calls.get(), 1, "L2 and L3 were stale at 60 s: no refill");
 }
@@ -1235,11 +1120,7 @@ async fn b58_jitter_applies_to_l1_freshness_only() {
 async fn b58_jitter_never_extends_freshness_past_expires_at() {
     for drawn in [10 * SEC, Duration::from_secs(3600)] {
         let stack = Stack::<String>::new();
-        let cache = stack
-            .tiered_builder()
-            .defaults(jittered())
-            .jitter(FixedJitter::new(drawn))
-            .build();
+        let cache = jittered_cache(&stack, jittered(), FixedJitter::new(drawn));
         let t0 = stack.clock.now();
         load(&cache, "k", "v1").await;
         let entry = stack.l1.peek(&key("k")).unwrap();
@@ -1297,33 +1178,23 @@ async fn b58_jitter_is_drawn_uniformly_within_zero_and_jitter_max() {
 async fn b59_jitter_remote_moves_the_stale_at_of_the_remote_tiers_too() {
     let stack = Stack::<String>::new();
     let source = FixedJitter::new(7 * SEC);
-    let cache = stack
-        .tiered_builder()
-        .defaults(jittered().jitter_remote(true))
-        .jitter(source.clone())
-        .build();
+    let cache = jittered_cache(&stack, jittered().jitter_remote(true), source.clone());
     let t0 = stack.clock.now();
     load(&cache, "k", "v1").await;
     assert_eq!(source.maxes(), [10 * SEC], "drawn once");
 
-    for tier in [&stack.l2, &stack.l3] {
-        let stored = tier.peek(&key("k")).unwrap();
-        assert_eq!(
-            (stored.stale_at(), stored.expires_at()),
-            (at(t0, 67 * SEC), at(t0, 70 * SEC))
-        );
-    }
+    assert_remote_stale_and_expiry(&stack, (at(t0, 67 * SEC), at(t0, 70 * SEC)));
     let entry = stack.l1.peek(&key("k")).unwrap();
     assert_eq!(entry.meta().stale_at(), at(t0, 67 * SEC));
     assert_eq!(entry.state().fresh_until(), at(t0, 67 * SEC));
 
     stack.clock.advance(66 * SEC);
     let other = stack.other_node::<String>();
-    let node_b = other
-        .tiered_builder()
-        .defaults(jittered().jitter_remote(true))
-        .jitter(FixedJitter::new(SEC))
-        .build();
+    let node_b = jittered_cache(
+        &other,
+        jittered().jitter_remote(true),
+        FixedJitter::new(SEC),
+    );
     let calls = Calls::default();
     let hit = read(&node_b, "k", &calls).await;
     assert_eq!(

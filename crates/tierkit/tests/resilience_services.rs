@@ -31,7 +31,8 @@ use tierkit::codec::Postcard;
 use tierkit::moka::MokaLocal;
 use tierkit::redis::RedisBackend;
 use tierkit::{
-    Backend, Cache, CacheError, CacheKey, Clock, FetchOptions, HitFreshness, ManualClock, Source,
+    Backend, Cache, CacheError, CacheKey, Clock, FetchOptions, Hit, HitFreshness, ManualClock,
+    Source,
 };
 use tierkit_services::{RedisBinaries, RedisServer, RedisServerOptions};
 
@@ -165,6 +166,52 @@ fn key(name: &str) -> CacheKey {
     CacheKey::new(name).unwrap()
 }
 
+/// Asserts a hit's value, source and freshness.
+#[track_caller]
+fn assert_answer(hit: &Hit<String>, value: &str, source: Source, freshness: HitFreshness) {
+    assert_eq!(hit.as_str(), value);
+    assert_eq!(hit.source(), source);
+    assert_eq!(hit.freshness(), freshness);
+}
+
+/// What a fail-safe answer after a loader error reports.
+fn fail_safe_on_loader_error(throttled: bool) -> HitFreshness {
+    HitFreshness::Stale(StaleCause::FailSafe {
+        cause: FailSafeCause::LoaderError,
+        throttled,
+    })
+}
+
+/// A read of `key` on `cache` inside its revalidation window, with `loader`: asserts that it
+/// answers v1 from L1, `Revalidating`, and started a refresh.
+async fn read_in_window(
+    what: &str,
+    cache: &Cache<String>,
+    key: &CacheKey,
+    loader: impl FnOnce() -> Loaded + Send + 'static,
+) {
+    let hit = bounded(what, cache.get_or_fetch(key, loader))
+        .await
+        .expect("served from L1");
+    assert_answer(&hit, "v1", Source::L1, HitFreshness::Revalidating);
+    assert!(hit.refresh_started());
+}
+
+/// `what`, a `set` of `key` to `value` during the outage: asserts that it answers Redis'
+/// error, and returns that error.
+async fn set_failing_on_l2(
+    what: &str,
+    cache: &Cache<String>,
+    key: &CacheKey,
+    value: &str,
+) -> CacheError {
+    let err = bounded(what, cache.set(key, value.to_owned()))
+        .await
+        .expect_err("the only remote tier failed");
+    assert_l2_write_error(what.strip_prefix("a ").unwrap_or(what), &err);
+    err
+}
+
 /// Asserts that `error` is Redis' own transient error of a failed write of L2.
 fn assert_l2_write_error(what: &str, error: &CacheError) {
     match error {
@@ -256,9 +303,7 @@ async fn b31_b32_b37_redis_stopped_mid_run_l1_serves_stale_flagged_and_writes_re
             let hit = bounded("a fresh read", cache.get_or_fetch(key, loads.failing()))
                 .await
                 .expect("served from L1");
-            assert_eq!(hit.as_str(), value);
-            assert_eq!(hit.source(), Source::L1);
-            assert_eq!(hit.freshness(), HitFreshness::Fresh);
+            assert_answer(&hit, value, Source::L1, HitFreshness::Fresh);
             assert!(hit.suppressed_error().is_none());
         }
     }
@@ -271,15 +316,7 @@ async fn b31_b32_b37_redis_stopped_mid_run_l1_serves_stale_flagged_and_writes_re
         let hit = bounded("a stale read", cache.get_or_fetch(key, loads.failing()))
             .await
             .expect("fail-safe hides the loader's error");
-        assert_eq!(hit.as_str(), value);
-        assert_eq!(hit.source(), Source::L1);
-        assert_eq!(
-            hit.freshness(),
-            HitFreshness::Stale(StaleCause::FailSafe {
-                cause: FailSafeCause::LoaderError,
-                throttled: false,
-            })
-        );
+        assert_answer(&hit, value, Source::L1, fail_safe_on_loader_error(false));
         assert!(
             matches!(hit.suppressed_error(), Some(CacheError::Loader(_))),
             "{:?}",
@@ -312,15 +349,7 @@ async fn b31_b32_b37_redis_stopped_mid_run_l1_serves_stale_flagged_and_writes_re
         let hit = bounded("a throttled read", cache.get_or_fetch(key, loads.failing()))
             .await
             .expect("served from the throttle");
-        assert_eq!(hit.as_str(), value);
-        assert_eq!(hit.source(), Source::L1);
-        assert_eq!(
-            hit.freshness(),
-            HitFreshness::Stale(StaleCause::FailSafe {
-                cause: FailSafeCause::LoaderError,
-                throttled: true,
-            })
-        );
+        assert_answer(&hit, value, Source::L1, fail_safe_on_loader_error(true));
     }
     assert_eq!(loads.get(), 2 * KEYS, "no loader call within the throttle");
     let throttled = cache.stats();
@@ -334,23 +363,11 @@ async fn b31_b32_b37_redis_stopped_mid_run_l1_serves_stale_flagged_and_writes_re
 
     // Writes during the outage: Redis' error is the answer; L1 holds the value anyway.
     let overwritten = "value 0, written during the outage";
-    let err = bounded(
-        "a set of a loaded key",
-        cache.set(&keys[0], overwritten.to_owned()),
-    )
-    .await
-    .expect_err("the only remote tier failed");
-    assert_l2_write_error("set of a loaded key", &err);
+    let err = set_failing_on_l2("a set of a loaded key", &cache, &keys[0], overwritten).await;
     eprintln!("redis outage: a set answered {err}");
     let new_key = key("user:new");
     let new_value = "a new key, written during the outage";
-    let err = bounded(
-        "a set of a new key",
-        cache.set(&new_key, new_value.to_owned()),
-    )
-    .await
-    .expect_err("the only remote tier failed");
-    assert_l2_write_error("set of a new key", &err);
+    set_failing_on_l2("a set of a new key", &cache, &new_key, new_value).await;
     for (key, value) in [(&keys[0], overwritten), (&new_key, new_value)] {
         let hit = bounded(
             "a read of a key set",
@@ -358,9 +375,7 @@ async fn b31_b32_b37_redis_stopped_mid_run_l1_serves_stale_flagged_and_writes_re
         )
         .await
         .expect("L1 holds the value set");
-        assert_eq!(hit.as_str(), value);
-        assert_eq!(hit.source(), Source::L1);
-        assert_eq!(hit.freshness(), HitFreshness::Fresh);
+        assert_answer(&hit, value, Source::L1, HitFreshness::Fresh);
     }
     assert_eq!(loads.get(), 2 * KEYS);
     let failed_writes = cache.stats();
@@ -422,9 +437,7 @@ async fn b31_b32_b37_redis_stopped_mid_run_l1_serves_stale_flagged_and_writes_re
     )
     .await
     .expect("read from Redis");
-    assert_eq!(hit.as_str(), resumed);
-    assert_eq!(hit.source(), Source::L2);
-    assert_eq!(hit.freshness(), HitFreshness::Fresh);
+    assert_answer(&hit, resumed, Source::L2, HitFreshness::Fresh);
     assert_eq!(other_loads.get(), 0);
 
     // The first cache still serves its own L1 for everything else.
@@ -496,16 +509,7 @@ async fn b40_b43_a_refresh_on_node_a_reaches_redis_and_node_b_adopts_it_without_
     clock.advance(TTL + Duration::from_secs(1));
 
     // A: v1 at once, and a refresh whose loader answers v2 (Redis has nothing newer).
-    let hit = bounded(
-        "A's read in its window",
-        a.get_or_fetch(&key, a_loads.ok("v2")),
-    )
-    .await
-    .expect("served from L1");
-    assert_eq!(hit.as_str(), "v1");
-    assert_eq!(hit.source(), Source::L1);
-    assert_eq!(hit.freshness(), HitFreshness::Revalidating);
-    assert!(hit.refresh_started());
+    read_in_window("A's read in its window", &a, &key, a_loads.ok("v2")).await;
     settle("A's refresh and its write-back", &a).await;
     assert_eq!(a_loads.get(), 2, "A's loader ran for the refresh");
     let a_stats = a.stats();
@@ -528,16 +532,7 @@ async fn b40_b43_a_refresh_on_node_a_reaches_redis_and_node_b_adopts_it_without_
     assert_eq!((hit.as_str(), hit.freshness()), ("v2", HitFreshness::Fresh));
 
     // B: v1 at once, and a refresh that adopts A's v2 from Redis; B's loader is not called.
-    let hit = bounded(
-        "B's read in its window",
-        b.get_or_fetch(&key, b_loads.ok("from B")),
-    )
-    .await
-    .expect("served from L1");
-    assert_eq!(hit.as_str(), "v1");
-    assert_eq!(hit.source(), Source::L1);
-    assert_eq!(hit.freshness(), HitFreshness::Revalidating);
-    assert!(hit.refresh_started());
+    read_in_window("B's read in its window", &b, &key, b_loads.ok("from B")).await;
     settle("B's refresh", &b).await;
     let b_stats = b.stats();
     assert_eq!(b_stats.refreshes_started, 1);
@@ -555,9 +550,7 @@ async fn b40_b43_a_refresh_on_node_a_reaches_redis_and_node_b_adopts_it_without_
     let hit = bounded("B's next read", b.get_or_fetch(&key, b_loads.failing()))
         .await
         .expect("served from L1");
-    assert_eq!(hit.as_str(), "v2");
-    assert_eq!(hit.source(), Source::L1);
-    assert_eq!(hit.freshness(), HitFreshness::Fresh);
+    assert_answer(&hit, "v2", Source::L1, HitFreshness::Fresh);
     assert_eq!(hit.meta().created_at(), refreshed.created_at());
     assert_eq!(hit.meta().stale_at(), refreshed.stale_at());
     assert_eq!(b_loads.get(), 0);

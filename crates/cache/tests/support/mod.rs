@@ -228,6 +228,11 @@ pub fn key(name: &str) -> CacheKey {
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 
+/// `t0 + offset`.
+pub fn at(t0: Timestamp, offset: Duration) -> Timestamp {
+    t0.saturating_add(offset)
+}
+
 /// Lets spawned tasks run until they are all blocked (paused-clock tests).
 pub async fn settle() {
     for _ in 0..50 {
