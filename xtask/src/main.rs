@@ -34,6 +34,8 @@ enum Task {
     Services,
     /// The S3 tests against moto, with extra arguments for each `cargo test`.
     S3Compat(Vec<String>),
+    /// The table of performance goals, with arguments for the bench binary (`--quick`).
+    Bench(Vec<String>),
     /// Print the usage text.
     Help,
 }
@@ -51,6 +53,7 @@ impl Task {
             "services" => Task::Services,
             "test" => return Ok(Task::Test(rest.to_vec())),
             "s3-compat" => return Ok(Task::S3Compat(rest.to_vec())),
+            "bench" => return Ok(Task::Bench(rest.to_vec())),
             "help" | "-h" | "--help" => Task::Help,
             other => return Err(format!("unknown subcommand `{other}`")),
         };
@@ -69,6 +72,7 @@ impl Task {
             Task::Demo => ("demo", vec![steps::demo()]),
             Task::Services => ("services", vec![steps::services()]),
             Task::S3Compat(extra) => ("s3-compat", vec![s3compat::moto(), s3compat::compat(extra)]),
+            Task::Bench(extra) => ("bench", vec![steps::bench(extra)]),
             Task::Help => return None,
         };
         Some(Suite { name, steps })
@@ -148,6 +152,12 @@ SUBCOMMANDS:
               also kills a moto_server that a killed run left behind). Tests that need the
               in-process server (request counts, stop/restart, corrupted files) must skip
               themselves when TIERKIT_S3_ENDPOINT is set.
+
+    bench     Run the table of performance goals in release (docs/performance.md): each time
+              figure the median of tierkit/raw ratios over interleaved pairs of batches, each
+              count exact; prints the table and writes target/tierkit-bench.json. Fails when a
+              row misses its goal. --quick: 15 pairs of small batches. Not part of `ci` (the
+              bench crate is only built there).
 
     help      Print this text (also -h, --help, or no subcommand).
 
@@ -237,6 +247,10 @@ mod tests {
             Ok(Task::S3Compat(vec!["--".into(), "--nocapture".into()]))
         );
         assert_eq!(parse(&["s3-compat"]), Ok(Task::S3Compat(vec![])));
+        assert_eq!(
+            parse(&["bench", "--quick"]),
+            Ok(Task::Bench(vec!["--quick".into()]))
+        );
         assert!(parse(&["ci", "--fast"]).is_err());
         assert!(parse(&["deploy"]).is_err());
     }

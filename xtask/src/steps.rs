@@ -282,6 +282,27 @@ pub fn demo() -> Step {
     )
 }
 
+/// The table of performance goals: the bench binary in release, writing
+/// `target/tierkit-bench.json`; `extra` goes to the binary (`--quick`).
+pub fn bench(extra: &[String]) -> Step {
+    let mut args: Vec<String> = [
+        "run",
+        "--release",
+        "-p",
+        "tierkit-benches",
+        "--bin",
+        "tierkit-bench",
+        "--",
+        "--json",
+        "target/tierkit-bench.json",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    args.extend(extra.iter().cloned());
+    Step::command("bench", Cmd::cargo(args))
+}
+
 /// Starts a standalone Redis server and a 3-master cluster, prints their `export` lines and
 /// waits for Enter or the end of standard input, then stops them.
 pub fn services() -> Step {

@@ -454,7 +454,9 @@ impl<V: Send + Sync + 'static> Cache<V> {
             }
         }
         let loader = loader.filter(|_| !no_loader).map(box_loader);
-        match self.fetch(key, options, loader, own, fallback).await? {
+        // The slow path's state lives on the heap, allocated only on a miss: the future of an
+        // L1 hit stays small (it is moved at least once, into whatever polls it).
+        match Box::pin(self.fetch(key, options, loader, own, fallback)).await? {
             Some(hit) => Ok(hit),
             None => Err(CacheError::NotFound),
         }
@@ -511,7 +513,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 Local::Miss => {}
             }
         }
-        self.fetch(key, options, None, own, None).await
+        Box::pin(self.fetch(key, options, None, own, None)).await
     }
 
     /// The value of `key` if L1 holds it fresh (or serves it from a fail-safe throttle, or
