@@ -220,13 +220,19 @@ mod tests {
     }
 
     #[test]
-    fn a_ratio_of_the_same_work_is_near_one() {
-        let plan = Plan {
-            pairs: 5,
-            batch: 1_000,
+    fn rows_pass_only_within_their_goal() {
+        let at = |median| Ratio {
+            median,
+            min: median,
+            max: median,
+            raw_ns: 1.0,
         };
-        let r = ratio(plan, || black_box(1 + 1), || black_box(1 + 1));
-        assert!(r.min <= r.median && r.median <= r.max);
+        assert!(Row::ratio("G", "at the ceiling", at(1.10), 1.10, "<= 1.10x").pass);
+        assert!(!Row::ratio("G", "above it", at(1.11), 1.10, "<= 1.10x").pass);
+        assert!(!Row::ratio("G", "not measured", at(f64::NAN), 1.10, "<= 1.10x").pass);
+        assert!(Row::count("G", "exact", 1.0, 1.0, "exactly 1").pass);
+        assert!(!Row::count("G", "one more", 2.0, 1.0, "exactly 1").pass);
+        assert!(table(&[Row::count("G", "one more", 2.0, 1.0, "exactly 1")]).contains("FAIL"));
     }
 
     #[test]

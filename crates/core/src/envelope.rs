@@ -350,6 +350,71 @@ impl DecodeErrorCounters {
     }
 }
 
+/// The read counters every remote tier keeps: undecodable values by reason (mirrored to a
+/// `metrics` counter labelled `reason`) and values found already expired; both were answered
+/// as misses.
+///
+/// ```
+/// use tierkit_core::envelope::{Malformed, ReadCounters};
+///
+/// let counters = ReadCounters::new("tierkit_example_decode_errors_total");
+/// counters.malformed(&Malformed::BadMagic);
+/// counters.expired_read();
+/// assert_eq!(counters.decode_errors().get("bad_magic"), 1);
+/// assert_eq!(counters.expired_reads(), 1);
+/// ```
+#[derive(Debug)]
+pub struct ReadCounters {
+    decode: DecodeErrorCounters,
+    decode_metrics: [metrics::Counter; DECODE_ERROR_REASONS.len()],
+    expired_reads: std::sync::atomic::AtomicU64,
+}
+
+impl ReadCounters {
+    /// Fresh counters, mirroring undecodable values to the metric `metric{reason}`; the metric
+    /// handles are resolved now (against the recorder installed at this moment, if any).
+    #[must_use]
+    pub fn new(metric: &'static str) -> Self {
+        ReadCounters {
+            decode: DecodeErrorCounters::default(),
+            decode_metrics: DECODE_ERROR_REASONS
+                .map(|reason| metrics::counter!(metric, "reason" => reason)),
+            expired_reads: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a value that did not decode.
+    pub fn malformed(&self, malformed: &Malformed) {
+        self.decode_error(malformed.reason());
+    }
+
+    /// Counts an undecodable value under `reason` (`other` for a name not in
+    /// [`DECODE_ERROR_REASONS`]).
+    pub fn decode_error(&self, reason: &str) {
+        let index = self.decode.record(reason);
+        self.decode_metrics[index].increment(1);
+    }
+
+    /// Counts a value found already expired.
+    pub fn expired_read(&self) {
+        self.expired_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The undecodable values so far, by reason.
+    #[must_use]
+    pub fn decode_errors(&self) -> DecodeErrors {
+        self.decode.snapshot()
+    }
+
+    /// The values found expired so far.
+    #[must_use]
+    pub fn expired_reads(&self) -> u64 {
+        self.expired_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,7 @@
 //! Counters of the tier: undecodable values (by reason) and values found expired, kept in
 //! atomics and mirrored to `metrics` counters resolved once, at build time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use tierkit_core::envelope::{DECODE_ERROR_REASONS, DecodeErrorCounters, DecodeErrors, Malformed};
+use tierkit_core::envelope::{DecodeErrors, Malformed, ReadCounters};
 
 /// The reason name under which a type error (`WRONGTYPE`) is counted.
 pub(crate) const WRONG_TYPE: &str = "wrong_type";
@@ -25,11 +23,9 @@ pub struct RedisStats {
     pub expired_reads: u64,
 }
 
-/// The live counters.
+/// The live counters: the read counters every remote tier keeps.
 pub(crate) struct Counters {
-    decode: DecodeErrorCounters,
-    decode_metrics: [metrics::Counter; DECODE_ERROR_REASONS.len()],
-    expired_reads: AtomicU64,
+    reads: ReadCounters,
 }
 
 impl Counters {
@@ -37,33 +33,29 @@ impl Counters {
     /// this moment, if any).
     pub(crate) fn new() -> Self {
         Counters {
-            decode: DecodeErrorCounters::default(),
-            decode_metrics: DECODE_ERROR_REASONS
-                .map(|reason| metrics::counter!(DECODE_ERRORS_METRIC, "reason" => reason)),
-            expired_reads: AtomicU64::new(0),
+            reads: ReadCounters::new(DECODE_ERRORS_METRIC),
         }
     }
 
     /// Counts a value that did not decode.
     pub(crate) fn malformed(&self, malformed: &Malformed) {
-        self.decode_error(malformed.reason());
+        self.reads.malformed(malformed);
     }
 
     /// Counts an undecodable value under `reason`.
     pub(crate) fn decode_error(&self, reason: &str) {
-        let i = self.decode.record(reason);
-        self.decode_metrics[i].increment(1);
+        self.reads.decode_error(reason);
     }
 
     /// Counts a value found expired.
     pub(crate) fn expired_read(&self) {
-        self.expired_reads.fetch_add(1, Ordering::Relaxed);
+        self.reads.expired_read();
     }
 
     pub(crate) fn snapshot(&self) -> RedisStats {
         RedisStats {
-            decode_errors: self.decode.snapshot(),
-            expired_reads: self.expired_reads.load(Ordering::Relaxed),
+            decode_errors: self.reads.decode_errors(),
+            expired_reads: self.reads.expired_reads(),
         }
     }
 }

@@ -4,13 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tierkit_core::envelope::{DECODE_ERROR_REASONS, DecodeErrorCounters, DecodeErrors, Malformed};
+use tierkit_core::envelope::{DecodeErrors, Malformed, ReadCounters};
 
-/// The reasons an undecodable object is counted under: the
-/// [`Malformed::reason`](tierkit_core::envelope::Malformed::reason) names, then `too_large` (the
-/// object is larger than any envelope the tier writes; it is not read), then `other` (a reason
-/// this build does not know).
-/// The reason name under which an object too large to be an envelope of the tier is counted.
+/// The reason name under which an object too large to be an envelope of the tier is counted (it
+/// is not read).
 pub(crate) const TOO_LARGE: &str = "too_large";
 
 /// The name of the metric counting undecodable values, labelled `reason`.
@@ -36,11 +33,9 @@ pub struct S3Stats {
     pub expired_delete_failures: u64,
 }
 
-/// The live counters.
+/// The live counters: the read counters every remote tier keeps, and the background deletes.
 pub(crate) struct Counters {
-    decode: DecodeErrorCounters,
-    decode_metrics: [metrics::Counter; DECODE_ERROR_REASONS.len()],
-    expired_reads: AtomicU64,
+    reads: ReadCounters,
     expired_deletes: AtomicU64,
     expired_delete_failures: AtomicU64,
 }
@@ -50,10 +45,7 @@ impl Counters {
     /// this moment, if any).
     pub(crate) fn new() -> Self {
         Counters {
-            decode: DecodeErrorCounters::default(),
-            decode_metrics: DECODE_ERROR_REASONS
-                .map(|reason| metrics::counter!(DECODE_ERRORS_METRIC, "reason" => reason)),
-            expired_reads: AtomicU64::new(0),
+            reads: ReadCounters::new(DECODE_ERRORS_METRIC),
             expired_deletes: AtomicU64::new(0),
             expired_delete_failures: AtomicU64::new(0),
         }
@@ -61,18 +53,17 @@ impl Counters {
 
     /// Counts an object that did not decode.
     pub(crate) fn malformed(&self, malformed: &Malformed) {
-        self.decode_error(malformed.reason());
+        self.reads.malformed(malformed);
     }
 
     /// Counts an undecodable object under `reason`.
     pub(crate) fn decode_error(&self, reason: &str) {
-        let i = self.decode.record(reason);
-        self.decode_metrics[i].increment(1);
+        self.reads.decode_error(reason);
     }
 
     /// Counts an object found expired.
     pub(crate) fn expired_read(&self) {
-        self.expired_reads.fetch_add(1, Ordering::Relaxed);
+        self.reads.expired_read();
     }
 
     /// Counts a completed background delete of an expired object.
@@ -87,8 +78,8 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> S3Stats {
         S3Stats {
-            decode_errors: self.decode.snapshot(),
-            expired_reads: self.expired_reads.load(Ordering::Relaxed),
+            decode_errors: self.reads.decode_errors(),
+            expired_reads: self.reads.expired_reads(),
             expired_deletes: self.expired_deletes.load(Ordering::Relaxed),
             expired_delete_failures: self.expired_delete_failures.load(Ordering::Relaxed),
         }
