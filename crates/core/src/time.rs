@@ -114,6 +114,14 @@ pub trait TimeSource: Send + Sync + fmt::Debug + 'static {
 /// [`Clock::Manual`]) cost a branch, not an indirect call, on the hot path; [`Clock::Custom`]
 /// keeps the set open.
 ///
+/// [`Clock::System`], the default, reads the kernel's coarse wall clock where there is one
+/// (`CLOCK_REALTIME_COARSE` on Linux and Android): the time of the last scheduler tick, read
+/// without a system call, so at most one tick (1 to 4 ms) behind the precise clock. Every
+/// L1 hit reads the clock once to check freshness, and a precise read can cost a fifth of a
+/// whole in-process cache lookup on virtual machines whose clock source has no fast path;
+/// cache lifetimes are seconds to days, so a few milliseconds of lag decide nothing.
+/// [`Clock::Precise`] reads `SystemTime::now()` for whoever wants the exact millisecond.
+///
 /// ```
 /// use std::time::Duration;
 /// use tierkit_core::{Clock, ManualClock, Timestamp};
@@ -125,9 +133,12 @@ pub trait TimeSource: Send + Sync + fmt::Debug + 'static {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub enum Clock {
-    /// `SystemTime::now()`, truncated to the millisecond.
+    /// The system's wall clock, read coarsely where the kernel offers a coarse clock (at most
+    /// one scheduler tick behind), else `SystemTime::now()`; truncated to the millisecond.
     #[default]
     System,
+    /// `SystemTime::now()`, truncated to the millisecond.
+    Precise,
     /// A clock moved by hand, for tests.
     Manual(ManualClock),
     /// Any other source.
@@ -140,11 +151,31 @@ impl Clock {
     #[must_use]
     pub fn now(&self) -> Timestamp {
         match self {
-            Clock::System => Timestamp::from_system_time(SystemTime::now()),
+            Clock::System => coarse_now(),
+            Clock::Precise => Timestamp::from_system_time(SystemTime::now()),
             Clock::Manual(manual) => manual.now(),
             Clock::Custom(source) => source.now(),
         }
     }
+}
+
+/// The wall clock as of the last scheduler tick: `CLOCK_REALTIME_COARSE`, which the kernel
+/// answers from the vDSO without entering the kernel.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[inline]
+fn coarse_now() -> Timestamp {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    // Before the epoch (a badly set clock) maps to the epoch, as `from_system_time` does.
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    Timestamp(secs.saturating_mul(1_000).saturating_add(millis))
+}
+
+/// Without a coarse kernel clock: the precise one.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[inline]
+fn coarse_now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
 }
 
 impl From<ManualClock> for Clock {
@@ -247,6 +278,19 @@ mod tests {
     #[test]
     fn system_clock_is_after_2020() {
         assert!(Clock::System.now() > Timestamp::from_unix_millis(1_577_836_800_000));
+    }
+
+    #[test]
+    fn system_clock_is_at_most_a_few_ticks_behind_the_precise_one() {
+        let precise_before = Clock::Precise.now();
+        let coarse = Clock::System.now();
+        let precise_after = Clock::Precise.now();
+        // One tick is 1 to 4 ms; a descheduled thread can add more, never seconds.
+        assert!(coarse <= precise_after, "{coarse} > {precise_after}");
+        assert!(
+            precise_before.saturating_duration_since(coarse) < Duration::from_secs(1),
+            "{coarse} lags {precise_before} by a second or more"
+        );
     }
 
     #[test]
