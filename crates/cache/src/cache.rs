@@ -734,6 +734,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 }
                 return false;
             }
+            self.mark_refreshing(key, current, &options);
             let id = self.shared.next_flight.fetch_add(1, Ordering::Relaxed);
             let flight = Arc::new(Flight::refresh(
                 id,
@@ -764,6 +765,25 @@ impl<V: Send + Sync + 'static> Cache<V> {
             return false;
         }
         true
+    }
+
+    /// Marks the L1 entry a refresh starts from as being refreshed, by moving its refresh
+    /// time to the end of the refresh back-off: the reads that follow inside the window are
+    /// plain hits that never look for the running refresh in the key's table. The refresh
+    /// replaces the entry when it ends (with the new value, or the same one backed off); if
+    /// it is still running when the back-off passes, the next read finds it in the table as
+    /// before. Called under the key's table lock, which every L1 write of a `set` or `remove`
+    /// also holds, so the entry marked is the one the refresh starts from or none.
+    fn mark_refreshing(&self, key: &CacheKey, current: &Hit<V>, options: &Resolved) {
+        let now = self.shared.clock.now();
+        if let Some(entry) = self.shared.l1.get(key, now)
+            && entry.meta().created_at() == current.meta.created_at()
+            && !entry.is_absent()
+        {
+            self.shared
+                .l1
+                .insert(key, self.shared.backed_off(entry, options, now));
+        }
     }
 
     /// A caller's `Hit` of a value a flight published (or a stale value it fell back on).
