@@ -155,8 +155,12 @@ SUBCOMMANDS:
 
     bench     Run the table of performance goals in release (docs/performance.md): each time
               figure the median of tierkit/raw ratios over interleaved pairs of batches, each
-              count exact; prints the table and writes target/tierkit-bench.json. Fails when a
-              row misses its goal. --quick: 15 pairs of small batches. Not part of `ci` (the
+              count exact, instructions counted under callgrind; starts a private
+              redis-server and the in-process S3 server; prints the table and writes
+              target/tierkit-bench.json and the chart target/tierkit-bench.svg. Installs
+              redis-server and valgrind when missing (as root; without valgrind the
+              instruction rows are skipped, with the reason). Fails when a row misses its
+              goal. --quick: 15 pairs of small batches, a few minutes. Not part of `ci` (the
               bench crate is only built there).
 
     help      Print this text (also -h, --help, or no subcommand).

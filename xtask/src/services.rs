@@ -43,6 +43,38 @@ pub fn install_commands() -> [Cmd; 2] {
     ]
 }
 
+/// Makes sure `valgrind` is installed for the instruction counts of `cargo xtask bench`:
+/// installs it from Debian's packages when it is missing and this is root. Never fails: when
+/// it cannot be installed, says why, and the bench skips the instruction rows with the reason.
+pub fn ensure_valgrind(ws: &Workspace) {
+    let probe = Cmd::new("valgrind", ["--version"]);
+    if probe.succeeds_quietly(ws) {
+        return;
+    }
+    if !running_as_root(ws) {
+        println!(
+            "valgrind is missing and this is not root: the instruction rows (G1i) are skipped; \
+             install it with: sudo apt-get update && sudo apt-get install -y valgrind"
+        );
+        return;
+    }
+    println!("valgrind is missing: installing it from Debian's packages");
+    let install = [
+        Cmd::new("apt-get", ["update"]),
+        Cmd::new("apt-get", ["install", "-y", "valgrind"]).env("DEBIAN_FRONTEND", "noninteractive"),
+    ];
+    for cmd in &install {
+        println!("--> {}", cmd.display());
+        if let Err(err) = cmd.run(ws) {
+            println!(
+                "installing valgrind failed ({}): the instruction rows (G1i) are skipped",
+                err.reason
+            );
+            return;
+        }
+    }
+}
+
 /// Whether the xtask runs as root: `id -u` prints 0.
 fn running_as_root(ws: &Workspace) -> bool {
     match Cmd::new("id", ["-u"]).output(ws) {

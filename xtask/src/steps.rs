@@ -283,7 +283,11 @@ pub fn demo() -> Step {
 }
 
 /// The table of performance goals: the bench binary in release, writing
-/// `target/tierkit-bench.json`; `extra` goes to the binary (`--quick`).
+/// `target/tierkit-bench.json` and the chart `target/tierkit-bench.svg`; `extra` goes to the
+/// binary (`--quick`). Redis is installed first when missing (as for the tests): the binary
+/// starts private `redis-server` processes from the binaries named by `TIERKIT_REDIS_SERVER`
+/// and `TIERKIT_REDIS_CLI`. valgrind is installed when missing and this is root; without it
+/// the binary skips the instruction rows and says why.
 pub fn bench(extra: &[String]) -> Step {
     let mut args: Vec<String> = [
         "run",
@@ -295,12 +299,39 @@ pub fn bench(extra: &[String]) -> Step {
         "--",
         "--json",
         "target/tierkit-bench.json",
+        "--svg",
+        "target/tierkit-bench.svg",
     ]
     .iter()
     .map(|arg| (*arg).to_owned())
     .collect();
     args.extend(extra.iter().cloned());
-    Step::command("bench", Cmd::cargo(args))
+    let cmd = Cmd::cargo(args);
+    Step::custom(
+        "bench",
+        format!(
+            "{}, with {} and {} naming redis-server and redis-cli",
+            cmd.display(),
+            tierkit_services::env::REDIS_SERVER,
+            tierkit_services::env::REDIS_CLI
+        ),
+        move |ws| {
+            let binaries = services::ensure_redis(ws)?;
+            services::ensure_valgrind(ws);
+            let cmd = cmd
+                .clone()
+                .env(
+                    tierkit_services::env::REDIS_SERVER,
+                    &binaries.server().display().to_string(),
+                )
+                .env(
+                    tierkit_services::env::REDIS_CLI,
+                    &binaries.cli().display().to_string(),
+                );
+            println!("--> {}", cmd.display());
+            cmd.run(ws)
+        },
+    )
 }
 
 /// Starts a standalone Redis server and a 3-master cluster, prints their `export` lines and

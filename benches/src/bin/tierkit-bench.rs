@@ -1,355 +1,318 @@
 //! `cargo xtask bench`: the table of performance goals (see `docs/performance.md`).
 //!
-//! Usage: `tierkit-bench [--quick] [--json PATH]`. Exits 1 when a row fails its goal.
+//! Usage: `tierkit-bench [--quick] [--json PATH] [--svg PATH]`. Starts a private
+//! `redis-server` (the binary named by `TIERKIT_REDIS_SERVER`, else the one on `PATH`) and the
+//! in-process S3 server, measures every row, prints the table, and exits 1 when a row fails
+//! its goal. `tierkit-bench --instructions SCENARIO N` is the child process the instruction
+//! counts run under callgrind.
 
-use std::future::Future;
-use std::pin::pin;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
 
-use moka::Expiry;
-use tierkit_benches::{Plan, Row, json, ratio, table};
-use tierkit_cache::codec::Postcard;
-use tierkit_cache::{Cache, FetchOptions};
-use tierkit_core::{Backend, CacheKey, CacheValue, Clock, ManualClock, SharedBackend};
-use tierkit_moka::{MokaBackend, MokaLocal};
-use tierkit_policy::Composition;
-use tierkit_testkit::{CountingAllocator, MemoryBackend, count_allocations};
+use tierkit_benches::instructions::{self, REDIS_URL_ENV};
+use tierkit_benches::local::{self, ComposedFixture, RedisL2, Scenario, TypedFixture};
+use tierkit_benches::remote::{self, Services};
+use tierkit_benches::{Plan, Row, chart, json, table};
+use tierkit_testkit::CountingAllocator;
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-/// Entries in every L1 of the table, and keys read.
-const CAPACITY: u64 = 10_000;
-const KEYS: usize = 1_000;
-
-/// A raw moka cache configured like the tiers: per-entry expiry from the value.
-struct ValueExpiry;
-
-impl Expiry<CacheKey, CacheValue> for ValueExpiry {
-    fn expire_after_create(
-        &self,
-        _: &CacheKey,
-        value: &CacheValue,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(value.time_to_live(Clock::System.now()))
-    }
+/// What the command line asks for.
+struct Args {
+    plan: Plan,
+    json: Option<String>,
+    svg: Option<String>,
+    /// Child mode: run one scenario's reads (under callgrind) and exit.
+    instructions: Option<(String, usize)>,
 }
 
-/// A raw moka cache of `Arc<V>` with a per-entry expiry, like `MokaLocal`.
-struct FixedExpiry;
-
-impl<V> Expiry<CacheKey, Arc<V>> for FixedExpiry {
-    fn expire_after_create(&self, _: &CacheKey, _: &Arc<V>, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(3600))
-    }
-}
-
-/// Polls `future` once; the hit paths measured here answer at the first poll.
-fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
-}
-
-fn keys() -> Vec<CacheKey> {
-    (0..KEYS)
-        .map(|i| CacheKey::builder("bench").part(i).build())
-        .collect::<Result<_, _>>()
-        .unwrap_or_default()
-}
-
-/// Cycles through `keys`, one per call.
-fn cycle<'a>(keys: &'a [CacheKey]) -> impl FnMut() -> &'a CacheKey {
-    let mut i = 0;
-    move || {
-        i = (i + 1) % keys.len();
-        &keys[i]
-    }
-}
-
-/// Allocations per operation of `op`, run `n` times (the least of three runs, so that moka's
-/// occasional housekeeping on either side does not decide the figure).
-fn allocations_per_op(n: usize, mut op: impl FnMut()) -> f64 {
-    let runs = (0..3).map(|_| {
-        count_allocations(|| {
-            for _ in 0..n {
-                op();
+impl Args {
+    fn parse(args: &[String]) -> Result<Args, String> {
+        let value_of = |flag: &str| -> Result<Option<String>, String> {
+            match args.iter().position(|arg| arg == flag) {
+                None => Ok(None),
+                Some(at) => args
+                    .get(at + 1)
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| format!("{flag} needs a value")),
             }
+        };
+        let instructions = match args.iter().position(|arg| arg == "--instructions") {
+            None => None,
+            Some(at) => {
+                let (Some(name), Some(reads)) = (args.get(at + 1), args.get(at + 2)) else {
+                    return Err("--instructions needs a scenario and a number of reads".into());
+                };
+                let reads = reads
+                    .parse()
+                    .map_err(|err| format!("--instructions {name} {reads}: {err}"))?;
+                Some((name.clone(), reads))
+            }
+        };
+        for arg in args {
+            let known = ["--quick", "--json", "--svg", "--instructions"];
+            if arg.starts_with("--") && !known.contains(&arg.as_str()) {
+                return Err(format!("unknown flag {arg} (known: {})", known.join(", ")));
+            }
+        }
+        Ok(Args {
+            plan: if args.iter().any(|arg| arg == "--quick") {
+                Plan::QUICK
+            } else {
+                Plan::FULL
+            },
+            json: value_of("--json")?,
+            svg: value_of("--svg")?,
+            instructions,
         })
-    });
-    runs.min().unwrap_or(u64::MAX) as f64 / n as f64
+    }
 }
 
-fn composed_rows(plan: Plan, keys: &[CacheKey], rows: &mut Vec<Row>) {
-    let value = CacheValue::with_ttl(
-        vec![7u8; 256],
-        Clock::System.now(),
-        Duration::from_secs(3600),
-    );
-    let raw: moka::sync::Cache<CacheKey, CacheValue> = moka::sync::Cache::builder()
-        .max_capacity(CAPACITY)
-        .expire_after(ValueExpiry)
-        .build();
-    let composed = Composition::builder(
-        MokaBackend::builder().max_capacity(CAPACITY).build(),
-        MemoryBackend::new("l2").remote(),
-    )
-    .build();
-    let l1 = MokaBackend::builder().max_capacity(CAPACITY).build();
-    let erased: SharedBackend =
-        Arc::new(Composition::builder(l1.clone(), MemoryBackend::new("l2").remote()).build());
-    for key in keys {
-        raw.insert(key.clone(), value.clone());
-        let _ = now_or_never(composed.set(key, value.clone()));
-        let _ = now_or_never(erased.set(key, value.clone()));
-    }
-    let (mut a, mut b) = (cycle(keys), cycle(keys));
-    let g1 = ratio(plan, || raw.get(a()), || now_or_never(composed.get(b())));
-    rows.push(Row::ratio(
-        "G1",
-        "composed L1 hit (moka over a remote tier, static) vs raw moka get",
-        g1,
-        1.10,
-        "<= 1.10x",
-    ));
-    let (mut a, mut b) = (cycle(keys), cycle(keys));
-    let g1d = ratio(plan, || raw.get(a()), || now_or_never(erased.get(b())));
-    rows.push(Row::ratio(
-        "G1d",
-        "the same through Arc<dyn Backend>",
-        g1d,
-        1.15,
-        "<= 1.15x",
-    ));
-    // Not a goal: the cost of one system-clock read, which every L1 hit pays to check freshness,
-    // next to a raw moka get (how much of the gap above it explains).
-    let (mut a, mut b) = (cycle(keys), cycle(keys));
-    let clock = ratio(
-        plan,
-        || raw.get(a()),
-        || {
-            let _ = b();
-            Clock::System.now()
+/// Child mode: `reads` reads of `scenario` against the Redis named by [`REDIS_URL_ENV`].
+fn run_scenario(name: &str, reads: usize) -> ExitCode {
+    let Some(scenario) = Scenario::parse(name) else {
+        eprintln!("unknown scenario {name}");
+        return ExitCode::FAILURE;
+    };
+    let Ok(url) = std::env::var(REDIS_URL_ENV) else {
+        eprintln!("{REDIS_URL_ENV} is not set");
+        return ExitCode::FAILURE;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("no tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match scenario.run(
+        reads,
+        &RedisL2 {
+            runtime: &runtime,
+            url,
         },
-    );
-    rows.push(Row::ratio(
-        "info",
-        "one Clock::System read vs a raw moka get",
-        clock,
-        f64::INFINITY,
-        "-",
-    ));
-    let n = 10_000;
-    let (mut a, mut b, mut c) = (cycle(keys), cycle(keys), cycle(keys));
-    let raw_allocs = allocations_per_op(n, || drop(raw.get(a())));
-    let static_allocs = allocations_per_op(n, || drop(now_or_never(composed.get(b()))));
-    let dyn_allocs = allocations_per_op(n, || drop(now_or_never(erased.get(c()))));
-    rows.push(Row::count(
-        "G1a",
-        "extra allocations per composed L1 hit (static) vs raw moka",
-        (static_allocs - raw_allocs).max(0.0),
-        0.0,
-        "0 extra",
-    ));
-    rows.push(Row::count(
-        "G1a",
-        "extra allocations per composed L1 hit (dyn) vs raw moka",
-        (dyn_allocs - raw_allocs).max(0.0),
-        0.0,
-        "0 extra",
-    ));
-}
-
-fn unused_loader() -> impl Future<Output = Result<String, std::io::Error>> {
-    std::future::ready(Ok(String::new()))
-}
-
-fn typed_rows(plan: Plan, keys: &[CacheKey], rows: &mut Vec<Row>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("no tokio runtime: {error}");
-            return;
+    ) {
+        Ok(hits) if hits == reads => ExitCode::SUCCESS,
+        Ok(hits) => {
+            eprintln!("{name}: {hits} of {reads} reads hit");
+            ExitCode::FAILURE
         }
-    };
-    let _entered = runtime.enter();
-    let raw: moka::sync::Cache<CacheKey, Arc<String>> = moka::sync::Cache::builder()
-        .max_capacity(CAPACITY)
-        .expire_after(FixedExpiry)
-        .build();
-    let defaults = FetchOptions::new().ttl(Duration::from_secs(3600));
-    let local_only: Cache<String> = Cache::builder(MokaLocal::new(CAPACITY), Postcard)
-        .defaults(defaults)
-        .build();
-    let tiered: Cache<String> = Cache::builder(MokaLocal::new(CAPACITY), Postcard)
-        .l2(MemoryBackend::new("l2").remote())
-        .l3(MemoryBackend::new("l3").remote())
-        .defaults(defaults)
-        .build();
-    for key in keys {
-        raw.insert(key.clone(), Arc::new("value".to_owned()));
-        runtime.block_on(async {
-            let _ = local_only.set(key, "value".to_owned()).await;
-            let _ = tiered.set(key, "value".to_owned()).await;
-        });
+        Err(reason) => {
+            eprintln!("{name}: {reason}");
+            ExitCode::FAILURE
+        }
     }
-    let (mut a, mut b) = (cycle(keys), cycle(keys));
-    let g1t = ratio(
-        plan,
-        || raw.get(a()),
-        || now_or_never(local_only.get_or_fetch(b(), unused_loader)),
-    );
-    rows.push(Row::ratio(
-        "G1t",
-        "typed Cache<V> get_or_fetch L1 hit vs raw moka get of an Arc<V>",
-        g1t,
-        1.10,
-        "<= 1.10x",
-    ));
-    let n = 10_000;
-    let (mut a, mut b) = (cycle(keys), cycle(keys));
-    let raw_allocs = allocations_per_op(n, || drop(raw.get(a())));
-    let typed_allocs = allocations_per_op(n, || {
-        drop(now_or_never(local_only.get_or_fetch(b(), unused_loader)));
-    });
-    rows.push(Row::count(
-        "G1a",
-        "extra allocations per typed L1 hit vs raw moka",
-        (typed_allocs - raw_allocs).max(0.0),
-        0.0,
-        "0 extra",
-    ));
-    let (mut a, mut b) = (cycle(keys), cycle(keys));
-    let g9 = ratio(
-        plan,
-        || now_or_never(local_only.get_or_fetch(a(), unused_loader)),
-        || now_or_never(tiered.get_or_fetch(b(), unused_loader)),
-    );
-    rows.push(Row::ratio(
-        "G9",
-        "typed L1 hit with L2 and L3 configured vs an L1-only cache",
-        g9,
-        1.05,
-        "<= 1.05x",
-    ));
 }
 
-fn refresh_rows(plan: Plan, rows: &mut Vec<Row>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("no tokio runtime: {error}");
-            return;
+/// Where and with what the table was measured, for the JSON and the docs.
+fn context() -> Vec<(&'static str, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned());
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .unwrap_or_default();
+    let versions = ["moka", "fred", "aws-sdk-s3", "tokio"]
+        .iter()
+        .map(|name| format!("{name} {}", locked_version(&lock, name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    vec![
+        ("date", civil_date(seconds)),
+        ("cpu", format!("{cpu} ({cores} cores)")),
+        ("rustc", rustc),
+        ("crates", versions),
+        (
+            "runtimes",
+            "L1 hits: polled once, no runtime; one caller: tokio current_thread; G2c, G5: \
+             multi_thread (2 workers); G6: 2 OS threads"
+                .to_owned(),
+        ),
+    ]
+}
+
+/// The version of `name` in a `Cargo.lock`.
+fn locked_version(lock: &str, name: &str) -> String {
+    let wanted = format!("name = \"{name}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == wanted
+            && let Some(version) = lines
+                .next()
+                .and_then(|next| next.strip_prefix("version = \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+        {
+            return version.to_owned();
         }
-    };
-    let _entered = runtime.enter();
-    let clock = ManualClock::starting_now();
-    let cache: Cache<String> = Cache::builder(
-        MokaLocal::builder()
-            .clock(Clock::from(clock.clone()))
-            .build(),
-        Postcard,
-    )
-    .clock(Clock::from(clock.clone()))
-    .defaults(
-        FetchOptions::new()
-            .ttl(Duration::from_secs(60))
-            .stale_while_revalidate(Duration::from_secs(3600))
-            .jitter_max(Duration::ZERO),
-    )
-    .build();
-    let (Ok(window), Ok(fresh)) = (CacheKey::new("window"), CacheKey::new("fresh")) else {
-        return;
-    };
-    runtime.block_on(async {
-        let _ = cache.set(&window, "stale".to_owned()).await;
-    });
-    clock.advance(Duration::from_secs(61));
-    runtime.block_on(async {
-        let _ = cache.set(&fresh, "fresh".to_owned()).await;
-    });
-    // The refresh's loader never answers: every read below stays inside the window.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let loader = |calls: &Arc<AtomicUsize>| {
-        let calls = Arc::clone(calls);
-        move || {
-            calls.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<Result<String, std::io::Error>>()
-        }
-    };
-    for _ in 0..1_000 {
-        let _ = now_or_never(cache.get_or_fetch(&window, loader(&calls)));
-        runtime.block_on(tokio::task::yield_now());
     }
-    rows.push(Row::count(
-        "G10",
-        "loader calls for 1,000 reads inside the stale-while-revalidate window",
-        calls.load(Ordering::SeqCst) as f64,
-        1.0,
-        "exactly 1",
-    ));
-    let g10 = ratio(
-        plan,
-        || now_or_never(cache.get_or_fetch(&fresh, unused_loader)),
-        || now_or_never(cache.get_or_fetch(&window, loader(&calls))),
-    );
-    rows.push(Row::ratio(
-        "G10",
-        "read inside the SWR window (refresh running) vs a fresh L1 hit",
-        g10,
-        1.10,
-        "<= 1.10x",
-    ));
+    "?".to_owned()
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time in seconds (days to civil date, proleptic Gregorian).
+fn civil_date(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Every row of the table, measured against `services`.
+fn measure(plan: Plan, services: &Services) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let l2 = RedisL2 {
+        runtime: &services.current,
+        url: services.redis_url(),
+    };
+    eprintln!("measuring L1 hits ...");
+    match ComposedFixture::new(&l2) {
+        Ok(fixture) => local::composed_rows(plan, &fixture, &mut rows),
+        Err(reason) => rows.push(Row::not_measured("G1", reason)),
+    }
+    match TypedFixture::new() {
+        Ok(fixture) => local::typed_rows(plan, &fixture, &mut rows),
+        Err(reason) => rows.push(Row::not_measured("G1t", reason)),
+    }
+    if let Err(reason) = local::refresh_rows(plan, &mut rows) {
+        rows.push(Row::not_measured("G10", reason));
+    }
+    eprintln!("measuring two threads ...");
+    if let Err(reason) = local::threads_rows(plan, &l2, &mut rows) {
+        rows.push(Row::not_measured("G6", reason));
+    }
+    eprintln!("counting instructions under callgrind ...");
+    instructions::rows(&services.redis_url(), &mut rows);
+    eprintln!("measuring Redis and S3 ...");
+    let hit_ratio_reads = if plan == Plan::QUICK {
+        250_000
+    } else {
+        1_000_000
+    };
+    remote::rows(plan, services, hit_ratio_reads, &mut rows);
+    rows
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let plan = if args.iter().any(|arg| arg == "--quick") {
-        Plan::QUICK
-    } else {
-        Plan::FULL
-    };
-    let json_path = args
-        .iter()
-        .position(|arg| arg == "--json")
-        .and_then(|at| args.get(at + 1))
-        .cloned();
-    let keys = keys();
-    let mut rows = Vec::new();
-    composed_rows(plan, &keys, &mut rows);
-    typed_rows(plan, &keys, &mut rows);
-    refresh_rows(plan, &mut rows);
-    println!(
-        "tierkit bench: {} pairs of {} operations per ratio (median of tierkit/raw per pair)\n",
-        plan.pairs, plan.batch
-    );
-    print!("{}", table(&rows));
-    if let Some(path) = json_path {
-        if let Err(error) = std::fs::write(&path, json(&rows, plan)) {
-            eprintln!("could not write {path}: {error}");
+    let args = match Args::parse(&args) {
+        Ok(args) => args,
+        Err(reason) => {
+            eprintln!("tierkit-bench: {reason}");
             return ExitCode::FAILURE;
         }
-        println!("\nwritten: {path}");
+    };
+    if let Some((name, reads)) = &args.instructions {
+        return run_scenario(name, *reads);
     }
-    if rows.iter().all(|row| row.pass) {
+    let services = match Services::start() {
+        Ok(services) => services,
+        Err(reason) => {
+            eprintln!(
+                "tierkit-bench: the services could not be started: {reason}\n\
+                 `cargo xtask bench` installs redis-server when it is missing (as root)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = args.plan;
+    let rows = measure(plan, &services);
+    services.stop();
+    let context = context();
+    println!(
+        "tierkit bench: {} pairs of {} operations per in-process ratio (median of tierkit/raw \
+         per pair)",
+        plan.pairs, plan.batch
+    );
+    for (name, value) in &context {
+        println!("{name}: {value}");
+    }
+    println!();
+    print!("{}", table(&rows));
+    let date = context
+        .iter()
+        .find(|(name, _)| *name == "date")
+        .map_or("", |(_, date)| date.as_str());
+    let outputs = [
+        (args.json.as_ref(), json(&rows, plan, &context)),
+        (
+            args.svg.as_ref(),
+            chart::svg(&rows, &format!("tierkit / raw library, {date}")),
+        ),
+    ];
+    for (path, text) in outputs {
+        let Some(path) = path else { continue };
+        if let Err(err) = std::fs::write(path, text) {
+            eprintln!("could not write {path}: {err}");
+            return ExitCode::FAILURE;
+        }
+        println!("written: {path}");
+    }
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|row| !row.pass)
+        .map(|row| row.id)
+        .collect();
+    if failed.is_empty() {
+        println!("every goal met");
         ExitCode::SUCCESS
     } else {
+        println!("goals missed: {}", failed.join(", "));
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(951_782_400), "2000-02-29");
+        assert_eq!(civil_date(1_796_601_600), "2026-12-07");
+    }
+
+    #[test]
+    fn locked_versions_are_found() {
+        let lock = "[[package]]\nname = \"moka\"\nversion = \"0.12.16\"\n";
+        assert_eq!(locked_version(lock, "moka"), "0.12.16");
+        assert_eq!(locked_version(lock, "fred"), "?");
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let args =
+            |list: &[&str]| -> Vec<String> { list.iter().map(|a| (*a).to_owned()).collect() };
+        let parsed = Args::parse(&args(&["--quick", "--json", "out.json"])).unwrap();
+        assert_eq!(parsed.plan, Plan::QUICK);
+        assert_eq!(parsed.json.as_deref(), Some("out.json"));
+        let child = Args::parse(&args(&["--instructions", "typed", "20"])).unwrap();
+        assert_eq!(child.instructions, Some(("typed".to_owned(), 20)));
+        assert!(Args::parse(&args(&["--json"])).is_err());
+        assert!(Args::parse(&args(&["--fast"])).is_err());
     }
 }

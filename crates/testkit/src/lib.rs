@@ -33,6 +33,11 @@
 //! * [`ManualOffload`]: an [`Offload`](tierkit_core::Offload) that queues background work until
 //!   the test runs it.
 //!
+//! # Workloads
+//!
+//! [`workload`]: a seeded generator and a Zipf sampler of key ranks, the key popularity of the
+//! demo and of the hit-ratio benchmarks.
+//!
 //! No test here sleeps in real time: move a [`ManualClock`] for expiry, and use tokio's paused
 //! time (`#[tokio::test(start_paused = true)]`) for [`Fault::Delay`].
 //!
@@ -87,6 +92,7 @@ pub mod logs;
 mod memory;
 mod offload;
 mod scripted;
+pub mod workload;
 
 use std::time::Duration;
 
