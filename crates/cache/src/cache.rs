@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -23,12 +24,16 @@ use crate::flight::{
     self, BoxLoader, Candidate, Fallbacks, FetchContext, Flight, Published, Waiter, box_loader,
 };
 use crate::frame::{Compression, encode_absent_frame, encode_frame};
+use crate::future::FetchFuture;
 use crate::hit::{FailSafeCause, Hit, HitFreshness, Source, StaleCause};
 use crate::jitter::{JitterSource, RandomJitter};
 use crate::local::{EntryMeta, LocalEntry, LocalState, LocalTier};
 use crate::options::{AbandonPolicy, Adjustment, FetchOptions, Resolved};
 use crate::stats::{CacheStats, Stats};
 use crate::table::{Effect, FlightSlot, KeyTable};
+
+/// The options of the calls that take none: every option inherits the cache's defaults.
+static NO_OPTIONS: FetchOptions = FetchOptions::new();
 
 /// Anything a [`Cache`] accepts as a key: a [`CacheKey`] (used as is, no copy), or a string
 /// (checked: an empty or oversized string is [`CacheError::InvalidKey`]).
@@ -352,11 +357,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// [`CacheError`]: the loader's error or panic (shared by every caller of the flight),
     /// the hard timeout, an invalid key, an aborted flight; [`CacheError::NotFound`] when the
     /// loader answered [`Fetched::absent`].
-    pub async fn get_or_fetch<K, F, Fut, R, E>(
-        &self,
-        key: &K,
-        loader: F,
-    ) -> Result<Hit<V>, CacheError>
+    pub fn get_or_fetch<'a, K, F, Fut, R, E>(&'a self, key: &'a K, loader: F) -> FetchFuture<'a, V>
     where
         K: AsCacheKey + ?Sized,
         F: FnOnce() -> Fut + Send + 'static,
@@ -364,8 +365,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         R: Into<Fetched<V>>,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
     {
-        self.read_through(key, &FetchOptions::new(), None, move |_| loader())
-            .await
+        self.read_through(key, &NO_OPTIONS, None, move |_| loader())
     }
 
     /// [`get_or_fetch`](Cache::get_or_fetch) with per-call options and a loader that receives
@@ -375,12 +375,12 @@ impl<V: Send + Sync + 'static> Cache<V> {
     ///
     /// As [`get_or_fetch`](Cache::get_or_fetch); also [`CacheError::NotFound`] with
     /// [`no_loader`](FetchOptions::no_loader) when no tier has the value.
-    pub async fn get_or_fetch_with<K, F, Fut, R, E>(
-        &self,
-        key: &K,
-        options: &FetchOptions,
+    pub fn get_or_fetch_with<'a, K, F, Fut, R, E>(
+        &'a self,
+        key: &'a K,
+        options: &'a FetchOptions,
         loader: F,
-    ) -> Result<Hit<V>, CacheError>
+    ) -> FetchFuture<'a, V>
     where
         K: AsCacheKey + ?Sized,
         F: FnOnce(FetchContext<V>) -> Fut + Send + 'static,
@@ -388,7 +388,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         R: Into<Fetched<V>>,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
     {
-        self.read_through(key, options, None, loader).await
+        self.read_through(key, options, None, loader)
     }
 
     /// [`get_or_fetch_with`](Cache::get_or_fetch_with) with a fallback value: with
@@ -400,13 +400,13 @@ impl<V: Send + Sync + 'static> Cache<V> {
     ///
     /// As [`get_or_fetch_with`](Cache::get_or_fetch_with), when fail-safe is off or the error
     /// is not one fail-safe hides.
-    pub async fn get_or_fetch_with_fallback<K, F, Fut, R, E>(
-        &self,
-        key: &K,
-        options: &FetchOptions,
+    pub fn get_or_fetch_with_fallback<'a, K, F, Fut, R, E>(
+        &'a self,
+        key: &'a K,
+        options: &'a FetchOptions,
         fallback: impl Into<Arc<V>>,
         loader: F,
-    ) -> Result<Hit<V>, CacheError>
+    ) -> FetchFuture<'a, V>
     where
         K: AsCacheKey + ?Sized,
         F: FnOnce(FetchContext<V>) -> Fut + Send + 'static,
@@ -415,16 +415,18 @@ impl<V: Send + Sync + 'static> Cache<V> {
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
     {
         self.read_through(key, options, Some(fallback.into()), loader)
-            .await
     }
 
-    async fn read_through<K, F, Fut, R, E>(
-        &self,
-        key: &K,
-        options: &FetchOptions,
+    /// The read-through path: L1 is read here, synchronously; only what L1 cannot answer
+    /// continues on the (boxed) slow path.
+    #[inline]
+    fn read_through<'a, K, F, Fut, R, E>(
+        &'a self,
+        key: &'a K,
+        options: &'a FetchOptions,
         fallback: Option<Arc<V>>,
         loader: F,
-    ) -> Result<Hit<V>, CacheError>
+    ) -> FetchFuture<'a, V>
     where
         K: AsCacheKey + ?Sized,
         F: FnOnce(FetchContext<V>) -> Fut + Send + 'static,
@@ -432,7 +434,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
         R: Into<Fetched<V>>,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + 'static,
     {
-        let key = key.as_cache_key().map_err(CacheError::InvalidKey)?;
+        let key = match key.as_cache_key() {
+            Ok(key) => key,
+            Err(err) => return FetchFuture::ready(Err(CacheError::InvalidKey(err))),
+        };
         let no_loader = options
             .get_no_loader()
             .or(self.shared.defaults.get_no_loader())
@@ -441,25 +446,25 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let mut own = None;
         if !self.skips_l1_read(options) {
             match self.probe_local(&key) {
-                Local::Hit(hit) => return Ok(hit),
+                Local::Hit(hit) => return FetchFuture::ready(Ok(hit)),
                 Local::Refresh(mut hit) => {
                     hit.refresh_started = !no_loader
                         && self
                             .start_refresh(&key, options, &hit, || loader.take().map(box_loader));
-                    return Ok(hit);
+                    return FetchFuture::ready(Ok(hit));
                 }
-                Local::Absent => return Err(CacheError::NotFound),
+                Local::Absent => return FetchFuture::ready(Err(CacheError::NotFound)),
                 Local::Stale(stale) => own = Some(stale),
                 Local::Miss => {}
             }
         }
         let loader = loader.filter(|_| !no_loader).map(box_loader);
-        // The slow path's state lives on the heap, allocated only on a miss: the future of an
-        // L1 hit stays small (it is moved at least once, into whatever polls it).
-        match Box::pin(self.fetch(key, options, loader, own, fallback)).await? {
-            Some(hit) => Ok(hit),
-            None => Err(CacheError::NotFound),
-        }
+        FetchFuture::pending(async move {
+            match self.fetch(key, options, loader, own, fallback).await? {
+                Some(hit) => Ok(hit),
+                None => Err(CacheError::NotFound),
+            }
+        })
     }
 
     /// The value of `key` from the first tier holding it fresh, without a loader: `None` when
@@ -903,7 +908,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             published.map(|published| Hit {
                 coalesced,
                 elapsed,
-                flight_id: Some(flight.id),
+                flight_id: NonZeroU64::new(flight.id),
                 ..self.hit_of(published)
             })
         })

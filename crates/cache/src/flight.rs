@@ -147,7 +147,7 @@ impl<V> Candidate<V> {
             meta: self.meta,
             source: self.source,
             freshness,
-            suppressed,
+            suppressed: suppressed.map(Arc::new),
         }
     }
 }
@@ -158,7 +158,9 @@ pub(crate) struct Published<V> {
     pub(crate) meta: EntryMeta,
     pub(crate) source: Source,
     pub(crate) freshness: HitFreshness,
-    pub(crate) suppressed: Option<CacheError>,
+    /// The error fail-safe hid, shared by every waiter (and kept out of line: it is rare, and
+    /// a `Hit` stays small).
+    pub(crate) suppressed: Option<Arc<CacheError>>,
 }
 
 impl<V> Published<V> {

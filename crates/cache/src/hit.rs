@@ -1,6 +1,7 @@
 //! [`Hit`]: a value with the story of how the call got it.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,8 +123,9 @@ pub struct Hit<V> {
     pub(crate) coalesced: bool,
     pub(crate) refresh_started: bool,
     pub(crate) elapsed: Duration,
-    pub(crate) flight_id: Option<u64>,
-    pub(crate) suppressed: Option<crate::CacheError>,
+    pub(crate) flight_id: Option<NonZeroU64>,
+    /// Out of line (rare, and an L1 hit moves its `Hit` a few times).
+    pub(crate) suppressed: Option<Arc<crate::CacheError>>,
 }
 
 impl<V> Hit<V> {
@@ -131,7 +133,7 @@ impl<V> Hit<V> {
     /// timeout), for logging. `None` for a value that is not a fail-safe answer, and for a
     /// throttled serve.
     pub fn suppressed_error(&self) -> Option<&crate::CacheError> {
-        self.suppressed.as_ref()
+        self.suppressed.as_deref()
     }
 
     /// The value. Every caller of one flight gets the same allocation (`Arc::ptr_eq`).
@@ -179,7 +181,7 @@ impl<V> Hit<V> {
     /// The id of the flight the caller waited on (`None` for an L1 hit). The same id appears in
     /// the flight's `tierkit.flight` span.
     pub fn flight_id(&self) -> Option<u64> {
-        self.flight_id
+        self.flight_id.map(NonZeroU64::get)
     }
 }
 

@@ -73,6 +73,7 @@ mod error;
 mod fetched;
 mod flight;
 pub mod frame;
+mod future;
 mod hit;
 mod jitter;
 mod local;
@@ -87,6 +88,7 @@ pub use flight::FetchContext;
 pub use frame::{
     Compression, CompressionAlgorithm, FRAME_ERROR_REASONS, FrameError, FrameErrorReason,
 };
+pub use future::FetchFuture;
 pub use hit::{FailSafeCause, Hit, HitFreshness, Source, StaleCause};
 pub use jitter::{JitterSource, NoJitter, RandomJitter};
 pub use local::{EntryMeta, LocalEntry, LocalState, LocalTier};

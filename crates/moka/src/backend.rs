@@ -165,11 +165,19 @@ impl MokaBackend {
         &self.cache
     }
 
+    #[inline]
     fn lookup_at(&self, key: &CacheKey, now: tierkit_core::Timestamp) -> Option<CacheValue> {
         let value = self.cache.get(key)?;
         if !value.is_expired(now) {
             return Some(value);
         }
+        self.remove_expired(key, now);
+        None
+    }
+
+    /// Removes `key`'s entry if it is still expired at `now`: the cold half of a lookup.
+    #[cold]
+    fn remove_expired(&self, key: &CacheKey, now: tierkit_core::Timestamp) {
         // Remove it, unless a concurrent `set` has just replaced it with a live value: the
         // compute closure runs under moka's per-key lock.
         let _ = self
@@ -179,7 +187,6 @@ impl MokaBackend {
                 Some(entry) if entry.value().is_expired(now) => compute::Op::Remove,
                 _ => compute::Op::Nop,
             });
-        None
     }
 
     fn store(&self, key: &CacheKey, value: CacheValue) -> Result<(), BackendError> {

@@ -105,6 +105,22 @@ impl<V> fmt::Debug for MokaLocal<V> {
     }
 }
 
+impl<V: Send + Sync + 'static> MokaLocal<V> {
+    /// Removes `key`'s entry if it is still expired at `now` (the cold half of a lookup),
+    /// unless a concurrent insert has just replaced it with a live entry: the compute closure
+    /// runs under moka's per-key lock.
+    #[cold]
+    fn remove_expired(&self, key: &CacheKey, now: Timestamp) {
+        let _ = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|entry| match entry {
+                Some(entry) if entry.value().meta().is_expired(now) => compute::Op::Remove,
+                _ => compute::Op::Nop,
+            });
+    }
+}
+
 impl<V: Send + Sync + 'static> LocalTier<V> for MokaLocal<V> {
     fn label(&self) -> &str {
         &self.label
@@ -116,15 +132,7 @@ impl<V: Send + Sync + 'static> LocalTier<V> for MokaLocal<V> {
         if !entry.meta().is_expired(now) {
             return Some(entry);
         }
-        // Remove it, unless a concurrent insert has just replaced it with a live entry: the
-        // compute closure runs under moka's per-key lock.
-        let _ = self
-            .cache
-            .entry_by_ref(key)
-            .and_compute_with(|entry| match entry {
-                Some(entry) if entry.value().meta().is_expired(now) => compute::Op::Remove,
-                _ => compute::Op::Nop,
-            });
+        self.remove_expired(key, now);
         None
     }
 
