@@ -844,8 +844,11 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let mut own = own;
         let (flight, coalesced) = {
             let mut locked = self.shared.table.lock(key);
-            // A flight may have stored the value since the caller's L1 probe.
-            if !options.skip_l1_read {
+            // A flight may have stored the value since the caller's L1 probe. Asking L1 first
+            // whether it may hold the key keeps this second look from counting as a second
+            // access of a missed key (moka's admission would then favour it over what L1
+            // holds, and L1's hit ratio would drop).
+            if !options.skip_l1_read && self.shared.l1.may_contain(key) {
                 match self.probe_local(key) {
                     Local::Hit(hit) | Local::Refresh(hit) => return Ok(Some(hit)),
                     Local::Absent => return Ok(None),
@@ -1055,7 +1058,10 @@ impl<V: Send + Sync + 'static> Shared<V> {
         if entry.meta().is_expired(now) {
             return;
         }
-        if let Some(current) = self.l1.get(key, now)
+        // `may_contain` first: the usual refill of a missed key reads nothing, so it is not
+        // counted as one more access by L1's admission policy.
+        if self.l1.may_contain(key)
+            && let Some(current) = self.l1.get(key, now)
             && current.meta().created_at() > entry.meta().created_at()
         {
             return;

@@ -185,6 +185,19 @@ pub trait LocalTier<V>: Send + Sync + fmt::Debug + 'static {
     /// The entry for `key`, unless it is absent or expired at `now`.
     fn get(&self, key: &CacheKey, now: Timestamp) -> Option<LocalEntry<V>>;
 
+    /// Whether `key` may have an entry, asked without counting as an access of the key:
+    /// `false` only when the tier is sure it has none.
+    ///
+    /// The cache asks it before the reads of its slow path that repeat a caller's read (the
+    /// second look of a miss, the check before a refill), so that a tier whose eviction or
+    /// admission counts accesses (moka's TinyLFU) sees one access per caller's read, as it
+    /// would without the cache in front. The default, `true`, is always correct: every such
+    /// read then goes to [`get`](LocalTier::get).
+    fn may_contain(&self, key: &CacheKey) -> bool {
+        let _ = key;
+        true
+    }
+
     /// Stores `entry` under `key`, replacing any previous entry.
     fn insert(&self, key: &CacheKey, entry: LocalEntry<V>);
 
@@ -202,6 +215,10 @@ impl<V, T: LocalTier<V> + ?Sized> LocalTier<V> for Arc<T> {
 
     fn get(&self, key: &CacheKey, now: Timestamp) -> Option<LocalEntry<V>> {
         (**self).get(key, now)
+    }
+
+    fn may_contain(&self, key: &CacheKey) -> bool {
+        (**self).may_contain(key)
     }
 
     fn insert(&self, key: &CacheKey, entry: LocalEntry<V>) {

@@ -6,6 +6,7 @@ mod support;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::{
@@ -57,6 +58,40 @@ async fn b01_l1_hit_path_does_no_remote_work_and_never_calls_the_loader() {
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     assert!(fut.as_mut().poll(&mut cx).is_ready());
+}
+
+/// A miss is one access of L1, as it would be without the cache in front: the second look
+/// under the key's lock and the check before the refill ask `may_contain` first, and read
+/// only when L1 may hold the key. (A tier that counts accesses for its admission policy, as
+/// moka does, would otherwise favour missed keys over the ones it holds.)
+#[tokio::test(start_paused = true)]
+async fn a_miss_reads_l1_once() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let calls = Calls::default();
+    let loaded = cache
+        .get_or_fetch(&key("cold"), counting(&calls, "loaded".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(loaded.source(), Source::Loader);
+    assert_eq!(stack.l1.gets.load(Ordering::SeqCst), 1, "one read of L1");
+    assert_eq!(stack.l1.inserts(), 1);
+
+    // A value another node wrote, found in L2 and refilled into L1: one read of L1 too.
+    let other = stack.other_node::<String>();
+    other
+        .cache()
+        .set(&key("warm"), "from l2".to_owned())
+        .await
+        .unwrap();
+    let found = cache
+        .get_or_fetch(&key("warm"), counting(&calls, "unused".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!((found.source(), found.as_str()), (Source::L2, "from l2"));
+    assert_eq!(stack.l1.gets.load(Ordering::SeqCst), 2);
+    assert_eq!(stack.l1.inserts(), 2);
+    assert_eq!(calls.get(), 1, "only the cold key was loaded");
 }
 
 /// Behaviour 2: 1,000 concurrent misses on a key that no tier holds: one L2 read, one L3

@@ -136,6 +136,12 @@ impl<V: Send + Sync + 'static> LocalTier<V> for MokaLocal<V> {
         None
     }
 
+    /// moka's `contains_key`, which is not a read: it leaves the key's popularity (and so
+    /// moka's admission decisions) alone.
+    fn may_contain(&self, key: &CacheKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     fn insert(&self, key: &CacheKey, entry: LocalEntry<V>) {
         self.cache.insert(key.clone(), entry);
     }

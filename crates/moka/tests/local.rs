@@ -132,6 +132,20 @@ fn get_insert_remove_and_clear() {
     assert_eq!(labelled.label(), "users-l1");
 }
 
+/// `may_contain` answers from moka's `contains_key`: true for a held key, false for one never
+/// inserted or removed.
+#[test]
+fn may_contain_tells_held_keys_from_absent_ones() {
+    let (tier, clock) = tier::<String>();
+    let now = clock.now();
+    assert!(!tier.may_contain(&key("a")));
+    tier.insert(&key("a"), entry("A".to_owned(), now, MINUTE, MINUTE));
+    assert!(tier.may_contain(&key("a")));
+    assert!(!tier.may_contain(&key("b")));
+    tier.remove(&key("a"));
+    assert!(!tier.may_contain(&key("a")));
+}
+
 /// `get(key, now)` never returns an entry expired at `now` (`now >= expires_at`), even though
 /// moka has not evicted it (its own expiry is a real minute away); such a `get` removes the
 /// entry from moka. A stale entry (past `stale_at`, before `expires_at`) is still returned.

@@ -20,7 +20,8 @@ use tierkit_testkit::{FaultyBackend, MemoryBackend};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// An in-process tier over a map that counts its calls.
+/// An in-process tier over a map that counts its calls (`may_contain` is not counted: it is
+/// not an access).
 pub struct MapLocal<V> {
     map: Mutex<HashMap<CacheKey, LocalEntry<V>>>,
     pub gets: AtomicUsize,
@@ -66,6 +67,10 @@ impl<V: Send + Sync + 'static> LocalTier<V> for MapLocal<V> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         let map = self.map.lock().unwrap();
         map.get(key).filter(|e| !e.meta().is_expired(now)).cloned()
+    }
+
+    fn may_contain(&self, key: &CacheKey) -> bool {
+        self.map.lock().unwrap().contains_key(key)
     }
 
     fn insert(&self, key: &CacheKey, entry: LocalEntry<V>) {
