@@ -165,6 +165,13 @@ pub fn rows(redis_url: &str, rows: &mut Vec<Row>) {
         of(Scenario::RawArc),
         1.10,
     ));
+    rows.push(Row::instructions(
+        "G2",
+        "L1 miss + Redis hit vs raw fred GET, instructions (current_thread)",
+        of(Scenario::L2Hit),
+        of(Scenario::RawRedisGet),
+        1.05,
+    ));
 }
 
 /// Where the callgrind output files go while they are read: `target/callgrind` beside the

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use fred::interfaces::KeysInterface as _;
 use moka::Expiry;
 use tierkit_cache::codec::Postcard;
 use tierkit_cache::{Cache, FetchOptions};
@@ -285,16 +286,23 @@ pub enum Scenario {
     RawArc,
     /// A typed `get_or_fetch` that hits L1 (G1t).
     Typed,
+    /// A raw fred `GET` of a key the Redis tier holds (the raw side of G2), awaited on a
+    /// current-thread runtime.
+    RawRedisGet,
+    /// A read of moka over Redis that misses L1 and hits Redis, refill off (G2).
+    L2Hit,
 }
 
 impl Scenario {
     /// Every scenario, in the order the instruction rows name them.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::RawMoka,
         Scenario::Composed,
         Scenario::Erased,
         Scenario::RawArc,
         Scenario::Typed,
+        Scenario::RawRedisGet,
+        Scenario::L2Hit,
     ];
 
     /// The name on the command line (`--instructions NAME N`).
@@ -305,6 +313,8 @@ impl Scenario {
             Scenario::Erased => "erased",
             Scenario::RawArc => "raw-arc",
             Scenario::Typed => "typed",
+            Scenario::RawRedisGet => "raw-redis-get",
+            Scenario::L2Hit => "l2-hit",
         }
     }
 
@@ -346,9 +356,53 @@ impl Scenario {
                     hits += usize::from(hit);
                 }
             }
+            Scenario::RawRedisGet | Scenario::L2Hit => {
+                let (composed, key) = l2_hit_fixture(l2)?;
+                let client = composed
+                    .l2()
+                    .clients()
+                    .into_iter()
+                    .next()
+                    .ok_or("the Redis tier has no client")?;
+                let redis_key = composed.l2().redis_key(&key);
+                hits = l2.runtime.block_on(async {
+                    let mut hits = 0;
+                    for _ in 0..n {
+                        let hit = if self == Scenario::RawRedisGet {
+                            matches!(
+                                client
+                                    .get::<Option<bytes::Bytes>, _>(redis_key.clone())
+                                    .await,
+                                Ok(Some(_))
+                            )
+                        } else {
+                            matches!(composed.get(&key).await, Ok(Some(_)))
+                        };
+                        hits += usize::from(hit);
+                    }
+                    hits
+                });
+                l2.runtime.block_on(composed.l2().shutdown());
+            }
         }
         Ok(hits)
     }
+}
+
+/// moka over Redis with refill off, and a key that only Redis holds: every read misses L1 and
+/// hits Redis.
+pub fn l2_hit_fixture(
+    l2: &RedisL2<'_>,
+) -> Result<(Composition<MokaBackend, RedisBackend>, CacheKey), String> {
+    let redis = l2.tier(&format!("tk-bench-{}-l2hit", std::process::id()))?;
+    let key = CacheKey::new("bench:l2-hit").map_err(|err| err.to_string())?;
+    l2.runtime
+        .block_on(redis.set(&key, value()))
+        .map_err(|err| err.to_string())?;
+    let composed = Composition::builder(MokaBackend::new(CAPACITY), redis)
+        .refill_policy(tierkit_policy::RefillPolicy::Never)
+        .build();
+    Ok((composed, key))
 }
 
 /// Allocations per operation of `op`, run `n` times (the least of three runs, so that moka's

@@ -743,9 +743,13 @@ impl Inner {
         Fut: Future<Output = Result<T, FredError>>,
     {
         let client = link.client.with_options(options);
+        // fred's command futures are several kilobytes: boxed once here, the futures of the
+        // tier's operations (and the box a `TierFuture` puts them in) stay small, instead of
+        // copying the command's state at every level they are moved through.
+        let command = Box::pin(command(client));
         // fred's own timeout (in `options`) fires first when both are due: it also tells fred to
         // drop the command instead of sending it late. This one bounds everything else.
-        match tokio::time::timeout(bound, command(client)).await {
+        match tokio::time::timeout(bound, command).await {
             Ok(Ok(reply)) => {
                 link.answered();
                 Ok(reply)
