@@ -327,6 +327,36 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The table as Markdown (for `docs/performance.md`), with the run's context above it.
+pub fn markdown(rows: &[Row], plan: Plan, context: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} pairs of {} operations per in-process ratio  ",
+        plan.pairs, plan.batch
+    );
+    for (name, value) in context {
+        let _ = writeln!(out, "{name}: {value}  ");
+    }
+    out.push_str("\n| id | measurement | figure | goal | result |\n|---|---|---|---|---|\n");
+    for row in rows {
+        let mut what = row.what.replace('|', "\\|");
+        if let Figure::Skipped(reason) = &row.figure {
+            let _ = write!(what, " (skipped: {})", reason.replace('|', "\\|"));
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            row.id,
+            what,
+            row.figure_text().replace('|', "\\|"),
+            row.goal,
+            row.result()
+        );
+    }
+    out
+}
+
 /// A JSON string literal of `text`.
 fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -482,6 +512,9 @@ mod tests {
         assert!(text.contains("\"result\": \"FAIL\""));
         assert!(text.contains("\"reason\": \"no valgrind\""));
         assert_eq!(json_number(f64::NAN), "null");
+        let md = markdown(&rows, Plan::QUICK, &[("cpu", "x".to_owned())]);
+        assert_eq!(md.matches("\n| G1").count(), 4, "{md}");
+        assert!(md.contains("(skipped: no valgrind)"));
         assert!(table(&rows).contains("PASS"));
     }
 }

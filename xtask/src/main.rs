@@ -157,11 +157,12 @@ SUBCOMMANDS:
               figure the median of tierkit/raw ratios over interleaved pairs of batches, each
               count exact, instructions counted under callgrind; starts a private
               redis-server and the in-process S3 server; prints the table and writes
-              target/tierkit-bench.json and the chart target/tierkit-bench.svg. Installs
-              redis-server and valgrind when missing (as root; without valgrind the
-              instruction rows are skipped, with the reason). Fails when a row misses its
-              goal. --quick: 15 pairs of small batches, a few minutes. Not part of `ci` (the
-              bench crate is only built there).
+              target/tierkit-bench.json, the chart target/tierkit-bench.svg and the
+              Markdown table target/tierkit-bench.md. Installs redis-server and valgrind
+              when missing (as root; without valgrind the instruction rows are skipped,
+              with the reason). Fails when a row misses its goal. --quick: 15 pairs of
+              small batches, about two minutes. Not part of `ci` (the bench crate is only
+              built there).
 
     help      Print this text (also -h, --help, or no subcommand).
 

@@ -283,7 +283,8 @@ pub fn demo() -> Step {
 }
 
 /// The table of performance goals: the bench binary in release, writing
-/// `target/tierkit-bench.json` and the chart `target/tierkit-bench.svg`; `extra` goes to the
+/// `target/tierkit-bench.json`, the chart `target/tierkit-bench.svg` and the Markdown table
+/// `target/tierkit-bench.md`; `extra` goes to the
 /// binary (`--quick`). Redis is installed first when missing (as for the tests): the binary
 /// starts private `redis-server` processes from the binaries named by `TIERKIT_REDIS_SERVER`
 /// and `TIERKIT_REDIS_CLI`. valgrind is installed when missing and this is root; without it
@@ -301,6 +302,8 @@ pub fn bench(extra: &[String]) -> Step {
         "target/tierkit-bench.json",
         "--svg",
         "target/tierkit-bench.svg",
+        "--markdown",
+        "target/tierkit-bench.md",
     ]
     .iter()
     .map(|arg| (*arg).to_owned())

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the table of performance goals (see `docs/performance.md`).
 //!
-//! Usage: `tierkit-bench [--quick] [--json PATH] [--svg PATH]`. Starts a private
+//! Usage: `tierkit-bench [--quick] [--json PATH] [--svg PATH] [--markdown PATH]`. Starts a private
 //! `redis-server` (the binary named by `TIERKIT_REDIS_SERVER`, else the one on `PATH`) and the
 //! in-process S3 server, measures every row, prints the table, and exits 1 when a row fails
 //! its goal. `tierkit-bench --instructions SCENARIO N` is the child process the instruction
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use tierkit_benches::instructions::{self, REDIS_URL_ENV};
 use tierkit_benches::local::{self, ComposedFixture, RedisL2, Scenario, TypedFixture};
 use tierkit_benches::remote::{self, Services};
-use tierkit_benches::{Plan, Row, chart, json, table};
+use tierkit_benches::{Plan, Row, chart, json, markdown, table};
 use tierkit_testkit::CountingAllocator;
 
 #[global_allocator]
@@ -22,6 +22,7 @@ struct Args {
     plan: Plan,
     json: Option<String>,
     svg: Option<String>,
+    markdown: Option<String>,
     /// Child mode: run one scenario's reads (under callgrind) and exit.
     instructions: Option<(String, usize)>,
 }
@@ -51,7 +52,7 @@ impl Args {
             }
         };
         for arg in args {
-            let known = ["--quick", "--json", "--svg", "--instructions"];
+            let known = ["--quick", "--json", "--svg", "--markdown", "--instructions"];
             if arg.starts_with("--") && !known.contains(&arg.as_str()) {
                 return Err(format!("unknown flag {arg} (known: {})", known.join(", ")));
             }
@@ -64,6 +65,7 @@ impl Args {
             },
             json: value_of("--json")?,
             svg: value_of("--svg")?,
+            markdown: value_of("--markdown")?,
             instructions,
         })
     }
@@ -262,6 +264,7 @@ fn main() -> ExitCode {
             args.svg.as_ref(),
             chart::svg(&rows, &format!("tierkit / raw library, {date}")),
         ),
+        (args.markdown.as_ref(), markdown(&rows, plan, &context)),
     ];
     for (path, text) in outputs {
         let Some(path) = path else { continue };

@@ -419,7 +419,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
 
     /// The read-through path: L1 is read here, synchronously; only what L1 cannot answer
     /// continues on the (boxed) slow path.
-    #[inline]
+    #[inline(always)]
     fn read_through<'a, K, F, Fut, R, E>(
         &'a self,
         key: &'a K,
@@ -665,7 +665,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 
     /// The hot path: what L1 says of `key`, with one clock read and no allocation of its own.
-    #[inline]
+    #[inline(always)]
     fn probe_local(&self, key: &CacheKey) -> Local<V> {
         let now = self.shared.clock.now();
         let Some(entry) = self.shared.l1.get(key, now) else {

@@ -165,7 +165,7 @@ impl MokaBackend {
         &self.cache
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup_at(&self, key: &CacheKey, now: tierkit_core::Timestamp) -> Option<CacheValue> {
         let value = self.cache.get(key)?;
         if !value.is_expired(now) {
@@ -231,7 +231,7 @@ impl Backend for MokaBackend {
         &self.label
     }
 
-    #[inline]
+    #[inline(always)]
     fn probe(&self, key: &CacheKey) -> Probe {
         let now = self.clock.now();
         Probe::found(self.lookup_at(key, now), now)

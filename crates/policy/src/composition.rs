@@ -229,7 +229,7 @@ where
     }
 
     /// A fresh L1 hit answered without awaiting, or what L1's probe told.
-    #[inline]
+    #[inline(always)]
     fn probe_l1(&self, key: &CacheKey) -> L1Probe {
         if !self.read.l1_fresh_hit_is_final() {
             return L1Probe::Unknown;
