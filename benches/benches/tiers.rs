@@ -8,14 +8,14 @@
 //! `cargo bench -p tierkit-benches --bench tiers`; HTML reports under `target/criterion`.
 //! Without `redis-server`, the Redis group is skipped with a message.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fred::interfaces::KeysInterface;
-use fred::types::Expiration;
-use moka::Expiry;
+use tierkit_benches::local::{cycle, keys, raw_moka};
+use tierkit_benches::remote::pxat;
 use tierkit_core::{Backend, CacheKey, CacheValue, Clock, envelope};
 use tierkit_moka::MokaBackend;
 use tierkit_redis::RedisBackend;
@@ -50,42 +50,16 @@ fn current_thread() -> Runtime {
         .unwrap()
 }
 
-/// moka's per-entry expiry from the value, as `MokaBackend` configures it.
-struct ValueExpiry;
-
-impl Expiry<CacheKey, CacheValue> for ValueExpiry {
-    fn expire_after_create(
-        &self,
-        _: &CacheKey,
-        value: &CacheValue,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(value.time_to_live(Clock::System.now()))
-    }
-}
-
 fn moka(c: &mut Criterion) {
-    let keys: Vec<CacheKey> = (0..KEYS)
-        .map(|i| CacheKey::builder("bench").part(i).build().unwrap())
-        .collect();
+    let keys = keys(KEYS).unwrap();
     let value = value();
-    let raw: moka::sync::Cache<CacheKey, CacheValue> = moka::sync::Cache::builder()
-        .max_capacity(CAPACITY)
-        .expire_after(ValueExpiry)
-        .build();
+    let raw = raw_moka(CAPACITY);
     let tier = MokaBackend::new(CAPACITY);
     for key in &keys {
         raw.insert(key.clone(), value.clone());
         tier.set(key, value.clone()).into_ready().unwrap().unwrap();
     }
-    let cycle = || {
-        let mut i = 0;
-        let keys = &keys;
-        move || {
-            i = (i + 1) % keys.len();
-            &keys[i]
-        }
-    };
+    let cycle = || cycle(&keys);
     let mut group = c.benchmark_group("moka");
     let mut next = cycle();
     group.bench_function("get/raw", |b| b.iter(|| raw.get(next())));
@@ -125,7 +99,7 @@ fn redis(c: &mut Criterion) {
     let (key, value) = (CacheKey::new("bench:redis").unwrap(), value());
     let redis_key = tier.redis_key(&key);
     let bytes = envelope::encode(&value, None);
-    let expiry = Expiration::PXAT(i64::try_from(value.expires_at().as_unix_millis()).unwrap());
+    let expiry = pxat(&value).unwrap();
     runtime.block_on(tier.set(&key, value.clone())).unwrap();
 
     let mut group = c.benchmark_group("redis");

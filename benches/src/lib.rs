@@ -340,7 +340,8 @@ pub fn markdown(rows: &[Row], plan: Plan, context: &[(&str, String)]) -> String 
     }
     out.push_str("\n| id | measurement | figure | goal | result |\n|---|---|---|---|---|\n");
     for row in rows {
-        let mut what = row.what.replace('|', "\\|");
+        // `|` would end the cell, `<` would open an HTML tag (`Arc<dyn Backend>`).
+        let mut what = row.what.replace('|', "\\|").replace('<', "&lt;");
         if let Figure::Skipped(reason) = &row.figure {
             let _ = write!(what, " (skipped: {})", reason.replace('|', "\\|"));
         }
@@ -349,8 +350,8 @@ pub fn markdown(rows: &[Row], plan: Plan, context: &[(&str, String)]) -> String 
             "| {} | {} | {} | {} | {} |",
             row.id,
             what,
-            row.figure_text().replace('|', "\\|"),
-            row.goal,
+            row.figure_text().replace('|', "\\|").replace('<', "&lt;"),
+            row.goal.replace('<', "&lt;"),
             row.result()
         );
     }
@@ -515,6 +516,7 @@ mod tests {
         let md = markdown(&rows, Plan::QUICK, &[("cpu", "x".to_owned())]);
         assert_eq!(md.matches("\n| G1").count(), 4, "{md}");
         assert!(md.contains("(skipped: no valgrind)"));
+        assert!(md.contains("&lt;= 1.10x") && !md.contains("| <="), "{md}");
         assert!(table(&rows).contains("PASS"));
     }
 }

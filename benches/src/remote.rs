@@ -18,7 +18,6 @@ mod counts;
 mod hit_ratio;
 mod latency;
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use tierkit_core::{CacheKey, CacheValue, Clock};
 use tierkit_redis::RedisBackend;
 use tierkit_s3::S3Backend;
 use tierkit_s3_server::{S3Server, S3ServerOptions};
-use tierkit_services::{RedisBinaries, RedisServer, RedisServerOptions};
+use tierkit_services::{CommandCalls, RedisBinaries, RedisServer, RedisServerOptions};
 use tokio::runtime::Runtime;
 
 use crate::{Plan, Row};
@@ -151,43 +150,23 @@ impl Services {
             .map_err(|err| format!("the S3 tier does not build: {err}"))
     }
 
-    /// Calls per Redis command so far (`cmdstat_<name>:calls=N` of `INFO commandstats`),
-    /// without `info` itself.
-    fn redis_commands(&self) -> Result<BTreeMap<String, u64>, String> {
-        let info = self
-            .redis
-            .command(&["INFO", "commandstats"])
-            .map_err(|err| format!("INFO commandstats failed: {err}"))?;
-        Ok(command_calls(&info))
+    /// Calls per Redis command so far, without `INFO` itself.
+    fn redis_commands(&self) -> Result<CommandCalls, String> {
+        self.redis
+            .command_calls()
+            .map_err(|err| format!("INFO commandstats failed: {err}"))
     }
 }
 
-/// Parses the `cmdstat_get:calls=3,usec=...` lines of `INFO commandstats`, leaving `info`
-/// (the counting command itself) out.
-fn command_calls(info: &str) -> BTreeMap<String, u64> {
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .filter(|(name, _)| name != "info")
-        .collect()
-}
-
-/// The commands whose count grew from `before` to `after`, with the growth.
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .filter_map(|(name, calls)| {
-            let grown = calls.saturating_sub(before.get(name).copied().unwrap_or(0));
-            (grown > 0).then(|| (name.clone(), grown))
-        })
-        .collect()
+/// The `PXAT` expiry the Redis tier writes for `value`.
+///
+/// # Errors
+///
+/// An expiry past what Redis accepts (beyond `i64` milliseconds).
+pub fn pxat(value: &CacheValue) -> Result<fred::types::Expiration, String> {
+    i64::try_from(value.expires_at().as_unix_millis())
+        .map(fred::types::Expiration::PXAT)
+        .map_err(|err| err.to_string())
 }
 
 /// A key of these rows.
@@ -251,22 +230,6 @@ fn on<'a, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn command_stats_are_parsed_without_info() {
-        let info = "# Commandstats\r\ncmdstat_get:calls=3,usec=10,usec_per_call=3.3\r\n\
-                    cmdstat_info:calls=9,usec=1\r\ncmdstat_client|setname:calls=1,usec=1\r\n";
-        let calls = command_calls(info);
-        assert_eq!(calls.get("get"), Some(&3));
-        assert_eq!(calls.get("client|setname"), Some(&1));
-        assert!(!calls.contains_key("info"));
-        let mut after = calls.clone();
-        after.insert("get".to_owned(), 5);
-        after.insert("set".to_owned(), 1);
-        let grown = delta(&calls, &after);
-        assert_eq!(grown.len(), 2);
-        assert_eq!(grown.get("get"), Some(&2));
-    }
 
     #[test]
     fn remote_plans_are_smaller() {

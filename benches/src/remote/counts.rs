@@ -8,26 +8,24 @@
 //! of the tier in this process, so the server still sees exactly the commands the cache
 //! issues.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tierkit_cache::codec::{Counted, Postcard};
 use tierkit_cache::{Cache, FetchOptions, Source};
-use tierkit_core::{
-    Backend, CacheKey, CacheValue, GetFuture, Probe, TierFuture, TierPath, TokioOffload,
-    WriteFuture,
-};
+use tierkit_core::{Backend, TokioOffload};
 use tierkit_moka::{MokaBackend, MokaLocal};
 use tierkit_policy::{
     AnyReadPolicy, Composition, ParallelReadPolicy, RaceLoser, RaceReadPolicy, RefillPolicy,
     SequentialReadPolicy,
 };
 use tierkit_s3_server::{RequestCounts, ops};
+use tierkit_services::{CommandCalls, calls_since};
+use tierkit_testkit::GatedBackend;
 use tokio::sync::watch;
 
-use super::{Services, delta, key, namespace, value};
+use super::{Services, key, namespace, value};
 use crate::Row;
 
 /// Concurrent callers of each G5 burst.
@@ -49,48 +47,6 @@ pub(super) fn rows(services: &Services, rows: &mut Vec<Row>) {
     }
     if let Err(reason) = policy_rows(services, rows) {
         rows.push(Row::not_measured("G3", reason));
-    }
-}
-
-/// A tier whose reads wait until the gate opens; everything else passes straight through.
-#[derive(Debug)]
-struct Gated<B> {
-    inner: B,
-    gate: watch::Receiver<bool>,
-}
-
-impl<B: Backend> Backend for Gated<B> {
-    fn label(&self) -> &str {
-        self.inner.label()
-    }
-
-    fn probe(&self, key: &CacheKey) -> Probe {
-        self.inner.probe(key)
-    }
-
-    fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a> {
-        let mut gate = self.gate.clone();
-        TierFuture::pending(async move {
-            // A dropped sender opens the gate too: the burst is over.
-            let _ = gate.wait_for(|open| *open).await;
-            self.inner.get(key).await
-        })
-    }
-
-    fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
-        self.inner.set(key, value)
-    }
-
-    fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {
-        self.inner.delete(key)
-    }
-
-    fn clear(&self) -> WriteFuture<'_> {
-        self.inner.clear()
-    }
-
-    fn bind(&self, path: &TierPath) {
-        self.inner.bind(path);
     }
 }
 
@@ -125,7 +81,7 @@ impl Seed {
 struct Outcome {
     /// Callers that got the one shared value from the expected source.
     served: usize,
-    redis: BTreeMap<String, u64>,
+    redis: CommandCalls,
     s3: RequestCounts,
     loads: usize,
     encodes: u64,
@@ -220,10 +176,7 @@ fn burst(services: &Services, seed: Seed) -> Result<Outcome, String> {
         let codec = Counted::new(Postcard);
         let offload = TokioOffload::unbounded();
         let cache: Cache<String> = Cache::builder(MokaLocal::new(10_000), codec.clone())
-            .l2(Gated {
-                inner: redis_tier.clone(),
-                gate,
-            })
+            .l2(GatedBackend::new(redis_tier.clone(), gate))
             .l3(s3_tier.clone())
             .offload(offload.clone())
             // The gated read is under the tier timeout: keep it far away.
@@ -278,7 +231,7 @@ fn burst(services: &Services, seed: Seed) -> Result<Outcome, String> {
         if !drained.is_complete() {
             return Err(format!("background writes still running: {drained:?}"));
         }
-        let redis = delta(&redis_before, &services.redis_commands()?);
+        let redis = calls_since(&redis_before, &services.redis_commands()?);
         let served = match hits.first() {
             Some(first) => hits
                 .iter()
@@ -346,7 +299,9 @@ fn policy_rows(services: &Services, rows: &mut Vec<Row>) -> Result<(), String> {
         });
         // A race loser finished on the offload would have run by now: give it a moment.
         runtime.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
-        let commands: u64 = delta(&before, &services.redis_commands()?).values().sum();
+        let commands: u64 = calls_since(&before, &services.redis_commands()?)
+            .values()
+            .sum();
         if hits != READS {
             return Err(format!("{name}: {hits} of {READS} reads found the value"));
         }
@@ -379,7 +334,7 @@ fn policy_rows(services: &Services, rows: &mut Vec<Row>) -> Result<(), String> {
             composed.get(&refill_key).await,
         )
     });
-    let gets = delta(&before, &services.redis_commands()?)
+    let gets = calls_since(&before, &services.redis_commands()?)
         .get("get")
         .copied()
         .unwrap_or(0);

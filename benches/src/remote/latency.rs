@@ -11,15 +11,14 @@ use std::future::Future;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use fred::interfaces::KeysInterface;
-use fred::types::Expiration;
-use tierkit_core::{Backend, CacheValue, envelope};
+use tierkit_core::{Backend, envelope};
 use tierkit_moka::MokaBackend;
 use tierkit_policy::{
     Composition, OptimisticParallelWritePolicy, RefillPolicy, SequentialWritePolicy,
 };
 use tokio::runtime::Runtime;
 
-use super::{PER_CALL, Services, key, namespace, on, redis_plan, s3_plan, value};
+use super::{PER_CALL, Services, key, namespace, on, pxat, redis_plan, s3_plan, value};
 use crate::local::raw_moka;
 use crate::{Plan, Row, ratio};
 
@@ -56,13 +55,6 @@ pub(super) fn rows(plan: Plan, services: &Services, rows: &mut Vec<Row>) {
 
 fn moka_tier() -> MokaBackend {
     MokaBackend::builder().max_capacity(CAPACITY).build()
-}
-
-/// The `PXAT` expiry the Redis tier writes for `value`.
-fn pxat(value: &CacheValue) -> Result<Expiration, String> {
-    i64::try_from(value.expires_at().as_unix_millis())
-        .map(Expiration::PXAT)
-        .map_err(|err| err.to_string())
 }
 
 /// Checks that a setup step gave what the row relies on.

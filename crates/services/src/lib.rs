@@ -37,6 +37,7 @@
 
 mod binaries;
 mod cluster;
+mod commandstats;
 mod dirs;
 mod error;
 mod resp;
@@ -44,6 +45,7 @@ mod server;
 
 pub use binaries::{RedisBinaries, install_command, running_as_root, services_required};
 pub use cluster::{RedisCluster, SLOT_COUNT, key_slot};
+pub use commandstats::{CommandCalls, calls_since, parse_command_calls};
 pub use dirs::{CleanupReport, cleanup_stale, default_base_dir, target_dir};
 pub use error::ServiceError;
 pub use resp::Reply;

@@ -340,6 +340,17 @@ impl RedisServer {
         self.query(args).map(|reply| reply.to_text())
     }
 
+    /// Calls per command since the server started (`INFO commandstats`), without `info`
+    /// itself; [`calls_since`](crate::calls_since) gives what an operation sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisServer::command`].
+    pub fn command_calls(&self) -> Result<crate::CommandCalls, ServiceError> {
+        self.command(&["INFO", "commandstats"])
+            .map(|info| crate::parse_command_calls(&info))
+    }
+
     /// Sends one command and returns its reply as a [`Reply`].
     ///
     /// # Errors

@@ -28,6 +28,8 @@
 //!   in-process tier or, with [`remote`](MemoryBackend::remote), like a remote one.
 //! * [`FaultyBackend`]: wraps any tier and injects failures, delays, hangs and corrupt data on
 //!   a per-operation schedule.
+//! * [`GatedBackend`]: wraps any tier and holds its reads until the test opens a gate, to
+//!   gather a burst of concurrent callers in front of a real server.
 //! * [`ScriptedBackend`] with its [`ScriptHandle`] ([`scripted`]): every operation waits for the
 //!   test to answer it, so a test decides exactly which tier answers first, and how.
 //! * [`ManualOffload`]: an [`Offload`](tierkit_core::Offload) that queues background work until
@@ -88,6 +90,7 @@
 mod alloc;
 pub mod conformance;
 mod faulty;
+mod gated;
 pub mod logs;
 mod memory;
 mod offload;
@@ -102,6 +105,7 @@ use tierkit_core::{CacheKey, CacheValue};
 pub use alloc::{Allocations, CountingAllocator, count_allocations, measure_allocations};
 pub use conformance::ConformanceContext;
 pub use faulty::{Fault, FaultyBackend, InjectedFault, injected_error};
+pub use gated::GatedBackend;
 pub use memory::{CallCounts, MemoryBackend};
 pub use offload::ManualOffload;
 pub use scripted::{Call, ScriptHandle, ScriptedBackend, scripted};

@@ -24,7 +24,6 @@
     feature = "postcard"
 ))]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,12 +33,10 @@ use tierkit::codec::{Counted, Postcard};
 use tierkit::moka::MokaLocal;
 use tierkit::redis::RedisBackend;
 use tierkit::s3::S3Backend;
-use tierkit::{
-    Backend, Cache, CacheKey, FetchOptions, GetFuture, Hit, Probe, Source, TierFuture, TierPath,
-    TokioOffload, WriteFuture,
-};
+use tierkit::{Backend, Cache, CacheKey, FetchOptions, Hit, Source, TokioOffload};
 use tierkit_s3_server::{S3Server, S3ServerOptions, ops};
-use tierkit_services::{RedisBinaries, RedisServer, RedisServerOptions};
+use tierkit_services::{CommandCalls, RedisBinaries, RedisServer, RedisServerOptions, calls_since};
+use tierkit_testkit::GatedBackend;
 use tokio::sync::watch;
 
 /// Concurrent callers per scenario.
@@ -116,46 +113,13 @@ impl Services {
         .expect("the S3 tier builds")
     }
 
-    /// Calls per Redis command so far (`cmdstat_<name>:calls=N` of `INFO commandstats`),
-    /// without `info` itself.
-    fn redis_commands(&self) -> BTreeMap<String, u64> {
-        let info = self
-            .redis
-            .command(&["INFO", "commandstats"])
-            .expect("INFO commandstats");
-        command_calls(&info)
+    /// Calls per Redis command so far, without `INFO` itself.
+    fn redis_commands(&self) -> CommandCalls {
+        self.redis.command_calls().expect("INFO commandstats")
     }
 }
 
-/// Parses `cmdstat_get:calls=3,usec=...` lines (Redis 7 also names subcommands
-/// `cmdstat_client|setname`); leaves `info` out, as the test's own command.
-fn command_calls(info: &str) -> BTreeMap<String, u64> {
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .filter(|(name, _)| name != "info")
-        .collect()
-}
-
-/// The commands whose count changed between `before` and `after`, with the change.
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .filter_map(|(name, calls)| {
-            let change = calls - before.get(name).copied().unwrap_or(0);
-            (change > 0).then(|| (name.clone(), change))
-        })
-        .collect()
-}
-
-fn commands(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+fn commands(pairs: &[(&str, u64)]) -> CommandCalls {
     pairs
         .iter()
         .map(|(name, calls)| ((*name).to_owned(), *calls))
@@ -167,48 +131,6 @@ fn commands(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 
 /// Postcard, counting encodes and decodes. Clones share the counts.
 type CountingCodec = Counted<Postcard>;
-
-/// A tier whose reads wait until the gate opens; everything else passes straight through.
-#[derive(Debug)]
-struct Gated<B> {
-    inner: B,
-    gate: watch::Receiver<bool>,
-}
-
-impl<B: Backend> Backend for Gated<B> {
-    fn label(&self) -> &str {
-        self.inner.label()
-    }
-
-    fn probe(&self, key: &CacheKey) -> Probe {
-        self.inner.probe(key)
-    }
-
-    fn get<'a>(&'a self, key: &'a CacheKey) -> GetFuture<'a> {
-        let mut gate = self.gate.clone();
-        TierFuture::pending(async move {
-            // A dropped sender opens the gate too: the test is over.
-            let _ = gate.wait_for(|open| *open).await;
-            self.inner.get(key).await
-        })
-    }
-
-    fn set<'a>(&'a self, key: &'a CacheKey, value: tierkit::CacheValue) -> WriteFuture<'a> {
-        self.inner.set(key, value)
-    }
-
-    fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {
-        self.inner.delete(key)
-    }
-
-    fn clear(&self) -> WriteFuture<'_> {
-        self.inner.clear()
-    }
-
-    fn bind(&self, path: &TierPath) {
-        self.inner.bind(path);
-    }
-}
 
 /// Counts loader calls.
 #[derive(Clone, Debug, Default)]
@@ -234,7 +156,7 @@ enum Seed {
 /// What a scenario observed.
 struct Outcome {
     hits: Vec<Hit<User>>,
-    redis: BTreeMap<String, u64>,
+    redis: CommandCalls,
     s3: tierkit_s3_server::RequestCounts,
     loads: usize,
     encodes: u64,
@@ -281,10 +203,7 @@ async fn burst(services: &Services, name: &str, seed: Seed) -> Outcome {
     let codec = CountingCodec::default();
     let offload = TokioOffload::unbounded();
     let cache: Cache<User> = Cache::builder(MokaLocal::new(10_000), codec.clone())
-        .l2(Gated {
-            inner: redis_tier.clone(),
-            gate,
-        })
+        .l2(GatedBackend::new(redis_tier.clone(), gate))
         .l3(s3_tier.clone())
         .offload(offload.clone())
         // The gated L2 read is under the tier timeout: keep it far away.
@@ -342,7 +261,7 @@ async fn burst(services: &Services, name: &str, seed: Seed) -> Outcome {
     );
     assert_eq!(cache.keys_in_progress(), 0, "the key table is empty");
 
-    let redis = delta(&redis_before, &services.redis_commands());
+    let redis = calls_since(&redis_before, &services.redis_commands());
     let s3 = services.s3.requests();
     Outcome {
         hits,
