@@ -12,7 +12,7 @@
 //!   policy.
 //!
 //! Remote operations wait on the network, so these rows run fewer operations per batch than
-//! the in-process ones ([`redis_plan`], [`s3_plan`]).
+//! the in-process ones (`redis_plan`, `s3_plan`).
 
 mod counts;
 mod hit_ratio;
