@@ -448,10 +448,17 @@ impl<V: Send + Sync + 'static> Cache<V> {
             match self.probe_local(&key) {
                 Local::Hit(hit) => return FetchFuture::ready(Ok(hit)),
                 Local::Refresh(mut hit) => {
-                    hit.refresh_started = !no_loader
-                        && self
-                            .start_refresh(&key, options, &hit, || loader.take().map(box_loader));
-                    return FetchFuture::ready(Ok(hit));
+                    // The refresh starts at the first poll, in the runtime that polls (a
+                    // caller may build the future outside one and block on it inside one).
+                    // Only the read that starts a refresh comes here: it marks the entry,
+                    // and the reads after it are plain hits.
+                    return FetchFuture::pending(async move {
+                        hit.refresh_started = !no_loader
+                            && self.start_refresh(&key, options, &hit, || {
+                                loader.take().map(box_loader)
+                            });
+                        Ok(hit)
+                    });
                 }
                 Local::Absent => return FetchFuture::ready(Err(CacheError::NotFound)),
                 Local::Stale(stale) => own = Some(stale),

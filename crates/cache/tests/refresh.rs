@@ -1208,3 +1208,34 @@ async fn b59_jitter_remote_moves_the_stale_at_of_the_remote_tiers_too() {
     );
     assert_eq!(calls.get(), 0);
 }
+
+/// A `get_or_fetch` built outside any runtime (as `runtime.block_on(cache.get_or_fetch(..))`
+/// does) starts its refresh when the runtime polls it: the hit is served at once, flagged, and
+/// the refresh runs on that runtime.
+#[test]
+fn a_refresh_starts_in_the_runtime_that_polls_the_read() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stack = Stack::<String>::new();
+    let cache = runtime.block_on(async {
+        let cache = cache_with(&stack, swr());
+        load(&cache, "k", "v1").await;
+        cache
+    });
+    stack.clock.advance(61 * SEC);
+    let calls = Calls::default();
+    // Built here, outside the runtime; polled inside it.
+    let read = cache.get_or_fetch("k", counting(&calls, "v2".to_owned()));
+    let hit = runtime.block_on(read).unwrap();
+    assert_eq!(hit.as_str(), "v1");
+    assert_eq!(hit.freshness(), HitFreshness::Revalidating);
+    assert!(hit.refresh_started(), "the refresh started");
+    runtime.block_on(settle());
+    assert_eq!(calls.get(), 1, "the refresh loaded once");
+    let hit = runtime
+        .block_on(cache.get_or_fetch("k", counting(&calls, "unused".to_owned())))
+        .unwrap();
+    assert_eq!((hit.as_str(), hit.source()), ("v2", Source::L1));
+}
