@@ -117,8 +117,9 @@ pub use tierkit_policy::{
 
 pub use tierkit_cache::{
     AbandonPolicy, AsCacheKey, Cache, CacheBuilder, CacheError, CacheStats, CancellationToken,
-    Compression, CompressionAlgorithm, EntryMeta, FetchContext, FetchOptions, Hit, HitFreshness,
-    LoaderError, LocalEntry, LocalTier, Source, TimeoutKind, WriteMode, codec, frame,
+    Compression, CompressionAlgorithm, EntryMeta, FailSafeCause, FetchContext, FetchFuture,
+    FetchOptions, Fetched, Hit, HitFreshness, LoaderError, LocalEntry, LocalTier, Source,
+    StaleCause, TimeoutKind, WriteMode, codec, frame,
 };
 
 /// The read-through crate, for items not re-exported at the top level.
