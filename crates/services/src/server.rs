@@ -29,6 +29,9 @@ const RESTART_ATTEMPTS: usize = 3;
 /// Lines of the log quoted in errors.
 const LOG_TAIL_LINES: usize = 20;
 
+/// How long [`RedisServer::pause`] waits for the kernel to report the process stopped.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// The Redis cluster node timeout, in milliseconds, of cluster-mode servers.
 pub const CLUSTER_NODE_TIMEOUT_MS: u32 = 2000;
 
@@ -251,14 +254,43 @@ impl RedisServer {
     /// Freezes the process (`SIGSTOP`): the kernel still accepts connections and data for it,
     /// but nothing is answered, like a Redis hung on a slow command or a stalled machine.
     /// [`RedisServer::resume`] lets it run again; [`RedisServer::stop`] and dropping the server
-    /// work on a frozen process too.
+    /// work on a frozen process too. Returns once the kernel reports the process stopped, so
+    /// that nothing sent after it is answered.
     ///
     /// # Errors
     ///
     /// [`ServiceError::NotRunning`] when stopped, [`ServiceError::Io`] when the signal cannot
     /// be sent.
     pub fn pause(&self) -> Result<(), ServiceError> {
-        self.signal("-STOP")
+        self.signal("-STOP")?;
+        self.wait_until_stopped()
+    }
+
+    /// Waits until the kernel reports the process stopped: `kill` returns once the signal is
+    /// sent, not once the process has stopped, and a command sent in between would still be
+    /// answered. Without `/proc` (not Linux) there is nothing to wait on.
+    fn wait_until_stopped(&self) -> Result<(), ServiceError> {
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let status_file = format!("/proc/{pid}/status");
+        let deadline = Instant::now() + STOP_WAIT;
+        loop {
+            match std::fs::read_to_string(&status_file) {
+                Ok(status) if is_stopped(&status) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Ok(()),
+            }
+            if Instant::now() >= deadline {
+                return Err(ServiceError::Io {
+                    action: format!("waiting for redis-server {pid} to stop"),
+                    source: std::io::Error::other(format!(
+                        "still running {STOP_WAIT:?} after SIGSTOP"
+                    )),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Lets a process frozen by [`RedisServer::pause`] run again (`SIGCONT`); it then answers
@@ -558,5 +590,29 @@ impl Drop for RedisServer {
         let child = self.child.get_mut().unwrap_or_else(PoisonError::into_inner);
         let _ = kill_and_wait(child, self.instance.port);
         let _ = std::fs::remove_dir_all(&self.instance.dir);
+    }
+}
+
+/// Whether a `/proc/PID/status` text says the process is stopped (`T`) or traced (`t`).
+fn is_stopped(status: &str) -> bool {
+    status.lines().any(|line| {
+        line.strip_prefix("State:")
+            .and_then(|state| state.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_stopped;
+
+    #[test]
+    fn stopped_states_are_read_from_proc_status() {
+        assert!(is_stopped(
+            "Name:\tredis-server\nState:\tT (stopped)\nPid:\t7\n"
+        ));
+        assert!(is_stopped("State:\tt (tracing stop)\n"));
+        assert!(!is_stopped("Name:\tredis-server\nState:\tR (running)\n"));
+        assert!(!is_stopped("State:\tS (sleeping)\nTgid:\t7\n"));
     }
 }
