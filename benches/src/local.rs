@@ -367,14 +367,15 @@ impl Scenario {
                 }
             }
             Scenario::RawRedisGet | Scenario::L2Hit => {
-                let (composed, key) = l2_hit_fixture(l2)?;
-                let client = composed
-                    .l2()
-                    .clients()
-                    .into_iter()
-                    .next()
-                    .ok_or("the Redis tier has no client")?;
-                let redis_key = composed.l2().redis_key(&key);
+                let redis = l2.tier(&format!("tk-bench-{}-l2hit", std::process::id()))?;
+                let fixture = L2HitFixture::new(l2.runtime, redis)?;
+                let L2HitFixture {
+                    composed,
+                    key,
+                    client,
+                    redis_key,
+                    ..
+                } = &fixture;
                 hits = l2.runtime.block_on(async {
                     let mut hits = 0;
                     for _ in 0..n {
@@ -386,33 +387,78 @@ impl Scenario {
                                 Ok(Some(_))
                             )
                         } else {
-                            matches!(composed.get(&key).await, Ok(Some(_)))
+                            matches!(composed.get(key).await, Ok(Some(_)))
                         };
                         hits += usize::from(hit);
                     }
                     hits
                 });
-                l2.runtime.block_on(composed.l2().shutdown());
+                fixture.shutdown(l2.runtime);
             }
         }
         Ok(hits)
     }
 }
 
+/// The first fred client of a Redis tier: the raw side of a figure sends its commands through
+/// it, so both sides share one connection.
+///
+/// # Errors
+///
+/// A tier without a client.
+pub fn first_client(tier: &RedisBackend) -> Result<fred::clients::Client, String> {
+    tier.clients()
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the Redis tier has no client".to_owned())
+}
+
 /// moka over Redis with refill off, and a key that only Redis holds: every read misses L1 and
-/// hits Redis.
-pub fn l2_hit_fixture(
-    l2: &RedisL2<'_>,
-) -> Result<(Composition<MokaBackend, RedisBackend>, CacheKey), String> {
-    let redis = l2.tier(&format!("tk-bench-{}-l2hit", std::process::id()))?;
-    let key = CacheKey::new("bench:l2-hit").map_err(|err| err.to_string())?;
-    l2.runtime
-        .block_on(redis.set(&key, value()))
-        .map_err(|err| err.to_string())?;
-    let composed = Composition::builder(MokaBackend::new(CAPACITY), redis)
-        .refill_policy(tierkit_policy::RefillPolicy::Never)
-        .build();
-    Ok((composed, key))
+/// hits Redis (G2, G2c and their instruction count). The raw side reads the same Redis key
+/// through the tier's own client.
+pub struct L2HitFixture {
+    /// moka over the Redis tier, refill off.
+    pub composed: Composition<MokaBackend, RedisBackend>,
+    /// The key read.
+    pub key: CacheKey,
+    /// The value Redis holds under it.
+    pub value: CacheValue,
+    /// The tier's client, for the raw side.
+    pub client: fred::clients::Client,
+    /// The Redis key the tier stores `key` under.
+    pub redis_key: bytes::Bytes,
+}
+
+impl L2HitFixture {
+    /// Writes the value to `redis` (and only there) and builds the composition over it.
+    ///
+    /// # Errors
+    ///
+    /// A write that fails, or a tier without a client.
+    pub fn new(runtime: &Runtime, redis: RedisBackend) -> Result<Self, String> {
+        let key = CacheKey::new("bench:l2-hit").map_err(|err| err.to_string())?;
+        let value = value();
+        runtime
+            .block_on(redis.set(&key, value.clone()))
+            .map_err(|err| err.to_string())?;
+        let client = first_client(&redis)?;
+        let redis_key = redis.redis_key(&key);
+        let composed = Composition::builder(MokaBackend::new(CAPACITY), redis)
+            .refill_policy(tierkit_policy::RefillPolicy::Never)
+            .build();
+        Ok(L2HitFixture {
+            composed,
+            key,
+            value,
+            client,
+            redis_key,
+        })
+    }
+
+    /// Closes the Redis tier's connection.
+    pub fn shutdown(&self, runtime: &Runtime) {
+        runtime.block_on(self.composed.l2().shutdown());
+    }
 }
 
 /// Allocations per operation of `op`, run `n` times (the least of three runs, so that moka's

@@ -281,8 +281,10 @@ fn policy_rows(services: &Services, rows: &mut Vec<Row>) -> Result<(), String> {
         ),
     ];
     for (name, policy, expected) in policies {
+        let offload = TokioOffload::unbounded();
         let composed = Composition::builder(MokaBackend::new(100), tier.clone())
             .read_policy(policy)
+            .offload(offload.clone())
             .build();
         runtime
             .block_on(composed.set(&key, value.clone()))
@@ -297,8 +299,13 @@ fn policy_rows(services: &Services, rows: &mut Vec<Row>) -> Result<(), String> {
             }
             hits
         });
-        // A race loser finished on the offload would have run by now: give it a moment.
-        runtime.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        // A race loser finished on the offload counts too: wait until none is left.
+        let drained = runtime.block_on(offload.drain(PATIENCE));
+        if !drained.is_complete() {
+            return Err(format!(
+                "{name}: background reads still running: {drained:?}"
+            ));
+        }
         let commands: u64 = calls_since(&before, &services.redis_commands()?)
             .values()
             .sum();

@@ -19,7 +19,7 @@ use tierkit_policy::{
 use tokio::runtime::Runtime;
 
 use super::{PER_CALL, Services, key, namespace, on, pxat, redis_plan, s3_plan, value};
-use crate::local::raw_moka;
+use crate::local::{L2HitFixture, first_client, raw_moka};
 use crate::{Plan, Row, ratio};
 
 /// Entries of every moka cache here.
@@ -76,41 +76,36 @@ fn g2(
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
     let tier = services.redis_tier(runtime, &namespace(&format!("g2-{flavor}")))?;
-    let (key, value) = (key("g2")?, value());
-    runtime
-        .block_on(tier.set(&key, value.clone()))
-        .map_err(|err| err.to_string())?;
-    let client = tier
-        .clients()
-        .into_iter()
-        .next()
-        .ok_or("the Redis tier has no client")?;
-    let redis_key = tier.redis_key(&key);
-    let composed = Composition::builder(moka_tier(), tier.clone())
-        .refill_policy(RefillPolicy::Never)
-        .build();
-    let ours = runtime.block_on(composed.get(&key));
+    let fixture = L2HitFixture::new(runtime, tier)?;
+    let L2HitFixture {
+        composed,
+        key,
+        value,
+        client,
+        redis_key,
+    } = &fixture;
+    let ours = runtime.block_on(composed.get(key));
     check(
         "the composition reads the value",
-        matches!(&ours, Ok(Some(v)) if *v == value),
+        matches!(&ours, Ok(Some(v)) if v == value),
     )?;
     let raw: Option<Bytes> = runtime
         .block_on(client.get(redis_key.clone()))
         .map_err(|err| err.to_string())?;
     check(
         "raw GET reads the bytes the tier stored",
-        raw == Some(envelope::encode(&value, None)),
+        raw == Some(envelope::encode(value, None)),
     )?;
     check(
         "L1 stays empty",
-        runtime.block_on(composed.l1().get(&key)).ok() == Some(None),
+        runtime.block_on(composed.l1().get(key)).ok() == Some(None),
     )?;
     let figure = ratio(
         redis_plan(plan),
         on(runtime, PER_CALL, async || {
             client.get::<Option<Bytes>, _>(redis_key.clone()).await
         }),
-        on(runtime, PER_CALL, async || composed.get(&key).await),
+        on(runtime, PER_CALL, async || composed.get(key).await),
     );
     rows.push(Row::ratio(
         "G2",
@@ -118,7 +113,7 @@ fn g2(
         figure,
         1.05,
     ));
-    runtime.block_on(tier.shutdown());
+    fixture.shutdown(runtime);
     Ok(())
 }
 
@@ -142,19 +137,14 @@ where
 fn g2c(plan: Plan, services: &Services, rows: &mut Vec<Row>) -> Result<(), String> {
     let runtime = &services.multi;
     let tier = services.redis_tier(runtime, &namespace("g2c"))?;
-    let (key, value) = (key("g2c")?, value());
-    runtime
-        .block_on(tier.set(&key, value.clone()))
-        .map_err(|err| err.to_string())?;
-    let client = tier
-        .clients()
-        .into_iter()
-        .next()
-        .ok_or("the Redis tier has no client")?;
-    let redis_key = tier.redis_key(&key);
-    let composed = Composition::builder(moka_tier(), tier.clone())
-        .refill_policy(RefillPolicy::Never)
-        .build();
+    let fixture = L2HitFixture::new(runtime, tier)?;
+    let L2HitFixture {
+        composed,
+        key,
+        client,
+        redis_key,
+        ..
+    } = &fixture;
     let raw_task = || {
         let (client, redis_key) = (client.clone(), redis_key.clone());
         async move {
@@ -188,7 +178,7 @@ fn g2c(plan: Plan, services: &Services, rows: &mut Vec<Row>) -> Result<(), Strin
         figure,
         0.90,
     ));
-    runtime.block_on(tier.shutdown());
+    fixture.shutdown(runtime);
     Ok(())
 }
 
@@ -199,11 +189,7 @@ fn g4(plan: Plan, services: &Services, rows: &mut Vec<Row>) -> Result<(), String
     let runtime = &services.current;
     let tier = services.redis_tier(runtime, &namespace("g4"))?;
     let (key, value) = (key("g4")?, value());
-    let client = tier
-        .clients()
-        .into_iter()
-        .next()
-        .ok_or("the Redis tier has no client")?;
+    let client = first_client(&tier)?;
     let redis_key = tier.redis_key(&key);
     let bytes = envelope::encode(&value, None);
     let expiry = pxat(&value)?;
@@ -286,11 +272,7 @@ fn g8(plan: Plan, services: &Services, rows: &mut Vec<Row>) -> Result<(), String
     )
     .refill_policy(RefillPolicy::Never)
     .build();
-    let client = redis
-        .clients()
-        .into_iter()
-        .next()
-        .ok_or("the Redis tier has no client")?;
+    let client = first_client(&redis)?;
     let s3_client = s3.client().clone();
     let bucket = s3.bucket().to_owned();
     let raw = raw_moka(CAPACITY);
