@@ -28,8 +28,8 @@ enum Task {
     Lint,
     /// The test step, with extra arguments for `cargo test`.
     Test(Vec<String>),
-    /// The demo.
-    Demo,
+    /// The demo, with the arguments for the demo binary.
+    Demo(Vec<String>),
     /// Private Redis services for running tests by hand.
     Services,
     /// The S3 tests against moto, with extra arguments for each `cargo test`.
@@ -49,7 +49,7 @@ impl Task {
         let task = match first.as_str() {
             "ci" => Task::Ci,
             "lint" => Task::Lint,
-            "demo" => Task::Demo,
+            "demo" => return Ok(Task::Demo(rest.to_vec())),
             "services" => Task::Services,
             "test" => return Ok(Task::Test(rest.to_vec())),
             "s3-compat" => return Ok(Task::S3Compat(rest.to_vec())),
@@ -69,7 +69,7 @@ impl Task {
             Task::Ci => ("ci", ci_steps()),
             Task::Lint => ("lint", vec![steps::fmt(), steps::clippy(), steps::deps()]),
             Task::Test(extra) => ("test", vec![steps::test(extra)]),
-            Task::Demo => ("demo", vec![steps::demo()]),
+            Task::Demo(extra) => ("demo", vec![steps::demo(extra)]),
             Task::Services => ("services", vec![steps::services()]),
             Task::S3Compat(extra) => ("s3-compat", vec![s3compat::moto(), s3compat::compat(extra)]),
             Task::Bench(extra) => ("bench", vec![steps::bench(extra)]),
@@ -88,7 +88,7 @@ fn ci_steps() -> Vec<runner::Step> {
         steps::build(),
         steps::deps(),
         steps::test(&[]),
-        steps::demo(),
+        steps::demo_ci(),
         steps::doc(),
         steps::deny(),
     ]
@@ -125,9 +125,15 @@ SUBCOMMANDS:
               with -p/--package, --workspace is dropped.
               Example: cargo xtask test -p tierkit-core -- --nocapture
 
-    demo      Run the demo: a two-tier cache at work (writes, L1 hits, an L2 hit refilled
-              into L1, tier failures under the optimistic parallel write, a stale value).
-              A private Redis server runs meanwhile, named by TIERKIT_REDIS_URL.
+    demo [ARGS...]
+              Run the demo (tierkit-demo, built in release): a read-through cache over moka,
+              Redis and S3 in front of a slow origin, through a cold start, a stampede, a
+              Redis outage and an origin outage, with a live line, a summary and a timeline.
+              It starts a private redis-server (installed first when missing, as root) and
+              the in-process S3 server, and removes both when it ends (Ctrl-C too).
+              ARGS go to the demo: --duration SECS (default 30), --clients, --keys, --rate,
+              --redis-url, --s3-endpoint/--bucket, --read-policy, --write-policy, --json;
+              `cargo xtask demo --help` explains each. In `ci`: a debug build, 10 seconds.
 
     services  Start the Redis services of the test step, print `export` lines for the
               variables below, then wait: press Enter or Ctrl-D (Ctrl-C works too) to stop
@@ -169,7 +175,7 @@ SUBCOMMANDS:
 REDIS SERVICES:
     The test step (of `ci` and `test`) and `services` start private redis-server processes
     with the tierkit-services crate: a standalone server and a 3-master cluster without
-    replicas (the demo: the server only), on free ports of 127.0.0.1 (never a fixed port,
+    replicas, on free ports of 127.0.0.1 (never a fixed port,
     never the default 6379), without persistence. They are stopped when the step ends, pass
     or fail, and the pids stopped are printed; processes a killed run left behind are killed
     before the next start. Logs: <cargo target dir>/tierkit-services/. When redis-server or
@@ -256,6 +262,10 @@ mod tests {
             parse(&["bench", "--quick"]),
             Ok(Task::Bench(vec!["--quick".into()]))
         );
+        assert_eq!(
+            parse(&["demo", "--duration", "20"]),
+            Ok(Task::Demo(vec!["--duration".into(), "20".into()]))
+        );
         assert!(parse(&["ci", "--fast"]).is_err());
         assert!(parse(&["deploy"]).is_err());
     }
@@ -281,7 +291,7 @@ mod tests {
         };
         assert!(summary("tools").contains("apt-get install -y redis-server"));
         assert!(summary("test").contains("private Redis server and 3-master cluster"));
-        assert!(summary("demo").contains("TIERKIT_REDIS_URL"));
+        assert!(summary("demo").contains("-p tierkit-demo -- --duration 10"));
     }
 
     #[test]

@@ -260,24 +260,62 @@ pub fn test(extra: &[String]) -> Step {
     )
 }
 
-/// Runs the demo: the two-tier example of the facade crate, with `TIERKIT_REDIS_URL` naming
-/// a private Redis server started for it.
-pub fn demo() -> Step {
-    let cmd = Cmd::cargo(["run", "-p", "tierkit", "--example", "two_tier"]);
+/// The demo binary's flags in CI: short, and a rate a debug build sustains on two cores.
+pub const CI_DEMO_ARGS: [&str; 4] = ["--duration", "10", "--rate", "1000"];
+
+/// Runs the demo (`tierkit-demo`, in release: the workload is CPU-bound), `extra` going to
+/// the binary (`--duration 20`, `--help`...). Redis is installed first when missing; the demo
+/// starts its own private `redis-server` from the binaries named by `TIERKIT_REDIS_SERVER`
+/// and `TIERKIT_REDIS_CLI`, and the in-process S3 server, and removes both when it ends.
+pub fn demo(extra: &[String]) -> Step {
+    let mut args: Vec<String> = ["run", "--release", "-p", DEMO_PACKAGE, "--"]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+    args.extend(extra.iter().cloned());
+    demo_step(Cmd::cargo(args))
+}
+
+/// The demo as a step of `ci`: a debug build (the test step has built its dependencies) and
+/// [`CI_DEMO_ARGS`]. It fails when the demo does: a setup error, or a failed check (a
+/// stampede making more than one origin call, a read waiting past its timeouts).
+pub fn demo_ci() -> Step {
+    let mut args: Vec<String> = ["run", "-p", DEMO_PACKAGE, "--"]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+    args.extend(CI_DEMO_ARGS.iter().map(|arg| (*arg).to_owned()));
+    demo_step(Cmd::cargo(args))
+}
+
+/// The package of the demo binary.
+const DEMO_PACKAGE: &str = "tierkit-demo";
+
+/// The demo step running `cmd`, with the Redis binaries installed and named.
+fn demo_step(cmd: Cmd) -> Step {
     Step::custom(
         "demo",
         format!(
-            "{}, with TIERKIT_REDIS_URL of a private Redis server",
-            cmd.display()
+            "{}, with {} and {} naming redis-server and redis-cli (it starts its own \
+             private server and the in-process S3 server)",
+            cmd.display(),
+            tierkit_services::env::REDIS_SERVER,
+            tierkit_services::env::REDIS_CLI
         ),
         move |ws| {
             let binaries = services::ensure_redis(ws)?;
-            let running = Services::start(binaries, false)?;
-            let cmd = running.apply(cmd.clone());
+            let cmd = cmd
+                .clone()
+                .env(
+                    tierkit_services::env::REDIS_SERVER,
+                    &binaries.server().display().to_string(),
+                )
+                .env(
+                    tierkit_services::env::REDIS_CLI,
+                    &binaries.cli().display().to_string(),
+                );
             println!("--> {}", cmd.display());
-            let demoed = cmd.run(ws);
-            let stopped = running.shutdown();
-            demoed.and(stopped)
+            cmd.run(ws)
         },
     )
 }
