@@ -10,7 +10,7 @@ use tokio::sync::Barrier;
 
 use crate::display::{Display, format_latency, percent, thousands};
 use crate::services::{REDIS_TIMEOUT, Redis, S3_TIMEOUT};
-use crate::stats::{Served, StaleKind};
+use crate::stats::Served;
 use crate::warnings::Warnings;
 use crate::workload::Workload;
 
@@ -356,31 +356,30 @@ impl Director<'_> {
                 report.lines.push(shares);
                 report.lines.push(match first_l2 {
                     Some(second) => format!(
-                        "L2 served reads again {} s after the restart; S3 served {} reads, each \
-                         refilling Redis",
-                        second - from,
+                        "L2 served reads again {}; S3 served {} reads, each refilling Redis",
+                        if second == from {
+                            "within a second of the restart".to_owned()
+                        } else {
+                            format!("{} s after the restart", second - from)
+                        },
                         thousands(served(Served::L3))
                     ),
                     None => "L2 served no read yet: the tier is still reconnecting".to_owned(),
                 });
             }
             ActKind::OriginFailing => {
-                let kinds = |kind: StaleKind| recorder.stale(kind);
                 let (keys, _) = self.workload.origin.failing_calls_per_key();
                 let hottest = self.workload.origin.failing_calls_for(0);
                 let fail_safe = stats.fail_safe_activations.iter().sum::<u64>()
                     - before.stats.fail_safe_activations.iter().sum::<u64>();
                 report.lines.push(shares);
                 report.lines.push(format!(
-                    "fail-safe served {} stale values ({} more from its throttle window, without \
-                     an origin call); {} refreshes failed and kept their value; so far \
-                     stale answers by cause: revalidating {}, fail-safe {}, throttled {}",
+                    "fail-safe: {} failed origin calls were answered with the previous value, \
+                     and {} reads more from the throttle window, without a call; {} background \
+                     refreshes failed and kept their value",
                     thousands(fail_safe),
                     thousands(stats.throttled_serves - before.stats.throttled_serves),
                     thousands(stats.refreshes_failed - before.stats.refreshes_failed),
-                    thousands(kinds(StaleKind::Revalidating)),
-                    thousands(kinds(StaleKind::FailSafe)),
-                    thousands(kinds(StaleKind::FailSafeThrottled)),
                 ));
                 report.lines.push(format!(
                     "{} origin calls for {} keys; the hottest key, {}, read all the time, \
