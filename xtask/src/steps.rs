@@ -291,6 +291,19 @@ pub fn demo_ci() -> Step {
 /// The package of the demo binary.
 const DEMO_PACKAGE: &str = "tierkit-demo";
 
+/// `cmd` with `TIERKIT_REDIS_SERVER` and `TIERKIT_REDIS_CLI` naming `binaries`, for a
+/// program that starts its own private servers.
+fn naming_redis(cmd: Cmd, binaries: &tierkit_services::RedisBinaries) -> Cmd {
+    cmd.env(
+        tierkit_services::env::REDIS_SERVER,
+        &binaries.server().display().to_string(),
+    )
+    .env(
+        tierkit_services::env::REDIS_CLI,
+        &binaries.cli().display().to_string(),
+    )
+}
+
 /// The demo step running `cmd`, with the Redis binaries installed and named.
 fn demo_step(cmd: Cmd) -> Step {
     Step::custom(
@@ -304,16 +317,7 @@ fn demo_step(cmd: Cmd) -> Step {
         ),
         move |ws| {
             let binaries = services::ensure_redis(ws)?;
-            let cmd = cmd
-                .clone()
-                .env(
-                    tierkit_services::env::REDIS_SERVER,
-                    &binaries.server().display().to_string(),
-                )
-                .env(
-                    tierkit_services::env::REDIS_CLI,
-                    &binaries.cli().display().to_string(),
-                );
+            let cmd = naming_redis(cmd.clone(), &binaries);
             println!("--> {}", cmd.display());
             cmd.run(ws)
         },
@@ -359,16 +363,7 @@ pub fn bench(extra: &[String]) -> Step {
         move |ws| {
             let binaries = services::ensure_redis(ws)?;
             services::ensure_valgrind(ws);
-            let cmd = cmd
-                .clone()
-                .env(
-                    tierkit_services::env::REDIS_SERVER,
-                    &binaries.server().display().to_string(),
-                )
-                .env(
-                    tierkit_services::env::REDIS_CLI,
-                    &binaries.cli().display().to_string(),
-                );
+            let cmd = naming_redis(cmd.clone(), &binaries);
             println!("--> {}", cmd.display());
             cmd.run(ws)
         },
