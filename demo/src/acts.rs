@@ -71,6 +71,14 @@ impl ActKind {
     ];
 }
 
+/// The second each act starts at, in a run of `duration_s` seconds.
+fn starts(duration_s: u64) -> Vec<u64> {
+    ActKind::ALL
+        .iter()
+        .map(|act| (act.at() * duration_s as f64).round() as u64)
+        .collect()
+}
+
 /// One act as it was played.
 #[derive(Clone, Debug, Serialize)]
 pub struct ActReport {
@@ -133,10 +141,7 @@ struct Before {
 impl Director<'_> {
     /// Plays every act, then waits for the end of the run.
     pub async fn play(&mut self) {
-        let starts: Vec<u64> = ActKind::ALL
-            .iter()
-            .map(|act| (act.at() * self.duration_s as f64).round() as u64)
-            .collect();
+        let starts = starts(self.duration_s);
         for (index, act) in ActKind::ALL.into_iter().enumerate() {
             let start = starts[index];
             let end = starts.get(index + 1).copied().unwrap_or(self.duration_s);
@@ -407,6 +412,24 @@ impl Director<'_> {
                     thousands(last.requests())
                 ));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_act_gets_at_least_a_second_in_every_run_the_flags_allow() {
+        for duration_s in 10..=3600 {
+            let starts = starts(duration_s);
+            assert_eq!(starts[0], 0);
+            assert!(
+                starts.windows(2).all(|pair| pair[0] < pair[1]),
+                "{duration_s}: {starts:?}"
+            );
+            assert!(starts[starts.len() - 1] < duration_s, "{duration_s}");
         }
     }
 }
