@@ -50,11 +50,64 @@ impl ReadOutcome {
         }
     }
 
-    fn from(layer: Layer, value: CacheValue, refill_l1: bool) -> Self {
+    /// `value`, found in tier `source`; `refill_l1` asks the composition to copy it into L1
+    /// (only meaningful for an L2 value that L1 is known to have missed, failed or held worse).
+    #[must_use]
+    pub fn found(source: Layer, value: CacheValue, refill_l1: bool) -> Self {
         ReadOutcome {
             value: Some(value),
-            source: Some(layer),
+            source: Some(source),
             refill_l1,
+        }
+    }
+
+    /// Combines two known answers by the rules every built-in policy shares, for policies of
+    /// your own: fresh beats stale, then the newer write (`created_at`) wins, a tie goes to
+    /// L1; an L2 value that wins is refilled into L1. A read fails only when no tier produced
+    /// a value and at least one failed (both failed: [`CompositionError::BothLayersFailed`]).
+    /// A failure beside a value is logged as a warning naming the tier, as the built-in
+    /// policies do.
+    ///
+    /// # Errors
+    ///
+    /// The failed tier's error when the other missed; `BothLayersFailed` when both failed.
+    pub fn combine(
+        cx: &PolicyContext<'_>,
+        l1: TierRead,
+        l2: TierRead,
+    ) -> Result<ReadOutcome, BackendError> {
+        let now = cx.now();
+        match (l1, l2) {
+            (Ok(Some(v1)), Ok(Some(v2))) => {
+                if better(&v2, &v1, now) {
+                    Ok(ReadOutcome::found(Layer::L2, v2, true))
+                } else {
+                    Ok(ReadOutcome::found(Layer::L1, v1, false))
+                }
+            }
+            (Ok(Some(v1)), Ok(None)) => Ok(ReadOutcome::found(Layer::L1, v1, false)),
+            (Ok(None), Ok(Some(v2))) => Ok(ReadOutcome::found(Layer::L2, v2, true)),
+            (Ok(None), Ok(None)) => Ok(ReadOutcome::miss()),
+            (Ok(Some(v1)), Err(e2)) => {
+                warn_partial(cx, Layer::L2, &e2);
+                Ok(ReadOutcome::found(Layer::L1, v1, false))
+            }
+            (Err(e1), Ok(Some(v2))) => {
+                warn_partial(cx, Layer::L1, &e1);
+                Ok(ReadOutcome::found(Layer::L2, v2, true))
+            }
+            (Ok(None), Err(e2)) => {
+                tracing::warn!(tier = %cx.l2(), error = %e2, "read failed on one tier and the other missed");
+                Err(e2)
+            }
+            (Err(e1), Ok(None)) => {
+                tracing::warn!(tier = %cx.l1(), error = %e1, "read failed on one tier and the other missed");
+                Err(e1)
+            }
+            (Err(l1), Err(l2)) => {
+                tracing::error!(l1 = %l1, l2 = %l2, "read failed on both tiers");
+                Err(CompositionError::BothLayersFailed { l1, l2 }.into())
+            }
         }
     }
 }
@@ -88,47 +141,6 @@ pub trait ReadPolicy: Send + Sync + fmt::Debug + 'static {
 fn better(candidate: &CacheValue, incumbent: &CacheValue, now: Timestamp) -> bool {
     let rank = |v: &CacheValue| (v.is_fresh(now), v.created_at());
     rank(candidate) > rank(incumbent)
-}
-
-/// Combines two known answers by the shared rules.
-fn combine(
-    cx: &PolicyContext<'_>,
-    r1: TierRead,
-    r2: TierRead,
-) -> Result<ReadOutcome, BackendError> {
-    let now = cx.now();
-    match (r1, r2) {
-        (Ok(Some(v1)), Ok(Some(v2))) => {
-            if better(&v2, &v1, now) {
-                Ok(ReadOutcome::from(Layer::L2, v2, true))
-            } else {
-                Ok(ReadOutcome::from(Layer::L1, v1, false))
-            }
-        }
-        (Ok(Some(v1)), Ok(None)) => Ok(ReadOutcome::from(Layer::L1, v1, false)),
-        (Ok(None), Ok(Some(v2))) => Ok(ReadOutcome::from(Layer::L2, v2, true)),
-        (Ok(None), Ok(None)) => Ok(ReadOutcome::miss()),
-        (Ok(Some(v1)), Err(e2)) => {
-            warn_partial(cx, Layer::L2, &e2);
-            Ok(ReadOutcome::from(Layer::L1, v1, false))
-        }
-        (Err(e1), Ok(Some(v2))) => {
-            warn_partial(cx, Layer::L1, &e1);
-            Ok(ReadOutcome::from(Layer::L2, v2, true))
-        }
-        (Ok(None), Err(e2)) => {
-            tracing::warn!(tier = %cx.l2(), error = %e2, "read failed on one tier and the other missed");
-            Err(e2)
-        }
-        (Err(e1), Ok(None)) => {
-            tracing::warn!(tier = %cx.l1(), error = %e1, "read failed on one tier and the other missed");
-            Err(e1)
-        }
-        (Err(l1), Err(l2)) => {
-            tracing::error!(l1 = %l1, l2 = %l2, "read failed on both tiers");
-            Err(CompositionError::BothLayersFailed { l1, l2 }.into())
-        }
-    }
 }
 
 fn warn_partial(cx: &PolicyContext<'_>, failed: Layer, error: &BackendError) {
@@ -175,8 +187,8 @@ impl ReadPolicy for SequentialReadPolicy {
         F2: TierOp<TierRead>,
     {
         match l1.start().await {
-            Ok(Some(v1)) if v1.is_fresh(cx.now()) => Ok(ReadOutcome::from(Layer::L1, v1, false)),
-            r1 => combine(cx, r1, l2.start().await),
+            Ok(Some(v1)) if v1.is_fresh(cx.now()) => Ok(ReadOutcome::found(Layer::L1, v1, false)),
+            r1 => ReadOutcome::combine(cx, r1, l2.start().await),
         }
     }
 }
@@ -263,16 +275,16 @@ impl ReadPolicy for RaceReadPolicy {
             Either::Left((r1, f2)) => match r1 {
                 Ok(Some(v1)) if v1.is_fresh(now) => {
                     self.dispose(cx, f2);
-                    Ok(ReadOutcome::from(Layer::L1, v1, false))
+                    Ok(ReadOutcome::found(Layer::L1, v1, false))
                 }
-                r1 => combine(cx, r1, f2.await),
+                r1 => ReadOutcome::combine(cx, r1, f2.await),
             },
             Either::Right((r2, f1)) => match r2 {
                 Ok(Some(v2)) if v2.is_fresh(now) => {
                     self.dispose(cx, f1);
-                    Ok(ReadOutcome::from(Layer::L2, v2, false))
+                    Ok(ReadOutcome::found(Layer::L2, v2, false))
                 }
-                r2 => combine(cx, f1.await, r2),
+                r2 => ReadOutcome::combine(cx, f1.await, r2),
             },
         }
     }
@@ -314,7 +326,7 @@ impl ReadPolicy for ParallelReadPolicy {
         F2: TierOp<TierRead>,
     {
         let (r1, r2) = future::join(l1.start(), l2.start()).await;
-        combine(cx, r1, r2)
+        ReadOutcome::combine(cx, r1, r2)
     }
 }
 

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use tierkit::moka::MokaBackend;
 use tierkit::{
-    Backend, BackendError, CacheKey, CacheValue, Clock, Composition, CompositionError, GetFuture,
-    Layer, PolicyContext, Probe, ReadOutcome, ReadPolicy, TierFuture, TierName, TierPath, TierRead,
+    Backend, BackendError, CacheKey, CacheValue, Clock, Composition, GetFuture, Layer,
+    PolicyContext, Probe, ReadOutcome, ReadPolicy, TierFuture, TierName, TierPath, TierRead,
     TokioOffload, WriteFuture, policy::TierOp,
 };
 
@@ -69,8 +69,10 @@ impl ReadPolicy for HedgedReadPolicy {
         if let Ok(answer) = early {
             // L1 answered in time: a fresh hit is final, anything else asks L2.
             return match answer {
-                Ok(Some(value)) if value.is_fresh(now) => Ok(outcome(Layer::L1, value, false)),
-                answer => Ok(combine(cx, answer, l2.start().await)?),
+                Ok(Some(value)) if value.is_fresh(now) => {
+                    Ok(ReadOutcome::found(Layer::L1, value, false))
+                }
+                answer => ReadOutcome::combine(cx, answer, l2.start().await),
             };
         }
         tracing::debug!(tier = %cx.l1(), delay = ?self.delay, "slow tier: hedging to the other");
@@ -78,52 +80,16 @@ impl ReadPolicy for HedgedReadPolicy {
         tokio::select! {
             biased;
             answer = &mut first => match answer {
-                Ok(Some(value)) if value.is_fresh(now) => Ok(outcome(Layer::L1, value, false)),
-                answer => combine(cx, answer, second.await),
+                Ok(Some(value)) if value.is_fresh(now) => Ok(ReadOutcome::found(Layer::L1, value, false)),
+                answer => ReadOutcome::combine(cx, answer, second.await),
             },
             answer = &mut second => match answer {
                 // L1's state is unknown (it has not answered): no refill. Dropping `first`
                 // cancels L1's read.
-                Ok(Some(value)) if value.is_fresh(now) => Ok(outcome(Layer::L2, value, false)),
-                answer => combine(cx, first.await, answer),
+                Ok(Some(value)) if value.is_fresh(now) => Ok(ReadOutcome::found(Layer::L2, value, false)),
+                answer => ReadOutcome::combine(cx, first.await, answer),
             },
         }
-    }
-}
-
-/// A `ReadOutcome` holding a value (`ReadOutcome` is non-exhaustive: start from a miss).
-fn outcome(source: Layer, value: CacheValue, refill_l1: bool) -> ReadOutcome {
-    let mut outcome = ReadOutcome::miss();
-    outcome.value = Some(value);
-    outcome.source = Some(source);
-    outcome.refill_l1 = refill_l1;
-    outcome
-}
-
-/// The rules the built-in policies share: fresh beats stale, then the newer write wins, a tie
-/// goes to L1; a read fails only when no tier produced a value and at least one failed.
-fn combine(
-    cx: &PolicyContext<'_>,
-    r1: TierRead,
-    r2: TierRead,
-) -> Result<ReadOutcome, BackendError> {
-    let now = cx.now();
-    let rank = |value: &CacheValue| (value.is_fresh(now), value.created_at());
-    match (r1, r2) {
-        (Ok(Some(v1)), Ok(Some(v2))) if rank(&v2) > rank(&v1) => Ok(outcome(Layer::L2, v2, true)),
-        (Ok(Some(v1)), Ok(_)) => Ok(outcome(Layer::L1, v1, false)),
-        (Ok(None), Ok(Some(v2))) => Ok(outcome(Layer::L2, v2, true)),
-        (Ok(None), Ok(None)) => Ok(ReadOutcome::miss()),
-        (Ok(Some(v1)), Err(error)) => {
-            tracing::warn!(tier = %cx.l2(), %error, "read failed on one tier; served from the other");
-            Ok(outcome(Layer::L1, v1, false))
-        }
-        (Err(error), Ok(Some(v2))) => {
-            tracing::warn!(tier = %cx.l1(), %error, "read failed on one tier; served from the other");
-            Ok(outcome(Layer::L2, v2, true))
-        }
-        (Ok(None), Err(error)) | (Err(error), Ok(None)) => Err(error),
-        (Err(l1), Err(l2)) => Err(CompositionError::BothLayersFailed { l1, l2 }.into()),
     }
 }
 
