@@ -123,8 +123,6 @@ pub struct Director<'a> {
     pub throttle: Duration,
     /// The cache's hard timeout: no read waits longer.
     pub hard_timeout: Duration,
-    /// When the run started.
-    pub started: Instant,
     /// The acts played so far.
     pub played: Vec<ActReport>,
     /// The checks made.
@@ -145,7 +143,7 @@ impl Director<'_> {
         for (index, act) in ActKind::ALL.into_iter().enumerate() {
             let start = starts[index];
             let end = starts.get(index + 1).copied().unwrap_or(self.duration_s);
-            tokio::time::sleep_until((self.started + Duration::from_secs(start)).into()).await;
+            tokio::time::sleep_until(self.at(start)).await;
             *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
                 format!("act {}: {}", index + 1, act.title());
             let mut report = ActReport {
@@ -167,7 +165,7 @@ impl Director<'_> {
                 self.display.say(format!("        skipped: {skipped}"));
                 report.skipped = Some(skipped);
             }
-            tokio::time::sleep_until((self.started + Duration::from_secs(end)).into()).await;
+            tokio::time::sleep_until(self.at(end)).await;
             if report.skipped.is_none() {
                 self.end(act, start, end, &before, &mut report);
             }
@@ -176,6 +174,11 @@ impl Director<'_> {
             }
             self.played.push(report);
         }
+    }
+
+    /// The instant `second` seconds into the run.
+    fn at(&self, second: u64) -> tokio::time::Instant {
+        (self.workload.recorder.started() + Duration::from_secs(second)).into()
     }
 
     fn announcement(&self, act: ActKind) -> &'static str {
@@ -373,7 +376,7 @@ impl Director<'_> {
                 });
             }
             ActKind::OriginFailing => {
-                let (keys, _) = self.workload.origin.failing_calls_per_key();
+                let keys = self.workload.origin.keys_called_while_failing();
                 let hottest = self.workload.origin.failing_calls_for(0);
                 let fail_safe = stats.fail_safe_activations.iter().sum::<u64>()
                     - before.stats.fail_safe_activations.iter().sum::<u64>();

@@ -191,7 +191,6 @@ async fn run(args: Args, warnings: Arc<Warnings>) -> Result<ExitCode, Box<dyn Er
         duration_s: args.duration,
         throttle,
         hard_timeout: HARD_TIMEOUT,
-        started: recorder.started(),
         played: Vec::new(),
         checks: Vec::new(),
     };

@@ -116,10 +116,9 @@ impl Origin {
             .unwrap_or(0)
     }
 
-    /// Calls per key made while the origin was failing: (keys, most calls for one key).
-    pub fn failing_calls_per_key(&self) -> (usize, u32) {
-        let calls = lock(&self.inner.calls_while_failing);
-        (calls.len(), calls.values().copied().max().unwrap_or(0))
+    /// Keys the origin was called for while it was failing.
+    pub fn keys_called_while_failing(&self) -> usize {
+        lock(&self.inner.calls_while_failing).len()
     }
 
     /// Loads product `id`, taking the origin's latency plus `extra` (an expensive query).

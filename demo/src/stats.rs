@@ -236,8 +236,6 @@ pub struct Recorder {
     pub failed: Histogram,
     /// Stale answers per kind, whole run.
     pub stale: [AtomicU64; StaleKind::ALL.len()],
-    /// Callers that joined a flight another caller started.
-    pub coalesced: AtomicU64,
 }
 
 impl Recorder {
@@ -251,7 +249,6 @@ impl Recorder {
             by_source: std::array::from_fn(|_| Histogram::new()),
             failed: Histogram::new(),
             stale: Default::default(),
-            coalesced: AtomicU64::new(0),
         }
     }
 
@@ -277,13 +274,7 @@ impl Recorder {
     }
 
     /// Records a read answered by `served` after `elapsed`.
-    pub fn read(
-        &self,
-        served: Served,
-        stale: Option<StaleKind>,
-        coalesced: bool,
-        elapsed: Duration,
-    ) {
+    pub fn read(&self, served: Served, stale: Option<StaleKind>, elapsed: Duration) {
         let second = self.now();
         second.served[served.index()].fetch_add(1, Relaxed);
         second.latency.record(elapsed);
@@ -291,9 +282,6 @@ impl Recorder {
         if let Some(kind) = stale {
             second.stale.fetch_add(1, Relaxed);
             self.stale[kind.index()].fetch_add(1, Relaxed);
-        }
-        if coalesced {
-            self.coalesced.fetch_add(1, Relaxed);
         }
     }
 

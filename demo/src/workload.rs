@@ -95,7 +95,6 @@ impl Workload {
             Ok(hit) => self.recorder.read(
                 Served::from_source(hit.source()),
                 StaleKind::of(hit.freshness()),
-                hit.is_coalesced(),
                 elapsed,
             ),
             Err(_) => self.recorder.read_failed(elapsed),
