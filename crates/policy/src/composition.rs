@@ -40,12 +40,18 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 ///
 /// Operations on the same key can overlap: two `set`s whose writes land in opposite orders in
 /// a tier, a race write's slower half finishing on the offload after a `delete`, a refill
-/// landing after a `delete`. None of these leaves an older value in a tier. While operations on
-/// a key run, the composition remembers the newest one's effect (a value, or a removal); when
-/// the last of several overlapping operations on a tier finishes, that effect is applied to the
-/// tier once more, so the tier ends in the newest state whatever order the writes landed in. A
-/// refill is skipped when the key changed since its read began. Without overlap, nothing extra
-/// happens; the bookkeeping lives only while operations run ([`Composition::keys_in_flight`]).
+/// landing after a `delete`. None of these leaves an older value in a tier, and none is served
+/// after a newer operation returned. While operations on a key run, the composition remembers
+/// the newest one's effect (a value, or a removal); each call to a tier applies the effect that
+/// is newest when the call is made, and when calls to a tier were in flight together, the last
+/// to finish applies the newest effect once more, so the tier ends in the newest state whatever
+/// order they landed in. A `set` or `delete` returns once no call on its key is in flight at
+/// either tier (and a `clear` once the calls in flight when it began have finished): a write of
+/// an older value still travelling has then landed and been overwritten. A refill is skipped
+/// when the key changed since its read began, while operations on the key run, and while a
+/// `clear` runs; a read that overlapped a removal may return what it read, but never copies it
+/// into L1. Without overlap, nothing extra happens (no wait, no extra call); the bookkeeping
+/// lives only while operations run ([`Composition::keys_in_flight`]).
 ///
 /// An operation whose future is dropped before it finishes (a caller's timeout, `select!`)
 /// counts as finished when dropped; a follow-up it owed runs on the offload. A request the tier
@@ -324,54 +330,58 @@ where
     /// unless the key changed since the read began or has operations running.
     async fn refill(self: &Arc<Self>, key: &CacheKey, value: CacheValue, generation: u64) {
         let tier = &self.scope().l1;
-        if !self.ops.begin_refill(key, value.clone(), generation) {
+        if !self.ops.begin_refill(key, value, generation) {
             tracing::debug!(tier = %tier.name(), "refill skipped: the key changed during the read");
             return;
         }
-        let finish = Finish::new(self, Layer::L1, key);
-        let result = self.tier_write(Layer::L1, Write::Refill(key, value)).await;
+        let mut finish = Finish::new(self, Layer::L1, key);
+        // The value refilled, unless an operation that began since made another effect newer.
+        let result = match finish.dispatch() {
+            Some(Effect::Store(value)) => {
+                self.tier_write(Layer::L1, Write::Refill(key, value)).await
+            }
+            Some(Effect::Remove) => self.tier_write(Layer::L1, Write::Delete(key)).await,
+            None => Ok(()),
+        };
+        // A refill promises nothing to its read: it does not wait for the tier to settle.
         finish.run().await;
         if let Err(error) = result {
             tracing::warn!(tier = %tier.name(), %error, "refill failed; the read is served anyway");
         }
     }
 
-    /// Writes one tier as part of a `set` (begun with [`KeyOps::begin`]), then makes sure the
-    /// tier does not keep an older value: after overlapping operations on the key, the newest
-    /// one's effect is applied again by whichever finishes last; after a failed write, the key
-    /// is removed if the tier can do so synchronously (an in-process tier that refused the
-    /// value would otherwise keep serving the previous one).
-    async fn write_tier(
+    /// Applies the key's newest effect to one tier as part of a `set` or `delete` (begun with
+    /// [`KeyOps::begin`]): a half that starts late (a race write's slower half, run on the
+    /// offload) after a newer operation on the key began applies that operation's effect, so
+    /// the tier never holds, even briefly, a value older than an acknowledged write or delete.
+    /// Then makes sure the tier does not keep an older value: after calls overlapped, the
+    /// newest effect is applied again by whichever finishes last, and the operation returns
+    /// once no call on the key is in flight at the tier; after a failed write, the key is
+    /// removed if the tier can do so synchronously (an in-process tier that refused the value
+    /// would otherwise keep serving the previous one).
+    async fn apply_tier(
         &self,
         layer: Layer,
         key: &CacheKey,
-        value: CacheValue,
-        finish: Finish<L1, L2, R, W>,
+        mut finish: Finish<L1, L2, R, W>,
     ) -> TierWrite {
-        // A write that starts late (a race write's slower half, run on the offload) after a
-        // newer operation on the key began applies that operation's effect instead: the tier
-        // never holds, even briefly, a value older than an acknowledged write or delete.
-        let result = match self.ops.newest(key) {
-            Some(Effect::Remove) => self.tier_write(layer, Write::Delete(key)).await,
-            Some(Effect::Store(newest)) => self.tier_write(layer, Write::Set(key, newest)).await,
-            None => self.tier_write(layer, Write::Set(key, value)).await,
+        let (result, stored) = match finish.dispatch() {
+            Some(Effect::Store(newest)) => {
+                (self.tier_write(layer, Write::Set(key, newest)).await, true)
+            }
+            Some(Effect::Remove) => (self.tier_write(layer, Write::Delete(key)).await, false),
+            None => (Ok(()), false),
         };
         let reapplied = finish.run().await;
-        if result.is_err() && !reapplied {
+        // Only when no other operation on the key uses the tier: one that does applies a newer
+        // effect, which a removal now could undo.
+        if stored && result.is_err() && !reapplied && !self.ops.registered(key, layer) {
             self.remove_if_synchronous(layer, key);
         }
-        result
-    }
-
-    /// Removes `key` from one tier as part of a `delete` (begun with [`KeyOps::begin`]).
-    async fn delete_tier(
-        &self,
-        layer: Layer,
-        key: &CacheKey,
-        finish: Finish<L1, L2, R, W>,
-    ) -> TierWrite {
-        let result = self.tier_write(layer, Write::Delete(key)).await;
-        finish.run().await;
+        if let Some(settled) = self.ops.settled(key, layer) {
+            // A dropped sender is the signal.
+            let _ = settled.await;
+        }
         result
     }
 
@@ -417,15 +427,17 @@ where
         }
     }
 
-    /// Finishes, in the background, an operation whose future was dropped before it finished.
+    /// Finishes, in the background, an operation whose future was dropped before it finished:
+    /// applies `effect` (the newest on the key) to the tier again, then finishes as usual.
     fn reapply_in_background(self: &Arc<Self>, layer: Layer, key: CacheKey, effect: Effect) {
-        let (this, held_key) = (Arc::clone(self), key.clone());
+        // The follow-up counts as running (`KeyOps::finish` said so). Its guard exists before
+        // the task does: a task dropped before it ran (an offload that refused it, a runtime
+        // shut down with it queued) still releases the bookkeeping when dropped.
+        let mut finish = Finish::new(self, layer, &key);
+        finish.dispatched = true;
         let task = OffloadTask::new("reapply-newest", async move {
-            let mut next = Some(effect);
-            while let Some(effect) = next {
-                this.reapply(layer, &key, effect).await;
-                next = this.ops.finish(&key, layer);
-            }
+            finish.shared.reapply(layer, &finish.key, effect).await;
+            finish.run().await;
             Ok(())
         });
         if let Err(rejected) = self.offload.spawn(task) {
@@ -435,8 +447,6 @@ where
                 "an operation was cancelled during overlapping operations and the offload refused \
                  its follow-up: the tier may keep an older value until it expires"
             );
-            // Release the bookkeeping without applying.
-            while self.ops.finish(&held_key, layer).is_some() {}
         }
     }
 }
@@ -457,6 +467,8 @@ where
     shared: Arc<Shared<L1, L2, R, W>>,
     layer: Layer,
     key: CacheKey,
+    /// The operation called the tier ([`Finish::dispatch`]).
+    dispatched: bool,
     armed: bool,
 }
 
@@ -472,21 +484,33 @@ where
             shared: Arc::clone(shared),
             layer,
             key: key.clone(),
+            dispatched: false,
             armed: true,
         }
+    }
+
+    /// Records that the operation calls the tier now; the effect the call must apply.
+    fn dispatch(&mut self) -> Option<Effect> {
+        self.dispatched = true;
+        self.shared.ops.dispatch(&self.key, self.layer)
     }
 
     /// Finishes the operation; returns whether the newest effect had to be applied again.
     async fn run(mut self) -> bool {
         let mut reapplied = false;
         loop {
-            match self.shared.ops.finish(&self.key, self.layer) {
+            match self
+                .shared
+                .ops
+                .finish(&self.key, self.layer, self.dispatched)
+            {
                 None => {
                     self.armed = false;
                     return reapplied;
                 }
                 Some(effect) => {
-                    reapplied = true;
+                    // The re-application is a call in flight of its own.
+                    (reapplied, self.dispatched) = (true, true);
                     self.shared.reapply(self.layer, &self.key, effect).await;
                 }
             }
@@ -503,7 +527,10 @@ where
 {
     fn drop(&mut self) {
         if self.armed
-            && let Some(effect) = self.shared.ops.finish(&self.key, self.layer)
+            && let Some(effect) = self
+                .shared
+                .ops
+                .finish(&self.key, self.layer, self.dispatched)
         {
             self.shared
                 .reapply_in_background(self.layer, self.key.clone(), effect);
@@ -604,20 +631,20 @@ where
 
     async fn write_both(&self, key: &CacheKey, value: CacheValue) -> TierWrite {
         let shared = &self.shared;
-        shared.ops.begin(key, Effect::Store(value.clone()));
+        shared.ops.begin(key, Effect::Store(value));
         let (f1, f2) = (
             Finish::new(shared, Layer::L1, key),
             Finish::new(shared, Layer::L2, key),
         );
         let cx = shared.context();
-        let (s1, k1, v1) = (Arc::clone(shared), key.clone(), value.clone());
+        let (s1, k1) = (Arc::clone(shared), key.clone());
         let (s2, k2) = (Arc::clone(shared), key.clone());
         shared
             .write
             .write(
                 &cx,
-                move || async move { s1.write_tier(Layer::L1, &k1, v1, f1).await },
-                move || async move { s2.write_tier(Layer::L2, &k2, value, f2).await },
+                move || async move { s1.apply_tier(Layer::L1, &k1, f1).await },
+                move || async move { s2.apply_tier(Layer::L2, &k2, f2).await },
             )
             .await
             .map(|_| ())
@@ -633,14 +660,16 @@ where
                     Finish::new(shared, Layer::L1, key),
                     Finish::new(shared, Layer::L2, key),
                 );
-                let r2 = shared.delete_tier(Layer::L2, key, f2).await;
-                let r1 = shared.delete_tier(Layer::L1, key, f1).await;
+                let r2 = shared.apply_tier(Layer::L2, key, f2).await;
+                let r1 = shared.apply_tier(Layer::L1, key, f1).await;
                 (r1, r2)
             }
             None => {
-                shared.ops.begin_clear();
+                let mut clearing = shared.ops.begin_clear();
                 let r2 = shared.tier_write(Layer::L2, Write::Clear).await;
                 let r1 = shared.tier_write(Layer::L1, Write::Clear).await;
+                // Writes that ran when the clear began remove their key again when they end.
+                clearing.settled().await;
                 (r1, r2)
             }
         };

@@ -6,24 +6,34 @@
 //! after a `delete`. A tier then holds whatever landed last, which need not be the newest
 //! operation's effect. The composition prevents that with two structures:
 //!
-//! * **In-flight operations** ([`KeyOps::begin`], [`KeyOps::finish`]). While operations on a
-//!   key are running, the key has an entry recording the newest operation's effect (a value to
-//!   store, or a removal) and, per tier, how many operations are running and whether two ever
-//!   overlapped. When the last running operation on a tier finishes after an overlap, the newest
-//!   effect is applied to that tier once more, so the tier ends in the newest state whatever the
-//!   order in which the overlapping operations landed. Without overlap, nothing extra happens.
-//!   Entries exist only while operations run, so memory follows concurrency, not the key space.
+//! * **Operations per key** ([`KeyOps::begin`], [`KeyOps::dispatch`], [`KeyOps::finish`]).
+//!   While operations on a key run, the key has an entry recording the newest operation's
+//!   effect (a value to store, or a removal) and, per tier, how many operations are registered
+//!   and how many calls are in flight at the tier. Each operation's call to a tier applies the
+//!   effect that is newest when the call is made (a slower half that starts after a newer
+//!   operation began writes that operation's effect, never an older one). When calls were in
+//!   flight together (they may land in any order), the last one to finish applies the newest
+//!   effect once more, so the tier ends in the newest state. A `set` or `delete` returns only
+//!   once no call on the key is in flight at the tier any more ([`KeyOps::settled`]): a write
+//!   of an older value still in flight when it finished has then landed and been overwritten.
+//!   Without overlap, nothing extra happens. Entries exist only while operations run, so
+//!   memory follows concurrency, not the key space.
 //! * **Generations** ([`KeyOps::generation`]): striped counters that every `set`, `delete` and
-//!   `clear` advances. A refill (a copy of an L2 value into L1) is skipped when the key's
-//!   generation moved since the read began, because the value read may predate the newer
-//!   operation.
+//!   `clear` advances when it begins and again when it ends. A refill (a copy of an L2 value
+//!   into L1) is skipped when the key's generation moved since the read began, or while
+//!   operations on the key (or a `clear`) still run, because the value read may predate them.
+//!   Advancing at the end too matters for a read that begins while a removal runs: its L2
+//!   answer may have been read before the removal landed and arrive after it returned; the
+//!   end of the removal moves the generation, so that answer is served (the read overlapped the
+//!   removal) but never copied into L1.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tierkit_core::{CacheKey, CacheValue};
+use tokio::sync::oneshot;
 
 use crate::context::Layer;
 
@@ -38,8 +48,24 @@ pub(crate) enum Effect {
 
 #[derive(Debug, Default)]
 struct TierState {
-    running: u32,
+    /// Operations that will call the tier or are calling it.
+    registered: u32,
+    /// Calls made to the tier and not answered yet.
+    in_flight: u32,
+    /// Calls were in flight together: the tier may hold the effect of whichever landed last.
     overlapped: bool,
+    /// Operations waiting for the tier to settle ([`KeyOps::settled`]): dropped, which wakes
+    /// them, when no call is in flight any more.
+    settled: Vec<oneshot::Sender<()>>,
+}
+
+impl TierState {
+    fn registered(registered: u32) -> Self {
+        TierState {
+            registered,
+            ..TierState::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -50,7 +76,7 @@ struct KeyState {
 
 impl KeyState {
     fn idle(&self) -> bool {
-        self.tiers.iter().all(|tier| tier.running == 0)
+        self.tiers.iter().all(|tier| tier.registered == 0)
     }
 }
 
@@ -58,6 +84,8 @@ impl KeyState {
 pub(crate) struct KeyOps {
     shards: Box<[Mutex<HashMap<CacheKey, KeyState>>]>,
     generations: Box<[AtomicU64]>,
+    /// `clear`s running: no refill starts while one runs.
+    clearing: AtomicUsize,
 }
 
 /// Shards of the in-flight table: a power of two.
@@ -93,6 +121,7 @@ impl KeyOps {
         KeyOps {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
+            clearing: AtomicUsize::new(0),
         }
     }
 
@@ -112,48 +141,38 @@ impl KeyOps {
         self.counter(key).load(Ordering::Acquire)
     }
 
-    /// The newest effect on `key` while operations on it run (`None` when none runs).
-    pub(crate) fn newest(&self, key: &CacheKey) -> Option<Effect> {
-        self.shard(key).get(key).map(|state| state.newest.clone())
-    }
-
     /// Starts an operation whose effect is `effect` on both tiers.
     pub(crate) fn begin(&self, key: &CacheKey, effect: Effect) {
         let mut shard = self.shard(key);
-        self.counter(key).fetch_add(1, Ordering::AcqRel);
+        self.counter(key).fetch_add(1, Ordering::SeqCst);
         match shard.entry(key.clone()) {
             Entry::Occupied(mut entry) => {
                 let state = entry.get_mut();
                 state.newest = effect;
                 for tier in &mut state.tiers {
-                    tier.overlapped |= tier.running > 0;
-                    tier.running += 1;
+                    // A call in flight may land after this operation's own.
+                    tier.overlapped |= tier.in_flight > 0;
+                    tier.registered += 1;
                 }
             }
             Entry::Vacant(entry) => {
                 entry.insert(KeyState {
                     newest: effect,
-                    tiers: [
-                        TierState {
-                            running: 1,
-                            overlapped: false,
-                        },
-                        TierState {
-                            running: 1,
-                            overlapped: false,
-                        },
-                    ],
+                    tiers: [TierState::registered(1), TierState::registered(1)],
                 });
             }
         }
     }
 
     /// Starts a refill of L1 with `value`, read when the key's generation was `generation`.
-    /// Returns false (and starts nothing) when the key changed since, or has operations
-    /// running: the value read may then be older than the key's newest state.
+    /// Returns false (and starts nothing) when the key changed since, has operations running,
+    /// or a `clear` is running: the value read may then be older than the key's newest state.
     pub(crate) fn begin_refill(&self, key: &CacheKey, value: CacheValue, generation: u64) -> bool {
         let mut shard = self.shard(key);
-        if self.generation(key) != generation {
+        // `clearing` before the generation: a clear that ends advances every generation
+        // before it stops counting as running (see `finish_clear`), so one of the two checks
+        // sees it.
+        if self.clearing.load(Ordering::SeqCst) > 0 || self.generation(key) != generation {
             return false;
         }
         match shard.entry(key.clone()) {
@@ -161,58 +180,113 @@ impl KeyOps {
             Entry::Vacant(entry) => {
                 entry.insert(KeyState {
                     newest: Effect::Store(value),
-                    tiers: [
-                        TierState {
-                            running: 1,
-                            overlapped: false,
-                        },
-                        TierState::default(),
-                    ],
+                    tiers: [TierState::registered(1), TierState::default()],
                 });
                 true
             }
         }
     }
 
-    /// Records that an operation on `layer` finished. Returns the effect to apply to that tier
-    /// once more when this was the last running operation there and operations overlapped; the
-    /// caller applies it and calls `finish` again (it is counted as running meanwhile).
-    pub(crate) fn finish(&self, key: &CacheKey, layer: Layer) -> Option<Effect> {
+    /// Records that an operation is about to call `layer`, and returns the effect the call
+    /// must apply: the newest on the key now (`None` if the operation was never begun). Made
+    /// under the key's lock, so an operation that begins later sees this call in flight.
+    pub(crate) fn dispatch(&self, key: &CacheKey, layer: Layer) -> Option<Effect> {
+        let mut shard = self.shard(key);
+        let state = shard.get_mut(key)?;
+        state.tiers[index(layer)].in_flight += 1;
+        Some(state.newest.clone())
+    }
+
+    /// Records that an operation on `layer` finished (`dispatched`: after its call, which it
+    /// made through [`KeyOps::dispatch`]). Returns the effect to apply to that tier once more
+    /// when this was the last call in flight after calls overlapped; the caller applies it
+    /// and calls `finish` again with `dispatched` (the call counts as in flight meanwhile).
+    pub(crate) fn finish(&self, key: &CacheKey, layer: Layer, dispatched: bool) -> Option<Effect> {
         let mut shard = self.shard(key);
         let Entry::Occupied(mut entry) = shard.entry(key.clone()) else {
             return None;
         };
         let state = entry.get_mut();
         let tier = &mut state.tiers[index(layer)];
-        tier.running = tier.running.saturating_sub(1);
-        if tier.running == 0 && tier.overlapped {
+        tier.registered = tier.registered.saturating_sub(1);
+        if dispatched {
+            tier.in_flight = tier.in_flight.saturating_sub(1);
+        }
+        if tier.in_flight == 0 && tier.overlapped {
             tier.overlapped = false;
-            tier.running = 1;
+            tier.registered += 1;
+            tier.in_flight = 1;
             return Some(state.newest.clone());
+        }
+        if tier.in_flight == 0 {
+            tier.settled.clear();
         }
         if state.idle() {
             entry.remove();
+            // The operations on the key ended: a read that began while they ran must not
+            // refill what it read (see the module docs).
+            self.counter(key).fetch_add(1, Ordering::SeqCst);
         }
         None
     }
 
-    /// Starts a `clear`: a new generation of every key, and every key with operations still
-    /// running (a race write's slower half, say) gets a removal as its newest effect, applied
-    /// again when those operations finish, so that they cannot bring a key back after the
-    /// clear.
-    pub(crate) fn begin_clear(&self) {
-        for counter in &*self.generations {
-            counter.fetch_add(1, Ordering::AcqRel);
+    /// Whether operations on `key` still use `layer` (registered and not finished).
+    pub(crate) fn registered(&self, key: &CacheKey, layer: Layer) -> bool {
+        self.shard(key)
+            .get(key)
+            .is_some_and(|state| state.tiers[index(layer)].registered > 0)
+    }
+
+    /// A receiver that completes when no call on `key` is in flight at `layer` any more (the
+    /// last one applied the newest effect again if calls overlapped), or `None` when none is.
+    pub(crate) fn settled(&self, key: &CacheKey, layer: Layer) -> Option<oneshot::Receiver<()>> {
+        let mut shard = self.shard(key);
+        let tier = &mut shard.get_mut(key)?.tiers[index(layer)];
+        if tier.in_flight == 0 {
+            return None;
         }
+        let (sender, receiver) = oneshot::channel();
+        tier.settled.push(sender);
+        Some(receiver)
+    }
+
+    /// Starts a `clear`: a new generation of every key, and every key with operations still
+    /// running (a race write's slower half, say) gets a removal as its newest effect: a call
+    /// not made yet applies it, and calls in flight are followed by it once they finish, so
+    /// that they cannot bring a key back after the clear.
+    ///
+    /// Every `begin_clear` must be followed by one [`KeyOps::finish_clear`] (see
+    /// [`ClearGuard`]).
+    pub(crate) fn begin_clear(&self) -> ClearGuard<'_> {
+        self.clearing.fetch_add(1, Ordering::SeqCst);
+        for counter in &*self.generations {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut settled = Vec::new();
         for shard in &*self.shards {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             for state in shard.values_mut() {
                 state.newest = Effect::Remove;
                 for tier in &mut state.tiers {
-                    tier.overlapped |= tier.running > 0;
+                    if tier.in_flight > 0 {
+                        tier.overlapped = true;
+                        let (sender, receiver) = oneshot::channel();
+                        tier.settled.push(sender);
+                        settled.push(receiver);
+                    }
                 }
             }
         }
+        ClearGuard { ops: self, settled }
+    }
+
+    /// Ends a `clear`: a new generation of every key (a read that began during the clear does
+    /// not refill what it read), then refills may start again.
+    fn finish_clear(&self) {
+        for counter in &*self.generations {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        self.clearing.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Keys with operations running.
@@ -221,6 +295,32 @@ impl KeyOps {
             .iter()
             .map(|shard| shard.lock().map(|map| map.len()).unwrap_or(0))
             .sum()
+    }
+}
+
+/// A running `clear`: ends it when dropped, however the clear's future ends (finished,
+/// failed, or dropped by its caller).
+#[must_use = "the clear ends when the guard is dropped"]
+pub(crate) struct ClearGuard<'a> {
+    ops: &'a KeyOps,
+    /// One receiver per key and tier with calls in flight when the clear began.
+    settled: Vec<oneshot::Receiver<()>>,
+}
+
+impl ClearGuard<'_> {
+    /// Waits until every operation that ran when the clear began has finished (and the
+    /// removal the clear made their newest effect has been applied again after them).
+    pub(crate) async fn settled(&mut self) {
+        for receiver in self.settled.drain(..) {
+            // A dropped sender is the signal.
+            let _ = receiver.await;
+        }
+    }
+}
+
+impl Drop for ClearGuard<'_> {
+    fn drop(&mut self) {
+        self.ops.finish_clear();
     }
 }
 
@@ -254,32 +354,60 @@ mod tests {
         let k = CacheKey::new("k").unwrap();
         ops.begin(&k, Effect::Store(value("v1")));
         assert_eq!(ops.in_flight(), 1);
-        assert!(ops.finish(&k, Layer::L1).is_none());
-        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert_eq!(stored(ops.dispatch(&k, Layer::L1)), Some("v1"));
+        assert!(ops.settled(&k, Layer::L1).is_some(), "a call is in flight");
+        assert!(ops.finish(&k, Layer::L1, true).is_none());
+        assert!(ops.settled(&k, Layer::L1).is_none());
+        assert_eq!(stored(ops.dispatch(&k, Layer::L2)), Some("v1"));
+        assert!(ops.finish(&k, Layer::L2, true).is_none());
         assert_eq!(ops.in_flight(), 0);
     }
 
     #[test]
-    fn overlapping_operations_reapply_the_newest_effect_once_per_tier() {
+    fn calls_in_flight_together_end_with_the_newest_effect_once_per_tier() {
         let ops = KeyOps::new();
         let k = CacheKey::new("k").unwrap();
         ops.begin(&k, Effect::Store(value("v1")));
+        assert_eq!(stored(ops.dispatch(&k, Layer::L1)), Some("v1"));
         ops.begin(&k, Effect::Store(value("v2")));
-        // v2 lands first on L1, v1 last: the last finisher re-applies v2.
-        assert!(ops.finish(&k, Layer::L1).is_none());
-        assert_eq!(stored(ops.finish(&k, Layer::L1)), Some("v2"));
+        assert_eq!(stored(ops.dispatch(&k, Layer::L1)), Some("v2"));
+        // v2 lands first on L1, v1 last: the last call in flight applies v2 again.
+        assert!(ops.finish(&k, Layer::L1, true).is_none());
+        let waiting = ops.settled(&k, Layer::L1);
+        assert!(waiting.is_some(), "v1's call is still in flight");
+        assert_eq!(stored(ops.finish(&k, Layer::L1, true)), Some("v2"));
         assert!(
-            ops.finish(&k, Layer::L1).is_none(),
+            ops.finish(&k, Layer::L1, true).is_none(),
             "the re-application finished"
         );
-        // A delete overtakes both on L2.
+        assert!(ops.settled(&k, Layer::L1).is_none());
+        // A delete begins while v1's L2 call is in flight; v2's L2 half starts after it and
+        // applies the removal, the newest effect.
+        assert_eq!(stored(ops.dispatch(&k, Layer::L2)), Some("v2"));
         ops.begin(&k, Effect::Remove);
-        assert!(ops.finish(&k, Layer::L2).is_none());
-        assert!(ops.finish(&k, Layer::L2).is_none());
-        assert_eq!(stored(ops.finish(&k, Layer::L2)), Some("remove"));
-        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert_eq!(stored(ops.dispatch(&k, Layer::L2)), Some("remove"));
+        assert!(ops.finish(&k, Layer::L2, true).is_none());
+        assert_eq!(stored(ops.dispatch(&k, Layer::L2)), Some("remove"));
+        assert!(ops.finish(&k, Layer::L2, true).is_none());
+        assert_eq!(stored(ops.finish(&k, Layer::L2, true)), Some("remove"));
+        assert!(ops.finish(&k, Layer::L2, true).is_none());
         // The delete's L1 half runs alone.
-        assert!(ops.finish(&k, Layer::L1).is_none());
+        assert_eq!(stored(ops.dispatch(&k, Layer::L1)), Some("remove"));
+        assert!(ops.finish(&k, Layer::L1, true).is_none());
+        assert_eq!(ops.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_operation_that_never_called_the_tier_needs_nothing_more() {
+        let ops = KeyOps::new();
+        let k = CacheKey::new("k").unwrap();
+        ops.begin(&k, Effect::Store(value("v1")));
+        ops.begin(&k, Effect::Remove);
+        // Neither called L1: no call can land late, nothing to apply again.
+        assert!(ops.finish(&k, Layer::L1, false).is_none());
+        assert!(ops.finish(&k, Layer::L1, false).is_none());
+        assert!(ops.finish(&k, Layer::L2, false).is_none());
+        assert!(ops.finish(&k, Layer::L2, false).is_none());
         assert_eq!(ops.in_flight(), 0);
     }
 
@@ -288,10 +416,15 @@ mod tests {
         let ops = KeyOps::new();
         let k = CacheKey::new("k").unwrap();
         ops.begin(&k, Effect::Store(value("v1")));
-        assert!(ops.finish(&k, Layer::L1).is_none()); // L1 done; L2 still running
-        ops.begin_clear();
-        assert_eq!(stored(ops.finish(&k, Layer::L2)), Some("remove"));
-        assert!(ops.finish(&k, Layer::L2).is_none());
+        ops.dispatch(&k, Layer::L1);
+        assert!(ops.finish(&k, Layer::L1, true).is_none());
+        ops.dispatch(&k, Layer::L2); // in flight when the clear begins
+        let mut clear = ops.begin_clear();
+        assert_eq!(clear.settled.len(), 1);
+        assert_eq!(stored(ops.finish(&k, Layer::L2, true)), Some("remove"));
+        assert!(ops.finish(&k, Layer::L2, true).is_none());
+        futures_util::FutureExt::now_or_never(clear.settled()).expect("settled");
+        drop(clear);
         assert_eq!(ops.in_flight(), 0);
     }
 
@@ -305,20 +438,29 @@ mod tests {
             !ops.begin_refill(&k, value("v1"), read_at),
             "an operation is running"
         );
-        assert!(ops.finish(&k, Layer::L1).is_none());
-        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert!(ops.finish(&k, Layer::L1, false).is_none());
+        assert!(ops.finish(&k, Layer::L2, false).is_none());
         assert!(
             !ops.begin_refill(&k, value("v1"), read_at),
             "the key changed since the read"
         );
         let read_at = ops.generation(&k);
+        let clear = ops.begin_clear();
+        assert!(
+            !ops.begin_refill(&k, value("v1"), read_at),
+            "a clear is running"
+        );
+        drop(clear);
+        let read_at = ops.generation(&k);
         assert!(ops.begin_refill(&k, value("v1"), read_at));
-        // A set overlapping the refill wins on L1.
+        assert_eq!(stored(ops.dispatch(&k, Layer::L1)), Some("v1"));
+        // A set overlapping the refill's call wins on L1.
         ops.begin(&k, Effect::Store(value("v2")));
-        assert!(ops.finish(&k, Layer::L1).is_none());
-        assert_eq!(stored(ops.finish(&k, Layer::L1)), Some("v2"));
-        assert!(ops.finish(&k, Layer::L1).is_none());
-        assert!(ops.finish(&k, Layer::L2).is_none());
+        assert_eq!(stored(ops.dispatch(&k, Layer::L1)), Some("v2"));
+        assert!(ops.finish(&k, Layer::L1, true).is_none());
+        assert_eq!(stored(ops.finish(&k, Layer::L1, true)), Some("v2"));
+        assert!(ops.finish(&k, Layer::L1, true).is_none());
+        assert!(ops.finish(&k, Layer::L2, false).is_none());
         assert_eq!(ops.in_flight(), 0);
     }
 }

@@ -848,15 +848,19 @@ async fn race_write_loser_does_not_resurrect_a_deleted_key() {
         .build();
     let k = key("k");
     cache.set(&k, fresh_value("v1", &clock)).await.expect("set");
-    cache.delete(&k).await.expect("delete");
-    assert_eq!(cache.get(&k).await.expect("read"), None);
-    // L2's write of v1 completes now, after the delete.
-    assert!(offload.run_all().await.iter().all(Result::is_ok));
+    // L2's write of v1 runs while the delete waits for the key's operations on L2 to settle.
+    let (deleted, ran) = tokio::join!(cache.delete(&k), async {
+        tokio::task::yield_now().await;
+        offload.run_all().await
+    });
+    deleted.expect("delete");
+    assert!(ran.iter().all(Result::is_ok));
     assert_eq!(
         cache.get(&k).await.expect("read"),
         None,
         "deleted key came back"
     );
+    assert_eq!(cache.keys_in_flight(), 0);
 }
 
 #[tokio::test]
@@ -891,6 +895,53 @@ async fn a_refill_racing_a_delete_does_not_bring_the_key_back() {
         "the refill must not resurrect a deleted key in L1"
     );
     assert_eq!(cache.keys_in_flight(), 0);
+}
+
+/// A read that starts while a delete (or clear) is running, and whose L2 answer was read
+/// before the removal landed but arrives after it returned (another connection of a pool, a
+/// slow body), must not copy the removed value into L1.
+#[tokio::test]
+async fn a_read_that_starts_during_a_removal_does_not_refill_the_removed_value() {
+    for clear in [false, true] {
+        let clock = manual_clock();
+        let l1 = near(&clock);
+        let (l2, mut l2_calls) = scripted("remote");
+        let cache = Composition::builder(l1.clone(), l2)
+            .clock(Clock::from(clock.clone()))
+            .build();
+        let k = key("k");
+
+        // The removal starts: its L2 half is pending.
+        let mut removal = pin!(async {
+            if clear {
+                cache.clear().await
+            } else {
+                cache.delete(&k).await
+            }
+        });
+        expect_pending(&mut removal).await;
+        let l2_removal = l2_calls.next_call().await;
+
+        // A read starts meanwhile, misses L1 and asks L2.
+        let mut read = pin!(cache.get(&k));
+        expect_pending(&mut read).await;
+        let l2_read = l2_calls.next_call().await;
+        assert_eq!(l2_read.op(), Op::Get);
+
+        // The removal lands and returns.
+        l2_removal.respond_ok();
+        expect_ready(&mut removal).await.expect("removal");
+
+        // The read's answer, read before the removal landed, arrives now.
+        l2_read.respond_hit(fresh_value("old", &clock));
+        expect_ready(&mut read).await.expect("read");
+        assert_eq!(
+            l1.peek(&k),
+            None,
+            "clear={clear}: a value removed before the read returned was refilled into L1"
+        );
+        assert_eq!(cache.keys_in_flight(), 0);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -931,6 +982,39 @@ async fn cancelled_operations_release_their_bookkeeping() {
             assert_eq!(cache.keys_in_flight(), 0, "{policy}");
         }
     }
+}
+
+/// Overlapping sets dropped by their callers leave a follow-up (the newest value applied
+/// again) on the offload; when that task is dropped before it ever ran (a runtime shut down
+/// with it queued), the key's bookkeeping is released all the same.
+#[tokio::test(start_paused = true)]
+async fn a_follow_up_dropped_before_it_ran_releases_the_key() {
+    let clock = manual_clock();
+    let l1 = near(&clock);
+    let l2 = FaultyBackend::new(far(&clock));
+    let offload = ManualOffload::new();
+    let cache = Composition::builder(l1, l2.clone())
+        .offload(offload.clone())
+        .clock(Clock::from(clock.clone()))
+        .build();
+    let k = key("k");
+    l2.always(Op::Set, Fault::Hang);
+    let limit = Duration::from_millis(10);
+    let (first, second) = tokio::join!(
+        tokio::time::timeout(limit, cache.set(&k, fresh_value("v1", &clock))),
+        tokio::time::timeout(limit, cache.set(&k, fresh_value("v2", &clock))),
+    );
+    assert!(first.is_err() && second.is_err(), "both sets wait on L2");
+    assert_eq!(offload.queued(), 1, "the newest value's follow-up on L2");
+    assert_eq!(offload.discard_all(), 1);
+    assert_eq!(cache.keys_in_flight(), 0, "the key's bookkeeping leaked");
+
+    // The key works as before.
+    l2.clear_faults();
+    let v3 = fresh_value("v3", &clock);
+    cache.set(&k, v3.clone()).await.expect("set");
+    assert_eq!(cache.get(&k).await.expect("read"), Some(v3));
+    assert_eq!(cache.keys_in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1014,8 +1098,13 @@ async fn a_race_write_loser_does_not_survive_a_later_clear() {
         1,
         "L2's half of the write is still running"
     );
-    cache.clear().await.expect("clear");
-    assert!(offload.run_all().await.iter().all(Result::is_ok));
+    // The loser runs while the clear waits for the writes it overlapped to settle.
+    let (cleared, ran) = tokio::join!(cache.clear(), async {
+        tokio::task::yield_now().await;
+        offload.run_all().await
+    });
+    cleared.expect("clear");
+    assert!(ran.iter().all(Result::is_ok));
     assert_eq!(l2.peek(&k), None, "the late write was removed again");
     assert_eq!(cache.get(&k).await.expect("read"), None);
     assert_eq!(cache.keys_in_flight(), 0);

@@ -23,6 +23,10 @@ pub enum Fault {
     /// Sleeps (`tokio::time::sleep`, so paused test time applies) and then passes the call
     /// through to the inner tier.
     Delay(Duration),
+    /// Passes the call through to the inner tier at once, then sleeps before answering: the
+    /// operation has taken effect (a read has read, a write has landed) while its answer is
+    /// still on the way, as with a slow response body or a busy connection.
+    SlowAnswer(Duration),
     /// Never completes.
     Hang,
     /// Reports corrupt stored data: [`BackendError::Corrupt`] for every operation (the same as
@@ -206,6 +210,11 @@ impl<B: Backend> FaultyBackend<B> {
             Fault::Delay(delay) => TierFuture::pending(async move {
                 tokio::time::sleep(delay).await;
                 pass().await
+            }),
+            Fault::SlowAnswer(delay) => TierFuture::pending(async move {
+                let answer = pass().await;
+                tokio::time::sleep(delay).await;
+                answer
             }),
             Fault::Hang => TierFuture::pending(std::future::pending()),
         }
