@@ -1252,18 +1252,31 @@ impl<V: Send + Sync + 'static> Shared<V> {
     }
 
     /// Starts the runner of the write lane of `key` on remote tier `tier`.
+    ///
+    /// The guard that frees the lane if the runner never finishes is built here, before the
+    /// task exists, and moved into it: dropping the task, even before its first poll (an
+    /// offload that discards it, a runtime shut down with it still queued), drops the guard,
+    /// which releases the lane and fails the writes waiting on it.
     pub(crate) fn start_lane(self: &Arc<Self>, key: CacheKey, tier: usize) {
-        let shared = Arc::clone(self);
-        let lane_key = key.clone();
+        let rejected_key = key.clone();
+        let guard = LaneGuard {
+            shared: Arc::clone(self),
+            key,
+            tier,
+            armed: true,
+        };
         let task = OffloadTask::new("tierkit.cache.write", async move {
-            shared.run_lane(lane_key, tier).await;
+            let mut guard = guard;
+            guard.shared.run_lane(&guard.key, guard.tier).await;
+            guard.armed = false;
             Ok(())
         });
         if let Err(rejected) = self.offload.spawn(task) {
-            drop(rejected.task);
             self.stats.record_write_rejected(tier);
             tracing::warn!(cache = %self.label, reason = %rejected.reason, "a remote write was refused by the offload");
-            self.fail_lane(&key, tier, &rejected.reason.to_string());
+            self.fail_lane(&rejected_key, tier, &rejected.reason.to_string());
+            // The lane is failed already: the refused task's guard finds nothing left to free.
+            drop(rejected.task);
         }
     }
 
@@ -1287,21 +1300,16 @@ impl<V: Send + Sync + 'static> Shared<V> {
         }
     }
 
-    /// Applies the writes of one key's lane, one at a time, until none is waiting.
-    async fn run_lane(&self, key: CacheKey, tier: usize) {
+    /// Applies the writes of one key's lane, one at a time, until none is waiting. Its caller's
+    /// [`LaneGuard`] frees the lane if this never returns.
+    async fn run_lane(&self, key: &CacheKey, tier: usize) {
         let Some(remote) = self.remote[tier].as_ref() else {
-            self.fail_lane(&key, tier, "no such tier");
+            self.fail_lane(key, tier, "no such tier");
             return;
-        };
-        let mut guard = LaneGuard {
-            shared: self,
-            key: &key,
-            tier,
-            armed: true,
         };
         loop {
             let next = {
-                let mut locked = self.table.lock(&key);
+                let mut locked = self.table.lock(key);
                 let Some(state) = locked.existing() else {
                     break;
                 };
@@ -1318,8 +1326,8 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 }
             };
             let result = match next.effect {
-                Effect::Store(value) => remote.backend.set(&key, value).await,
-                Effect::Remove => remote.backend.delete(&key).await,
+                Effect::Store(value) => remote.backend.set(key, value).await,
+                Effect::Remove => remote.backend.delete(key).await,
             };
             if let Err(error) = &result {
                 self.stats.record_write_error(tier);
@@ -1334,23 +1342,24 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 let _ = notify.send(result.clone());
             }
         }
-        guard.armed = false;
     }
 }
 
-/// Frees a lane whose runner was dropped before it finished (runtime shut down).
-struct LaneGuard<'a, V: Send + Sync + 'static> {
-    shared: &'a Shared<V>,
-    key: &'a CacheKey,
+/// Frees a lane whose runner did not finish: dropped before it ran (refused by the offload,
+/// discarded, its runtime shut down with it queued) or while it ran. The waiting writes fail,
+/// and the flights waiting for the lane to drain are woken.
+struct LaneGuard<V: Send + Sync + 'static> {
+    shared: Arc<Shared<V>>,
+    key: CacheKey,
     tier: usize,
     armed: bool,
 }
 
-impl<V: Send + Sync + 'static> Drop for LaneGuard<'_, V> {
+impl<V: Send + Sync + 'static> Drop for LaneGuard<V> {
     fn drop(&mut self) {
         if self.armed {
             self.shared
-                .fail_lane(self.key, self.tier, "the write task was stopped");
+                .fail_lane(&self.key, self.tier, "the write task was stopped");
         }
     }
 }
