@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tierkit_core::{
-    Backend, BackendError, CacheKey, Clock, Offload, OffloadTask, Op, SharedBackend, Timestamp,
-    TokioOffload,
+    Backend, BackendError, CacheKey, CacheValue, Clock, Offload, OffloadTask, Op, SharedBackend,
+    Timestamp, TokioOffload,
 };
 use tierkit_policy::{AnyWritePolicy, PolicyContext, TierName, WritePolicy};
 use tokio::sync::oneshot;
@@ -582,11 +582,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
         // error is returned once that is done.
         let (writes, encode_error) = self.shared.remote_writes(key, &value, meta, &options);
         let published = Published::fresh(value, meta, Source::Set);
+        // Skipping L1 removes the older value L1 may hold, as skipping a remote tier does there.
         let local = (!options.skip_l1_write).then(|| {
-            Some(
-                self.shared
-                    .local_entry(Some(Arc::clone(&published.value)), meta, &options),
-            )
+            self.shared
+                .local_entry(Some(Arc::clone(&published.value)), meta, &options)
         });
         let waits = self.write(key, local, writes, Some(published));
         if let Some(error) = encode_error {
@@ -608,18 +607,18 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let key = key.as_ref();
         let removals =
             std::array::from_fn(|tier| self.shared.remote[tier].as_ref().map(|_| Effect::Remove));
-        let waits = self.write(key, Some(None), removals, None);
+        let waits = self.write(key, None, removals, None);
         self.await_writes(waits).await
     }
 
     /// The synchronous part of a `set` or `remove`, in one critical section of the key:
-    /// supersedes the running flight, applies `local` to L1 (`Some(Some(entry))` stores,
-    /// `Some(None)` removes, `None` leaves L1 alone), and queues `writes` on the remote lanes.
-    /// Returns what to wait on for the remote writes.
+    /// supersedes the running flight, applies `local` to L1 (`Some(entry)` stores, `None`
+    /// removes), and queues `writes` on the remote lanes. Returns what to wait on for the
+    /// remote writes.
     fn write(
         &self,
         key: &CacheKey,
-        local: Option<Option<LocalEntry<V>>>,
+        local: Option<LocalEntry<V>>,
         writes: [Option<Effect>; 2],
         value: Option<Published<V>>,
     ) -> [Option<oneshot::Receiver<Result<(), BackendError>>>; 2] {
@@ -630,9 +629,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
             let state = locked.state();
             let superseded = state.flight.take();
             match local {
-                Some(Some(entry)) => self.shared.l1.insert(key, entry),
-                Some(None) => self.shared.l1.remove(key),
-                None => {}
+                Some(entry) => self.shared.l1.insert(key, entry),
+                None => self.shared.l1.remove(key),
             }
             for (tier, write) in writes.into_iter().enumerate() {
                 if let Some(effect) = write {
@@ -1076,6 +1074,21 @@ impl<V: Send + Sync + 'static> Shared<V> {
         self.l1.insert(key, entry);
     }
 
+    /// Removes the key's L1 entry unless it is newer than a value written at `created_at`
+    /// (a write that skips L1 leaves no older value there). Call under the key's table lock.
+    pub(crate) fn remove_local_if_older(&self, key: &CacheKey, created_at: Timestamp) {
+        if !self.l1.may_contain(key) {
+            return;
+        }
+        let newer = self
+            .l1
+            .get(key, self.clock.now())
+            .is_some_and(|current| current.meta().created_at() > created_at);
+        if !newer {
+            self.l1.remove(key);
+        }
+    }
+
     /// The timestamps of a write at `now` fresh for `ttl`: it expires (in every tier) once
     /// its reserve after freshness is over (fail-safe's horizon, or the stale-while-revalidate
     /// window, and at least the L1 jitter's room).
@@ -1184,33 +1197,42 @@ impl<V: Send + Sync + 'static> Shared<V> {
         LocalEntry::with_state(current.into_value(), meta, state)
     }
 
-    /// Tombstones for the remote tiers the options write.
+    /// Which remote tiers a write stores in (`Some(true)`) and which it skips (`Some(false)`):
+    /// a skipped tier gets a removal instead, so that no older value of the key outlives the
+    /// newer one there (an L1 eviction would otherwise let a read find it).
+    fn remote_targets(&self, options: &Resolved) -> [Option<bool>; 2] {
+        [
+            self.remote[0].as_ref().map(|_| !options.skip_l2_write),
+            self.remote[1].as_ref().map(|_| !options.skip_l3_write),
+        ]
+    }
+
+    /// Tombstones for the remote tiers the options write, removals for those they skip.
     pub(crate) fn remote_absent_writes(
         &self,
         key: &CacheKey,
         meta: EntryMeta,
         options: &Resolved,
     ) -> [Option<Effect>; 2] {
-        let wanted = [
-            self.remote[0].is_some() && !options.skip_l2_write,
-            self.remote[1].is_some() && !options.skip_l3_write,
-        ];
-        if wanted == [false, false] {
-            return [None, None];
+        let targets = self.remote_targets(options);
+        let removals = targets.map(|target| target.map(|_| Effect::Remove));
+        if !targets.contains(&Some(true)) {
+            return removals;
         }
         match encode_absent_frame(key) {
             Ok(frame) => {
                 let stored = flight::stored_value(frame, meta);
-                wanted.map(|wanted| wanted.then(|| Effect::Store(stored.clone())))
+                store_or_remove(targets, &stored)
             }
-            Err(_) => wanted.map(|wanted| wanted.then_some(Effect::Remove)),
+            Err(_) => removals,
         }
     }
 
-    /// The remote writes of a value: encoded once, the same bytes for every tier. A value that
-    /// cannot be encoded, or is larger than `max_payload` once encoded, is kept in L1 only
-    /// (counted), and the remote tiers get a removal instead, so that no older value of the
-    /// key outlives this newer one there. The encode error is returned alongside, for `set`.
+    /// The remote writes of a value: encoded once, the same bytes for every tier it is stored
+    /// in, and a removal for every tier the options skip. A value that cannot be encoded, or is
+    /// larger than `max_payload` once encoded, is kept in L1 only (counted), and the remote
+    /// tiers get a removal instead. Either way no older value of the key outlives this newer
+    /// one in any tier. The encode error is returned alongside, for `set`.
     pub(crate) fn remote_writes(
         &self,
         key: &CacheKey,
@@ -1218,14 +1240,11 @@ impl<V: Send + Sync + 'static> Shared<V> {
         meta: EntryMeta,
         options: &Resolved,
     ) -> ([Option<Effect>; 2], Option<CacheError>) {
-        let wanted = [
-            self.remote[0].is_some() && !options.skip_l2_write,
-            self.remote[1].is_some() && !options.skip_l3_write,
-        ];
-        if wanted == [false, false] {
-            return ([None, None], None);
+        let targets = self.remote_targets(options);
+        let removals = targets.map(|target| target.map(|_| Effect::Remove));
+        if !targets.contains(&Some(true)) {
+            return (removals, None);
         }
-        let removals = wanted.map(|wanted| wanted.then_some(Effect::Remove));
         let frame = match encode_frame(key, &*self.codec, &self.compression, value) {
             Ok(frame) => frame,
             Err(error) => {
@@ -1245,10 +1264,7 @@ impl<V: Send + Sync + 'static> Shared<V> {
             return (removals, None);
         }
         let stored = flight::stored_value(frame, meta);
-        (
-            wanted.map(|wanted| wanted.then(|| Effect::Store(stored.clone()))),
-            None,
-        )
+        (store_or_remove(targets, &stored), None)
     }
 
     /// Starts the runner of the write lane of `key` on remote tier `tier`.
@@ -1343,6 +1359,20 @@ impl<V: Send + Sync + 'static> Shared<V> {
             }
         }
     }
+}
+
+/// The writes of `stored` for [`Shared::remote_targets`]: a store in the tiers it is stored in,
+/// a removal in those it skips.
+fn store_or_remove(targets: [Option<bool>; 2], stored: &CacheValue) -> [Option<Effect>; 2] {
+    targets.map(|target| {
+        target.map(|store| {
+            if store {
+                Effect::Store(stored.clone())
+            } else {
+                Effect::Remove
+            }
+        })
+    })
 }
 
 /// Frees a lane whose runner did not finish: dropped before it ran (refused by the offload,

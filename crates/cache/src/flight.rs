@@ -870,21 +870,37 @@ async fn finish<V: Send + Sync + 'static>(
 ) {
     let options = &flight.options;
     // `back_off`: `local` is a refresh back-off of the entry the refresh started from.
+    // `l1_skipped`: the `created_at` of a result stored in every tier but L1, whose older
+    // value is removed from L1 instead.
+    let mut l1_skipped = None;
     let (local, writes, result, back_off) = match ending {
         Ending::Found {
             published,
             store_local,
             writes,
         } => {
-            let local = (store_local && !options.skip_l1_write).then(|| {
-                shared.local_entry(Some(Arc::clone(&published.value)), published.meta, options)
-            });
+            let local = if !store_local {
+                None
+            } else if options.skip_l1_write {
+                l1_skipped = Some(published.meta.created_at());
+                None
+            } else {
+                Some(shared.local_entry(
+                    Some(Arc::clone(&published.value)),
+                    published.meta,
+                    options,
+                ))
+            };
             (local, writes, Ok(Some(published)), false)
         }
         Ending::Absent { tombstone, writes } => {
-            let local = tombstone
-                .filter(|_| !options.skip_l1_write)
-                .map(|meta| shared.local_entry(None, meta, options));
+            let local = match tombstone {
+                Some(meta) if options.skip_l1_write => {
+                    l1_skipped = Some(meta.created_at());
+                    None
+                }
+                tombstone => tombstone.map(|meta| shared.local_entry(None, meta, options)),
+            };
             (local, writes, Ok(None), false)
         }
         Ending::NotFound => (
@@ -941,7 +957,8 @@ async fn finish<V: Send + Sync + 'static>(
     // A refresh's back-off applies to the very entry it refreshed (`backed_off` checked its
     // `created_at`), whether or not the flight is still registered (a refresh without a loader
     // unregisters itself before it ends).
-    let has_result = local.is_some() && !back_off || writes.iter().any(Option::is_some);
+    let has_result =
+        local.is_some() && !back_off || l1_skipped.is_some() || writes.iter().any(Option::is_some);
     let stored = {
         let mut locked = shared.table.lock(key);
         let state = locked.state();
@@ -952,6 +969,9 @@ async fn finish<V: Send + Sync + 'static>(
             shared.insert_local_if_newer(key, local);
         }
         if current {
+            if let Some(created_at) = l1_skipped {
+                shared.remove_local_if_older(key, created_at);
+            }
             let await_writes = options.write_mode == WriteMode::AwaitBeforeReturn;
             for (tier, write) in writes.into_iter().enumerate() {
                 if let Some(effect) = write {

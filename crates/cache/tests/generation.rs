@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use support::{
     Answer, Calls, Gate, Stack, TokenProbe, assert_stored_in_no_tier, cancel_when_unobserved,
-    instant, key, settle, skip_every_read, spawn_remove, spawn_set, write_l1_only,
-    write_remote_only,
+    instant, key, settle, skip_every_read, spawn_remove, spawn_set, write_remote_only,
 };
 use tierkit_cache::codec::Postcard;
 use tierkit_cache::frame::decode_frame;
@@ -251,10 +250,8 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
     // L2 and L3: "old" at t0. L1: "new" at t0 + 1 s.
     cache.set("k", "old".to_owned()).await.unwrap();
     stack.clock.advance(Duration::from_secs(1));
-    cache
-        .set_with("k", "new".to_owned(), &write_l1_only())
-        .await
-        .unwrap();
+    let l1_writer = stack.builder_over(true, false, false).build();
+    l1_writer.set("k", "new".to_owned()).await.unwrap();
     let newer = stack.l1.peek(&key("k")).unwrap().meta();
     let inserts = stack.l1.inserts();
 
@@ -277,10 +274,8 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
 
     // Control: L2 and L3 get a newer entry than L1's; the refill replaces L1's.
     stack.clock.advance(Duration::from_secs(1));
-    cache
-        .set_with("k", "newest".to_owned(), &write_remote_only())
-        .await
-        .unwrap();
+    let remote_writer = stack.builder_over(false, true, true).build();
+    remote_writer.set("k", "newest".to_owned()).await.unwrap();
     assert_eq!(stack.l1_value("k").as_deref(), Some("new"));
     let hit = read_past_l1().await;
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "newest"));
