@@ -512,8 +512,10 @@ enum Ending<V> {
         tombstone: Option<EntryMeta>,
         writes: [Option<Effect>; 2],
     },
-    /// No tier has the key and no loader was handed to the flight.
-    NotFound,
+    /// No tier has the key (a refresh: no newer entry) and no loader was handed to the flight.
+    /// `current`, for a refresh: the value it refreshes, which a tier still holds fresh (what
+    /// the callers that joined the refresh get).
+    NotFound { current: Option<Published<V>> },
     /// Shared with every waiter (or hidden by fail-safe when it has a `cause`); nothing is
     /// stored.
     Failed {
@@ -618,6 +620,8 @@ async fn work<V: Send + Sync + 'static>(
     flight: &Arc<Flight<V>>,
 ) -> Ending<V> {
     let options = &flight.options;
+    // For a refresh: the first tier that holds the very entry it refreshes, still fresh.
+    let mut unchanged = None;
     for tier in 0..2 {
         let skip = if tier == 0 {
             options.skip_l2_read
@@ -683,11 +687,14 @@ async fn work<V: Send + Sync + 'static>(
             continue;
         };
         // A refresh adopts only an entry newer than the one it refreshes (another node's
-        // write); the same entry again means the loader must run.
-        if flight
-            .refreshing
-            .is_some_and(|baseline| stored.created_at() <= baseline)
+        // write); the same entry again means the loader must run, and, without a loader, is
+        // what the callers that joined the refresh get.
+        if let Some(baseline) = flight.refreshing
+            && stored.created_at() <= baseline
         {
+            if stored.created_at() == baseline && stored.is_fresh(now) {
+                unchanged = unchanged.or(Some(remote.source));
+            }
             continue;
         }
         let fresh = stored.is_fresh(now);
@@ -750,14 +757,16 @@ async fn work<V: Send + Sync + 'static>(
             }
         }
     }
-    load(shared, key, flight).await
+    load(shared, key, flight, unchanged).await
 }
 
 /// Runs the loader handed to the flight, if any, and turns its answer into an ending.
+/// `unchanged`, for a refresh: the tier that holds the entry it refreshes, still fresh.
 async fn load<V: Send + Sync + 'static>(
     shared: &Shared<V>,
     key: &CacheKey,
     flight: &Arc<Flight<V>>,
+    unchanged: Option<Source>,
 ) -> Ending<V> {
     // Decide under the table lock: a caller that joins later hands its loader to a flight
     // still registered, and a flight without a loader unregisters in the same critical
@@ -774,6 +783,17 @@ async fn load<V: Send + Sync + 'static>(
     };
     let options = &flight.options;
     let Some(loader) = loader else {
+        // A refresh without a loader that found its own entry still fresh in a tier: that
+        // entry, the flight's first candidate (the L1 entry it started from).
+        if let (Some(source), Some(baseline)) = (unchanged, flight.refreshing)
+            && let Some(current) = flight
+                .candidate()
+                .filter(|candidate| candidate.meta.created_at() == baseline)
+        {
+            return Ending::NotFound {
+                current: Some(Published::fresh(current.value, current.meta, source)),
+            };
+        }
         // A read without a loader: a stale value if the read allows it, else nothing.
         return match flight.candidate().filter(|_| options.allow_stale) {
             Some(stale) => Ending::Found {
@@ -781,7 +801,7 @@ async fn load<V: Send + Sync + 'static>(
                 store_local: false,
                 writes: [None, None],
             },
-            None => Ending::NotFound,
+            None => Ending::NotFound { current: None },
         };
     };
     shared.stats.record_loader_call();
@@ -903,10 +923,10 @@ async fn finish<V: Send + Sync + 'static>(
             };
             (local, writes, Ok(None), false)
         }
-        Ending::NotFound => (
+        Ending::NotFound { current } => (
             backed_off(shared, key, flight),
             [None, None],
-            Ok(None),
+            Ok(current),
             true,
         ),
         Ending::Failed { error, .. } if flight.refreshing.is_some() => {
