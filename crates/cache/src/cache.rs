@@ -737,7 +737,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let flight = {
             let mut locked = self.shared.table.lock(key);
             let state = locked.state();
-            if let Some(slot) = &state.flight {
+            if let Some(slot) = state.joinable() {
                 // A refresh started by a read without a loader can still use this one.
                 if slot.flight.lacks_loader() {
                     slot.flight.offer_loader(loader());
@@ -757,10 +757,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 meta: current.meta,
                 source: Source::L1,
             }));
-            state.flight = Some(FlightSlot {
-                flight: Arc::clone(&flight),
-                waiters: 0,
-            });
+            state.flight = Some(FlightSlot::new(Arc::clone(&flight), 0));
             flight
         };
         self.shared.stats.record_refresh_started();
@@ -862,7 +859,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 }
             }
             let state = locked.state();
-            match state.flight.as_mut() {
+            match state.joinable() {
                 Some(slot) => {
                     slot.waiters += 1;
                     slot.flight.offer_loader(loader);
@@ -873,10 +870,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     let id = self.shared.next_flight.fetch_add(1, Ordering::Relaxed);
                     let flight = Arc::new(Flight::new(id, options, loader));
                     flight.offer_candidate(own.clone());
-                    state.flight = Some(FlightSlot {
-                        flight: Arc::clone(&flight),
-                        waiters: 1,
-                    });
+                    state.flight = Some(FlightSlot::new(Arc::clone(&flight), 1));
                     (flight, false)
                 }
             }

@@ -769,15 +769,16 @@ async fn load<V: Send + Sync + 'static>(
     unchanged: Option<Source>,
 ) -> Ending<V> {
     // Decide under the table lock: a caller that joins later hands its loader to a flight
-    // still registered, and a flight without a loader unregisters in the same critical
-    // section, so no caller with a loader can join a flight that already gave up.
+    // still open, and a flight without a loader closes in the same critical section, so no
+    // caller with a loader can join a flight that already gave up. A closed flight stays
+    // registered until it finishes: a `set` or `remove` still supersedes it.
     let loader = {
         let mut locked = shared.table.lock(key);
         let loader = flight.take_loader();
         if loader.is_none()
-            && let Some(state) = locked.existing()
+            && let Some(slot) = locked.existing().and_then(|state| state.slot_of(flight))
         {
-            state.remove_flight(flight);
+            slot.open = false;
         }
         loader
     };
@@ -974,21 +975,20 @@ async fn finish<V: Send + Sync + 'static>(
     };
     let mut waits = Vec::new();
     let mut start = [false, false];
-    // A refresh's back-off applies to the very entry it refreshed (`backed_off` checked its
-    // `created_at`), whether or not the flight is still registered (a refresh without a loader
-    // unregisters itself before it ends).
+    // Whatever the ending, L1 and the remote tiers are written only while the flight is still
+    // the key's flight: a `set` or `remove` since (or a flight that took a closed one's place)
+    // supersedes it, a refresh's back-off included (`backed_off` read L1 before the lock; a
+    // write in between unregistered the flight).
     let has_result =
         local.is_some() && !back_off || l1_skipped.is_some() || writes.iter().any(Option::is_some);
     let stored = {
         let mut locked = shared.table.lock(key);
         let state = locked.state();
         let current = state.remove_flight(flight).is_some();
-        if (current || back_off)
-            && let Some(local) = local
-        {
-            shared.insert_local_if_newer(key, local);
-        }
         if current {
+            if let Some(local) = local {
+                shared.insert_local_if_newer(key, local);
+            }
             if let Some(created_at) = l1_skipped {
                 shared.remove_local_if_older(key, created_at);
             }
