@@ -1268,7 +1268,6 @@ impl<V: Send + Sync + 'static> Shared<V> {
     /// offload that discards it, a runtime shut down with it still queued), drops the guard,
     /// which releases the lane and fails the writes waiting on it.
     pub(crate) fn start_lane(self: &Arc<Self>, key: CacheKey, tier: usize) {
-        let rejected_key = key.clone();
         let guard = LaneGuard {
             shared: Arc::clone(self),
             key,
@@ -1284,8 +1283,7 @@ impl<V: Send + Sync + 'static> Shared<V> {
         if let Err(rejected) = self.offload.spawn(task) {
             self.stats.record_write_rejected(tier);
             tracing::warn!(cache = %self.label, reason = %rejected.reason, "a remote write was refused by the offload");
-            self.fail_lane(&rejected_key, tier, &rejected.reason.to_string());
-            // The lane is failed already: the refused task's guard finds nothing left to free.
+            // Its guard frees the lane, which is still this runner's alone.
             drop(rejected.task);
         }
     }
@@ -1382,8 +1380,11 @@ struct LaneGuard<V: Send + Sync + 'static> {
 impl<V: Send + Sync + 'static> Drop for LaneGuard<V> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared
-                .fail_lane(&self.key, self.tier, "the write task was stopped");
+            self.shared.fail_lane(
+                &self.key,
+                self.tier,
+                "its task was dropped before it finished",
+            );
         }
     }
 }
