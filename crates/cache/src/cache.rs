@@ -560,7 +560,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 
     /// [`set`](Cache::set) with per-call options (`ttl`, the `skip_*_write` flags,
-    /// `max_payload`).
+    /// `max_payload`). A tier the value skips loses the key instead: no older value of it stays
+    /// there for a read to find (after an L1 eviction, for instance).
     ///
     /// # Errors
     ///
@@ -595,7 +596,9 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 
     /// Removes `key` from every tier. A flight running for the key is superseded: its callers
-    /// still get its result, but it is not stored.
+    /// still get its result, but it is not stored. Once this returns, nothing that started
+    /// before it (a flight, a background refresh and its back-off, a write-back) puts a value
+    /// of the key back in any tier.
     ///
     /// # Errors
     ///
@@ -659,7 +662,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.shared.table.flights()
     }
 
-    /// Keys with a flight or a remote write in progress. Zero once everything finished.
+    /// Keys with a flight or a remote write in progress. Zero once everything finished, also
+    /// when tasks were dropped: a flight or a remote write whose task is dropped, even before
+    /// its first poll (an offload that discards it, a runtime shut down with it queued), leaves
+    /// nothing of its key behind.
     pub fn keys_in_progress(&self) -> usize {
         self.shared.table.len()
     }
@@ -1068,17 +1074,17 @@ impl<V: Send + Sync + 'static> Shared<V> {
         self.l1.insert(key, entry);
     }
 
-    /// Removes the key's L1 entry unless it is newer than a value written at `created_at`
-    /// (a write that skips L1 leaves no older value there). Call under the key's table lock.
+    /// Removes the key's L1 entry if it is older than a value written at `created_at` (a
+    /// write that skips L1 leaves no older value there). Call under the key's table lock.
     pub(crate) fn remove_local_if_older(&self, key: &CacheKey, created_at: Timestamp) {
         if !self.l1.may_contain(key) {
             return;
         }
-        let newer = self
+        let as_new = self
             .l1
             .get(key, self.clock.now())
-            .is_some_and(|current| current.meta().created_at() > created_at);
-        if !newer {
+            .is_some_and(|current| current.meta().created_at() >= created_at);
+        if !as_new {
             self.l1.remove(key);
         }
     }
