@@ -642,3 +642,28 @@ async fn an_absent_answer_that_skips_a_tier_removes_the_older_value_from_it() {
         );
     }
 }
+
+/// A read that skips L1 (reads and writes) and finds in L2 the very entry L1 holds leaves
+/// L1's entry: it is not older than what the read found.
+#[tokio::test(start_paused = true)]
+async fn a_read_skipping_l1_keeps_an_l1_entry_as_new_as_what_it_found() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    cache.set("k", "v1".to_owned()).await.unwrap();
+    settle().await;
+    let calls = Calls::default();
+    let options = FetchOptions::new().skip_l1_read(true).skip_l1_write(true);
+    let hit = cache
+        .get_or_fetch_with("k", &options, instant(&calls, "loaded"))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L2, "v1"));
+    assert_eq!(stack.l1_value("k").as_deref(), Some("v1"));
+    assert_eq!(
+        (
+            stack.l1.removes.load(std::sync::atomic::Ordering::SeqCst),
+            calls.get()
+        ),
+        (0, 0)
+    );
+}
