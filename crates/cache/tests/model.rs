@@ -775,7 +775,8 @@ proptest! {
     /// `get` and `set` with failing and slow loaders, callers that give up, and remote reads
     /// and writes that fail or are slow: no value older than an acknowledged `set` is returned
     /// after it (a superseded flight never stores over it), loader calls never exceed flights,
-    /// and the table ends empty.
+    /// and the table ends empty, also after calls dropped at their first poll, on the case's
+    /// runtime or on one shut down with their flight or remote writes still queued.
     #[test]
     fn b63_model_sets_and_fetches_never_undo_an_acknowledged_set(
         scenario in scenario(ALL_WRITE_FAULTS, false)
