@@ -47,6 +47,10 @@ impl<V: Send + Sync + 'static> MapLocal<V> {
         self.inserts.load(Ordering::SeqCst)
     }
 
+    pub fn removes(&self) -> usize {
+        self.removes.load(Ordering::SeqCst)
+    }
+
     pub fn len(&self) -> usize {
         self.map.lock().unwrap().len()
     }
