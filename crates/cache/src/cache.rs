@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tierkit_core::{
-    Backend, BackendError, CacheKey, Clock, Offload, OffloadTask, Op, SharedBackend, Timestamp,
-    TokioOffload,
+    Backend, BackendError, CacheKey, CacheValue, Clock, Offload, OffloadTask, Op, SharedBackend,
+    Timestamp, TokioOffload,
 };
 use tierkit_policy::{AnyWritePolicy, PolicyContext, TierName, WritePolicy};
 use tokio::sync::oneshot;
@@ -560,7 +560,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 
     /// [`set`](Cache::set) with per-call options (`ttl`, the `skip_*_write` flags,
-    /// `max_payload`).
+    /// `max_payload`). A tier the value skips loses the key instead: no older value of it stays
+    /// there for a read to find (after an L1 eviction, for instance).
     ///
     /// # Errors
     ///
@@ -582,11 +583,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
         // error is returned once that is done.
         let (writes, encode_error) = self.shared.remote_writes(key, &value, meta, &options);
         let published = Published::fresh(value, meta, Source::Set);
+        // Skipping L1 removes the older value L1 may hold, as skipping a remote tier does there.
         let local = (!options.skip_l1_write).then(|| {
-            Some(
-                self.shared
-                    .local_entry(Some(Arc::clone(&published.value)), meta, &options),
-            )
+            self.shared
+                .local_entry(Some(Arc::clone(&published.value)), meta, &options)
         });
         let waits = self.write(key, local, writes, Some(published));
         if let Some(error) = encode_error {
@@ -596,7 +596,9 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 
     /// Removes `key` from every tier. A flight running for the key is superseded: its callers
-    /// still get its result, but it is not stored.
+    /// still get its result, but it is not stored. Once this returns, nothing that started
+    /// before it (a flight, a background refresh and its back-off, a write-back) puts a value
+    /// of the key back in any tier.
     ///
     /// # Errors
     ///
@@ -608,18 +610,18 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let key = key.as_ref();
         let removals =
             std::array::from_fn(|tier| self.shared.remote[tier].as_ref().map(|_| Effect::Remove));
-        let waits = self.write(key, Some(None), removals, None);
+        let waits = self.write(key, None, removals, None);
         self.await_writes(waits).await
     }
 
     /// The synchronous part of a `set` or `remove`, in one critical section of the key:
-    /// supersedes the running flight, applies `local` to L1 (`Some(Some(entry))` stores,
-    /// `Some(None)` removes, `None` leaves L1 alone), and queues `writes` on the remote lanes.
-    /// Returns what to wait on for the remote writes.
+    /// supersedes the running flight, applies `local` to L1 (`Some(entry)` stores, `None`
+    /// removes), and queues `writes` on the remote lanes. Returns what to wait on for the
+    /// remote writes.
     fn write(
         &self,
         key: &CacheKey,
-        local: Option<Option<LocalEntry<V>>>,
+        local: Option<LocalEntry<V>>,
         writes: [Option<Effect>; 2],
         value: Option<Published<V>>,
     ) -> [Option<oneshot::Receiver<Result<(), BackendError>>>; 2] {
@@ -630,9 +632,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
             let state = locked.state();
             let superseded = state.flight.take();
             match local {
-                Some(Some(entry)) => self.shared.l1.insert(key, entry),
-                Some(None) => self.shared.l1.remove(key),
-                None => {}
+                Some(entry) => self.shared.l1.insert(key, entry),
+                None => self.shared.l1.remove(key),
             }
             for (tier, write) in writes.into_iter().enumerate() {
                 if let Some(effect) = write {
@@ -661,7 +662,10 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.shared.table.flights()
     }
 
-    /// Keys with a flight or a remote write in progress. Zero once everything finished.
+    /// Keys with a flight or a remote write in progress. Zero once everything finished, also
+    /// when tasks were dropped: a flight or a remote write whose task is dropped, even before
+    /// its first poll (an offload that discards it, a runtime shut down with it queued), leaves
+    /// nothing of its key behind.
     pub fn keys_in_progress(&self) -> usize {
         self.shared.table.len()
     }
@@ -739,7 +743,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
         let flight = {
             let mut locked = self.shared.table.lock(key);
             let state = locked.state();
-            if let Some(slot) = &state.flight {
+            if let Some(slot) = state.joinable() {
                 // A refresh started by a read without a loader can still use this one.
                 if slot.flight.lacks_loader() {
                     slot.flight.offer_loader(loader());
@@ -759,10 +763,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 meta: current.meta,
                 source: Source::L1,
             }));
-            state.flight = Some(FlightSlot {
-                flight: Arc::clone(&flight),
-                waiters: 0,
-            });
+            state.flight = Some(FlightSlot::new(Arc::clone(&flight), 0));
             flight
         };
         self.shared.stats.record_refresh_started();
@@ -864,7 +865,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                 }
             }
             let state = locked.state();
-            match state.flight.as_mut() {
+            match state.joinable() {
                 Some(slot) => {
                     slot.waiters += 1;
                     slot.flight.offer_loader(loader);
@@ -875,10 +876,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     let id = self.shared.next_flight.fetch_add(1, Ordering::Relaxed);
                     let flight = Arc::new(Flight::new(id, options, loader));
                     flight.offer_candidate(own.clone());
-                    state.flight = Some(FlightSlot {
-                        flight: Arc::clone(&flight),
-                        waiters: 1,
-                    });
+                    state.flight = Some(FlightSlot::new(Arc::clone(&flight), 1));
                     (flight, false)
                 }
             }
@@ -1076,6 +1074,21 @@ impl<V: Send + Sync + 'static> Shared<V> {
         self.l1.insert(key, entry);
     }
 
+    /// Removes the key's L1 entry if it is older than a value written at `created_at` (a
+    /// write that skips L1 leaves no older value there). Call under the key's table lock.
+    pub(crate) fn remove_local_if_older(&self, key: &CacheKey, created_at: Timestamp) {
+        if !self.l1.may_contain(key) {
+            return;
+        }
+        let as_new = self
+            .l1
+            .get(key, self.clock.now())
+            .is_some_and(|current| current.meta().created_at() >= created_at);
+        if !as_new {
+            self.l1.remove(key);
+        }
+    }
+
     /// The timestamps of a write at `now` fresh for `ttl`: it expires (in every tier) once
     /// its reserve after freshness is over (fail-safe's horizon, or the stale-while-revalidate
     /// window, and at least the L1 jitter's room).
@@ -1184,33 +1197,42 @@ impl<V: Send + Sync + 'static> Shared<V> {
         LocalEntry::with_state(current.into_value(), meta, state)
     }
 
-    /// Tombstones for the remote tiers the options write.
+    /// Which remote tiers a write stores in (`Some(true)`) and which it skips (`Some(false)`):
+    /// a skipped tier gets a removal instead, so that no older value of the key outlives the
+    /// newer one there (an L1 eviction would otherwise let a read find it).
+    fn remote_targets(&self, options: &Resolved) -> [Option<bool>; 2] {
+        [
+            self.remote[0].as_ref().map(|_| !options.skip_l2_write),
+            self.remote[1].as_ref().map(|_| !options.skip_l3_write),
+        ]
+    }
+
+    /// Tombstones for the remote tiers the options write, removals for those they skip.
     pub(crate) fn remote_absent_writes(
         &self,
         key: &CacheKey,
         meta: EntryMeta,
         options: &Resolved,
     ) -> [Option<Effect>; 2] {
-        let wanted = [
-            self.remote[0].is_some() && !options.skip_l2_write,
-            self.remote[1].is_some() && !options.skip_l3_write,
-        ];
-        if wanted == [false, false] {
-            return [None, None];
+        let targets = self.remote_targets(options);
+        let removals = targets.map(|target| target.map(|_| Effect::Remove));
+        if !targets.contains(&Some(true)) {
+            return removals;
         }
         match encode_absent_frame(key) {
             Ok(frame) => {
                 let stored = flight::stored_value(frame, meta);
-                wanted.map(|wanted| wanted.then(|| Effect::Store(stored.clone())))
+                store_or_remove(targets, &stored)
             }
-            Err(_) => wanted.map(|wanted| wanted.then_some(Effect::Remove)),
+            Err(_) => removals,
         }
     }
 
-    /// The remote writes of a value: encoded once, the same bytes for every tier. A value that
-    /// cannot be encoded, or is larger than `max_payload` once encoded, is kept in L1 only
-    /// (counted), and the remote tiers get a removal instead, so that no older value of the
-    /// key outlives this newer one there. The encode error is returned alongside, for `set`.
+    /// The remote writes of a value: encoded once, the same bytes for every tier it is stored
+    /// in, and a removal for every tier the options skip. A value that cannot be encoded, or is
+    /// larger than `max_payload` once encoded, is kept in L1 only (counted), and the remote
+    /// tiers get a removal instead. Either way no older value of the key outlives this newer
+    /// one in any tier. The encode error is returned alongside, for `set`.
     pub(crate) fn remote_writes(
         &self,
         key: &CacheKey,
@@ -1218,14 +1240,11 @@ impl<V: Send + Sync + 'static> Shared<V> {
         meta: EntryMeta,
         options: &Resolved,
     ) -> ([Option<Effect>; 2], Option<CacheError>) {
-        let wanted = [
-            self.remote[0].is_some() && !options.skip_l2_write,
-            self.remote[1].is_some() && !options.skip_l3_write,
-        ];
-        if wanted == [false, false] {
-            return ([None, None], None);
+        let targets = self.remote_targets(options);
+        let removals = targets.map(|target| target.map(|_| Effect::Remove));
+        if !targets.contains(&Some(true)) {
+            return (removals, None);
         }
-        let removals = wanted.map(|wanted| wanted.then_some(Effect::Remove));
         let frame = match encode_frame(key, &*self.codec, &self.compression, value) {
             Ok(frame) => frame,
             Err(error) => {
@@ -1245,25 +1264,33 @@ impl<V: Send + Sync + 'static> Shared<V> {
             return (removals, None);
         }
         let stored = flight::stored_value(frame, meta);
-        (
-            wanted.map(|wanted| wanted.then(|| Effect::Store(stored.clone()))),
-            None,
-        )
+        (store_or_remove(targets, &stored), None)
     }
 
     /// Starts the runner of the write lane of `key` on remote tier `tier`.
+    ///
+    /// The guard that frees the lane if the runner never finishes is built here, before the
+    /// task exists, and moved into it: dropping the task, even before its first poll (an
+    /// offload that discards it, a runtime shut down with it still queued), drops the guard,
+    /// which releases the lane and fails the writes waiting on it.
     pub(crate) fn start_lane(self: &Arc<Self>, key: CacheKey, tier: usize) {
-        let shared = Arc::clone(self);
-        let lane_key = key.clone();
+        let guard = LaneGuard {
+            shared: Arc::clone(self),
+            key,
+            tier,
+            armed: true,
+        };
         let task = OffloadTask::new("tierkit.cache.write", async move {
-            shared.run_lane(lane_key, tier).await;
+            let mut guard = guard;
+            guard.shared.run_lane(&guard.key, guard.tier).await;
+            guard.armed = false;
             Ok(())
         });
         if let Err(rejected) = self.offload.spawn(task) {
-            drop(rejected.task);
             self.stats.record_write_rejected(tier);
             tracing::warn!(cache = %self.label, reason = %rejected.reason, "a remote write was refused by the offload");
-            self.fail_lane(&key, tier, &rejected.reason.to_string());
+            // Its guard frees the lane, which is still this runner's alone.
+            drop(rejected.task);
         }
     }
 
@@ -1287,21 +1314,16 @@ impl<V: Send + Sync + 'static> Shared<V> {
         }
     }
 
-    /// Applies the writes of one key's lane, one at a time, until none is waiting.
-    async fn run_lane(&self, key: CacheKey, tier: usize) {
+    /// Applies the writes of one key's lane, one at a time, until none is waiting. Its caller's
+    /// [`LaneGuard`] frees the lane if this never returns.
+    async fn run_lane(&self, key: &CacheKey, tier: usize) {
         let Some(remote) = self.remote[tier].as_ref() else {
-            self.fail_lane(&key, tier, "no such tier");
+            self.fail_lane(key, tier, "no such tier");
             return;
-        };
-        let mut guard = LaneGuard {
-            shared: self,
-            key: &key,
-            tier,
-            armed: true,
         };
         loop {
             let next = {
-                let mut locked = self.table.lock(&key);
+                let mut locked = self.table.lock(key);
                 let Some(state) = locked.existing() else {
                     break;
                 };
@@ -1318,8 +1340,8 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 }
             };
             let result = match next.effect {
-                Effect::Store(value) => remote.backend.set(&key, value).await,
-                Effect::Remove => remote.backend.delete(&key).await,
+                Effect::Store(value) => remote.backend.set(key, value).await,
+                Effect::Remove => remote.backend.delete(key).await,
             };
             if let Err(error) = &result {
                 self.stats.record_write_error(tier);
@@ -1334,23 +1356,41 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 let _ = notify.send(result.clone());
             }
         }
-        guard.armed = false;
     }
 }
 
-/// Frees a lane whose runner was dropped before it finished (runtime shut down).
-struct LaneGuard<'a, V: Send + Sync + 'static> {
-    shared: &'a Shared<V>,
-    key: &'a CacheKey,
+/// The writes of `stored` for [`Shared::remote_targets`]: a store in the tiers it is stored in,
+/// a removal in those it skips.
+fn store_or_remove(targets: [Option<bool>; 2], stored: &CacheValue) -> [Option<Effect>; 2] {
+    targets.map(|target| {
+        target.map(|store| {
+            if store {
+                Effect::Store(stored.clone())
+            } else {
+                Effect::Remove
+            }
+        })
+    })
+}
+
+/// Frees a lane whose runner did not finish: dropped before it ran (refused by the offload,
+/// discarded, its runtime shut down with it queued) or while it ran. The waiting writes fail,
+/// and the flights waiting for the lane to drain are woken.
+struct LaneGuard<V: Send + Sync + 'static> {
+    shared: Arc<Shared<V>>,
+    key: CacheKey,
     tier: usize,
     armed: bool,
 }
 
-impl<V: Send + Sync + 'static> Drop for LaneGuard<'_, V> {
+impl<V: Send + Sync + 'static> Drop for LaneGuard<V> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared
-                .fail_lane(self.key, self.tier, "the write task was stopped");
+            self.shared.fail_lane(
+                &self.key,
+                self.tier,
+                "its task was dropped before it finished",
+            );
         }
     }
 }

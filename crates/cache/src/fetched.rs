@@ -89,14 +89,16 @@ impl<V> Fetched<V> {
         self
     }
 
-    /// Keep this value out of L2 (for instance a value only this instance should cache).
+    /// Keep this value out of L2 (for instance a value only this instance should cache): the
+    /// key is deleted from L2 instead, so that no older value of it stays there.
     #[must_use]
     pub fn skip_l2_write(mut self) -> Self {
         self.skip_l2_write = true;
         self
     }
 
-    /// Keep this value out of L3 (for instance a value too large or too short-lived for it).
+    /// Keep this value out of L3 (for instance a value too large or too short-lived for it):
+    /// the key is deleted from L3 instead, so that no older value of it stays there.
     #[must_use]
     pub fn skip_l3_write(mut self) -> Self {
         self.skip_l3_write = true;

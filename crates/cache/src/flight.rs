@@ -512,8 +512,10 @@ enum Ending<V> {
         tombstone: Option<EntryMeta>,
         writes: [Option<Effect>; 2],
     },
-    /// No tier has the key and no loader was handed to the flight.
-    NotFound,
+    /// No tier has the key (a refresh: no newer entry) and no loader was handed to the flight.
+    /// `current`, for a refresh: the value it refreshes, which a tier still holds fresh (what
+    /// the callers that joined the refresh get).
+    NotFound { current: Option<Published<V>> },
     /// Shared with every waiter (or hidden by fail-safe when it has a `cause`); nothing is
     /// stored.
     Failed {
@@ -618,6 +620,8 @@ async fn work<V: Send + Sync + 'static>(
     flight: &Arc<Flight<V>>,
 ) -> Ending<V> {
     let options = &flight.options;
+    // For a refresh: the first tier that holds the very entry it refreshes, still fresh.
+    let mut unchanged = None;
     for tier in 0..2 {
         let skip = if tier == 0 {
             options.skip_l2_read
@@ -683,11 +687,14 @@ async fn work<V: Send + Sync + 'static>(
             continue;
         };
         // A refresh adopts only an entry newer than the one it refreshes (another node's
-        // write); the same entry again means the loader must run.
-        if flight
-            .refreshing
-            .is_some_and(|baseline| stored.created_at() <= baseline)
+        // write); the same entry again means the loader must run, and, without a loader, is
+        // what the callers that joined the refresh get.
+        if let Some(baseline) = flight.refreshing
+            && stored.created_at() <= baseline
         {
+            if stored.created_at() == baseline && stored.is_fresh(now) {
+                unchanged = unchanged.or(Some(remote.source));
+            }
             continue;
         }
         let fresh = stored.is_fresh(now);
@@ -750,30 +757,44 @@ async fn work<V: Send + Sync + 'static>(
             }
         }
     }
-    load(shared, key, flight).await
+    load(shared, key, flight, unchanged).await
 }
 
 /// Runs the loader handed to the flight, if any, and turns its answer into an ending.
+/// `unchanged`, for a refresh: the tier that holds the entry it refreshes, still fresh.
 async fn load<V: Send + Sync + 'static>(
     shared: &Shared<V>,
     key: &CacheKey,
     flight: &Arc<Flight<V>>,
+    unchanged: Option<Source>,
 ) -> Ending<V> {
     // Decide under the table lock: a caller that joins later hands its loader to a flight
-    // still registered, and a flight without a loader unregisters in the same critical
-    // section, so no caller with a loader can join a flight that already gave up.
+    // still open, and a flight without a loader closes in the same critical section, so no
+    // caller with a loader can join a flight that already gave up. A closed flight stays
+    // registered until it finishes: a `set` or `remove` still supersedes it.
     let loader = {
         let mut locked = shared.table.lock(key);
         let loader = flight.take_loader();
         if loader.is_none()
-            && let Some(state) = locked.existing()
+            && let Some(slot) = locked.existing().and_then(|state| state.slot_of(flight))
         {
-            state.remove_flight(flight);
+            slot.open = false;
         }
         loader
     };
     let options = &flight.options;
     let Some(loader) = loader else {
+        // A refresh without a loader that found its own entry still fresh in a tier: that
+        // entry, the flight's first candidate (the L1 entry it started from).
+        if let (Some(source), Some(baseline)) = (unchanged, flight.refreshing)
+            && let Some(current) = flight
+                .candidate()
+                .filter(|candidate| candidate.meta.created_at() == baseline)
+        {
+            return Ending::NotFound {
+                current: Some(Published::fresh(current.value, current.meta, source)),
+            };
+        }
         // A read without a loader: a stale value if the read allows it, else nothing.
         return match flight.candidate().filter(|_| options.allow_stale) {
             Some(stale) => Ending::Found {
@@ -781,7 +802,7 @@ async fn load<V: Send + Sync + 'static>(
                 store_local: false,
                 writes: [None, None],
             },
-            None => Ending::NotFound,
+            None => Ending::NotFound { current: None },
         };
     };
     shared.stats.record_loader_call();
@@ -870,27 +891,43 @@ async fn finish<V: Send + Sync + 'static>(
 ) {
     let options = &flight.options;
     // `back_off`: `local` is a refresh back-off of the entry the refresh started from.
+    // `l1_skipped`: the `created_at` of a result stored in every tier but L1, whose older
+    // value is removed from L1 instead.
+    let mut l1_skipped = None;
     let (local, writes, result, back_off) = match ending {
         Ending::Found {
             published,
             store_local,
             writes,
         } => {
-            let local = (store_local && !options.skip_l1_write).then(|| {
-                shared.local_entry(Some(Arc::clone(&published.value)), published.meta, options)
-            });
+            let local = if !store_local {
+                None
+            } else if options.skip_l1_write {
+                l1_skipped = Some(published.meta.created_at());
+                None
+            } else {
+                Some(shared.local_entry(
+                    Some(Arc::clone(&published.value)),
+                    published.meta,
+                    options,
+                ))
+            };
             (local, writes, Ok(Some(published)), false)
         }
         Ending::Absent { tombstone, writes } => {
-            let local = tombstone
-                .filter(|_| !options.skip_l1_write)
-                .map(|meta| shared.local_entry(None, meta, options));
+            let local = match tombstone {
+                Some(meta) if options.skip_l1_write => {
+                    l1_skipped = Some(meta.created_at());
+                    None
+                }
+                tombstone => tombstone.map(|meta| shared.local_entry(None, meta, options)),
+            };
             (local, writes, Ok(None), false)
         }
-        Ending::NotFound => (
+        Ending::NotFound { current } => (
             backed_off(shared, key, flight),
             [None, None],
-            Ok(None),
+            Ok(current),
             true,
         ),
         Ending::Failed { error, .. } if flight.refreshing.is_some() => {
@@ -938,20 +975,23 @@ async fn finish<V: Send + Sync + 'static>(
     };
     let mut waits = Vec::new();
     let mut start = [false, false];
-    // A refresh's back-off applies to the very entry it refreshed (`backed_off` checked its
-    // `created_at`), whether or not the flight is still registered (a refresh without a loader
-    // unregisters itself before it ends).
-    let has_result = local.is_some() && !back_off || writes.iter().any(Option::is_some);
+    // Whatever the ending, L1 and the remote tiers are written only while the flight is still
+    // the key's flight: a `set` or `remove` since (or a flight that took a closed one's place)
+    // supersedes it, a refresh's back-off included (`backed_off` read L1 before the lock; a
+    // write in between unregistered the flight).
+    let has_result =
+        local.is_some() && !back_off || l1_skipped.is_some() || writes.iter().any(Option::is_some);
     let stored = {
         let mut locked = shared.table.lock(key);
         let state = locked.state();
         let current = state.remove_flight(flight).is_some();
-        if (current || back_off)
-            && let Some(local) = local
-        {
-            shared.insert_local_if_newer(key, local);
-        }
         if current {
+            if let Some(local) = local {
+                shared.insert_local_if_newer(key, local);
+            }
+            if let Some(created_at) = l1_skipped {
+                shared.remove_local_if_older(key, created_at);
+            }
             let await_writes = options.write_mode == WriteMode::AwaitBeforeReturn;
             for (tier, write) in writes.into_iter().enumerate() {
                 if let Some(effect) = write {

@@ -151,17 +151,18 @@ options! {
     /// Skip the L1 lookup (the value found or loaded is still written to L1 unless
     /// `skip_l1_write`). Default `false`.
     skip_l1_read / get_skip_l1_read: bool;
-    /// Do not write L1 (an entry it already holds for the key stays until it expires).
-    /// Default `false`.
+    /// Do not write L1: the older entry it may hold for the key is removed instead (unless it
+    /// is newer than the value written), so that no read finds it. Default `false`.
     skip_l1_write / get_skip_l1_write: bool;
     /// Do not read the first remote tier. Default `false`.
     skip_l2_read / get_skip_l2_read: bool;
-    /// Do not write the first remote tier (an entry it already holds stays). Default `false`.
+    /// Do not write the first remote tier: the key is deleted from it instead, so that no
+    /// older value outlives the one written. Default `false`.
     skip_l2_write / get_skip_l2_write: bool;
     /// Do not read the second remote tier. Default `false`.
     skip_l3_read / get_skip_l3_read: bool;
-    /// Do not write the second remote tier (an entry it already holds stays). Default
-    /// `false`.
+    /// Do not write the second remote tier: the key is deleted from it instead, so that no
+    /// older value outlives the one written. Default `false`.
     skip_l3_write / get_skip_l3_write: bool;
     /// Never run a loader: a value in no tier is [`CacheError::NotFound`]. Default `false`.
     ///

@@ -48,9 +48,27 @@ pub(crate) struct Lane {
 }
 
 /// A key's registered flight and how many callers wait on it.
+///
+/// A flight stays registered until it finishes, so that a `set` or `remove` before then
+/// supersedes it (it then stores nothing, not even a refresh's back-off). Once it gave up
+/// waiting for a loader (no caller handed one), it is closed: callers no longer join it, a new
+/// flight may take its place (and the closed one then stores nothing either).
 pub(crate) struct FlightSlot<V> {
     pub(crate) flight: Arc<Flight<V>>,
     pub(crate) waiters: usize,
+    /// Whether callers may still join the flight (and hand it their loader).
+    pub(crate) open: bool,
+}
+
+impl<V> FlightSlot<V> {
+    /// The slot of a new flight, open, with `waiters` callers.
+    pub(crate) fn new(flight: Arc<Flight<V>>, waiters: usize) -> Self {
+        FlightSlot {
+            flight,
+            waiters,
+            open: true,
+        }
+    }
 }
 
 /// What is in progress for one key.
@@ -71,6 +89,11 @@ impl<V> Default for KeyState<V> {
 impl<V> KeyState<V> {
     fn is_idle(&self) -> bool {
         self.flight.is_none() && self.lanes.iter().all(Option::is_none)
+    }
+
+    /// The key's flight, if callers may still join it.
+    pub(crate) fn joinable(&mut self) -> Option<&mut FlightSlot<V>> {
+        self.flight.as_mut().filter(|slot| slot.open)
     }
 
     /// The slot of `flight`, if it is still this key's flight.

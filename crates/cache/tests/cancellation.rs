@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use support::{
-    Calls, DropFlag, Gate, Stack, assert_one_shared_value, cancel_when_unobserved, hits, key,
-    settle,
+    Calls, DropFlag, Gate, MINUTE, Stack, assert_one_shared_value, cancel_when_unobserved, hits,
+    key, settle,
 };
 use tierkit_cache::codec::{Codec, CodecError, Postcard};
 use tierkit_cache::{
     Cache, CacheBuilder, CacheError, FetchContext, FetchOptions, Source, TimeoutKind,
 };
+use tierkit_testkit::ManualOffload;
 
 type Answer = support::Answer<String>;
 type LoaderFuture = Pin<Box<dyn Future<Output = Result<String, std::io::Error>> + Send>>;
@@ -874,4 +875,64 @@ async fn b16_matrix_a_call_polled_once_then_dropped_under_cancel_when_unobserved
     assert_eq!(cache.keys_in_progress(), 0);
 
     assert_the_next_call_loads(&cache, &probe, &gate, 1).await;
+}
+
+/// A write lane whose runner's task is dropped before its first poll (the runtime it was queued
+/// on shut down): the lane is released. The next `set` of the key, on another runtime, runs its
+/// own writes and returns, and the key leaves the table.
+#[test]
+fn a_write_lane_dropped_before_its_first_poll_releases_the_key() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        let mut set = Box::pin(cache.set("k", "v1".to_owned()));
+        assert!(!poll_once(&mut set), "the set waits for its remote writes");
+        assert_eq!(cache.keys_in_progress(), 1, "its lanes are queued");
+    });
+    // The lanes' runners are still queued on the runtime: dropping it drops them unpolled.
+    drop(first);
+    assert_eq!(
+        cache.keys_in_progress(),
+        0,
+        "the dropped runners freed their lanes"
+    );
+    assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 0));
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let set = tokio::time::timeout(MINUTE, cache.set("k", "v2".to_owned())).await;
+        assert!(matches!(set, Ok(Ok(()))), "the next set completes: {set:?}");
+        assert_eq!(cache.keys_in_progress(), 0);
+    });
+    assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (1, 1));
+    assert!(stack.l2.peek(&key("k")).is_some());
+}
+
+/// A write lane whose runner the offload drops without running it: the lane is released, and
+/// the `set` waiting on its write gets an error at once instead of waiting forever.
+#[tokio::test(start_paused = true)]
+async fn a_write_lane_the_offload_drops_unrun_fails_its_writes_and_frees_the_key() {
+    let stack = Stack::<String>::new();
+    let offload = ManualOffload::new();
+    let cache = stack.tiered_builder().offload(offload.clone()).build();
+    let mut set = Box::pin(cache.set("k", "v".to_owned()));
+    assert!(!poll_once(&mut set));
+    assert_eq!(offload.queued(), 2, "one runner per remote tier");
+    assert_eq!(offload.discard_all(), 2);
+    assert_eq!(cache.keys_in_progress(), 0, "the lanes are released");
+    let answer = tokio::time::timeout(MINUTE, set).await;
+    assert!(
+        matches!(answer, Ok(Err(CacheError::Tier { .. }))),
+        "the set fails at once: {answer:?}"
+    );
+    assert_eq!((stack.l2.calls().set, stack.l3.calls().set), (0, 0));
+    assert_eq!(stack.l1_value("k").as_deref(), Some("v"), "L1 holds it");
 }

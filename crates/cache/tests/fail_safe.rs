@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use support::{
     Answer, Calls, FaultyStack, Gate, Stack, assert_stored_in_no_tier, at, hits, instant, key,
-    settle, write_l1_only, write_l3_only,
+    settle,
 };
 use tierkit_cache::{
     Cache, CacheError, EntryMeta, FailSafeCause, FetchContext, FetchOptions, Hit, HitFreshness,
@@ -814,10 +814,9 @@ async fn b31_a_newer_stale_entry_in_l2_wins_over_the_stale_l1_entry() {
 #[tokio::test(start_paused = true)]
 async fn b31_a_newer_stale_entry_in_l3_wins_over_l2_and_l1() {
     let (stack, cache, t0) = loaded().await;
-    other_node_at(&stack, at(t0, 10 * SECOND))
-        .set_with("k", "v3".to_owned(), &write_l3_only())
-        .await
-        .unwrap();
+    stack.clock.set(at(t0, 10 * SECOND));
+    let l3_writer = stack.builder_over(false, false, true).defaults(fail_safe());
+    l3_writer.build().set("k", "v3".to_owned()).await.unwrap();
     assert_eq!(stack.l2.peek(&key("k")).unwrap().created_at(), t0);
     let calls = Calls::default();
 
@@ -832,10 +831,8 @@ async fn b31_a_newer_stale_entry_in_l3_wins_over_l2_and_l1() {
 #[tokio::test(start_paused = true)]
 async fn b31_a_newer_stale_l1_entry_wins_over_an_older_one_in_l2() {
     let (stack, cache, t0) = loaded_then(10 * SECOND).await;
-    cache
-        .set_with("k", "v2".to_owned(), &write_l1_only())
-        .await
-        .unwrap();
+    let l1_writer = stack.builder_over(true, false, false).defaults(fail_safe());
+    l1_writer.build().set("k", "v2".to_owned()).await.unwrap();
     assert_eq!(stack.l2.peek(&key("k")).unwrap().created_at(), t0);
     let calls = Calls::default();
 

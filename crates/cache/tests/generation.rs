@@ -6,13 +6,14 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    Answer, Calls, Gate, Stack, TokenProbe, assert_stored_in_no_tier, cancel_when_unobserved,
-    instant, key, settle, skip_every_read, spawn_remove, spawn_set, write_l1_only,
-    write_remote_only,
+    Answer, Calls, Gate, MapLocal, Stack, TokenProbe, assert_stored_in_no_tier,
+    cancel_when_unobserved, counting, instant, key, settle, skip_every_read, spawn_remove,
+    spawn_set, write_remote_only,
 };
 use tierkit_cache::codec::Postcard;
 use tierkit_cache::frame::decode_frame;
@@ -20,7 +21,7 @@ use tierkit_cache::{
     Cache, CacheError, Compression, EntryMeta, FetchContext, FetchOptions, Hit, LocalEntry,
     LocalTier, Source,
 };
-use tierkit_core::{Backend, Op};
+use tierkit_core::{Backend, CacheKey, Clock, Op, Timestamp};
 use tierkit_testkit::{Fault, FaultyBackend, MemoryBackend};
 use tokio::task::JoinHandle;
 
@@ -251,10 +252,8 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
     // L2 and L3: "old" at t0. L1: "new" at t0 + 1 s.
     cache.set("k", "old".to_owned()).await.unwrap();
     stack.clock.advance(Duration::from_secs(1));
-    cache
-        .set_with("k", "new".to_owned(), &write_l1_only())
-        .await
-        .unwrap();
+    let l1_writer = stack.builder_over(true, false, false).build();
+    l1_writer.set("k", "new".to_owned()).await.unwrap();
     let newer = stack.l1.peek(&key("k")).unwrap().meta();
     let inserts = stack.l1.inserts();
 
@@ -277,10 +276,8 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
 
     // Control: L2 and L3 get a newer entry than L1's; the refill replaces L1's.
     stack.clock.advance(Duration::from_secs(1));
-    cache
-        .set_with("k", "newest".to_owned(), &write_remote_only())
-        .await
-        .unwrap();
+    let remote_writer = stack.builder_over(false, true, true).build();
+    remote_writer.set("k", "newest".to_owned()).await.unwrap();
     assert_eq!(stack.l1_value("k").as_deref(), Some("new"));
     let hit = read_past_l1().await;
     assert_eq!((hit.source(), hit.as_str()), (Source::L2, "newest"));
@@ -404,4 +401,122 @@ async fn b63_a_later_write_back_wins_over_a_held_set() {
         EntryMeta::of(&stack.l2.get(&key("k")).await.unwrap().unwrap()),
         hit.meta()
     );
+}
+
+/// An L1 over a [`MapLocal`] that runs a hook once, on the first read after it is armed, after
+/// reading: to put another thread's operation between that read and what the reader does next.
+struct HookedLocal {
+    inner: Arc<MapLocal<String>>,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for HookedLocal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedLocal").finish_non_exhaustive()
+    }
+}
+
+impl LocalTier<String> for HookedLocal {
+    fn label(&self) -> &str {
+        "hooked"
+    }
+
+    fn get(&self, key: &CacheKey, now: Timestamp) -> Option<LocalEntry<String>> {
+        let entry = self.inner.get(key, now);
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        entry
+    }
+
+    fn may_contain(&self, key: &CacheKey) -> bool {
+        self.inner.may_contain(key)
+    }
+
+    fn insert(&self, key: &CacheKey, entry: LocalEntry<String>) {
+        self.inner.insert(key, entry);
+    }
+
+    fn remove(&self, key: &CacheKey) {
+        self.inner.remove(key);
+    }
+
+    fn clear(&self) {
+        self.inner.clear();
+    }
+}
+
+/// A background refresh that ends without a new value (no loader and nothing newer in the
+/// tiers; or its loader failed) backs off the L1 entry it refreshed. A `remove` of the key that
+/// runs to its end, on another thread, right after the refresh read that entry: once the remove
+/// returned, nothing puts the removed value back into L1 (nor into any other tier).
+#[tokio::test(start_paused = true)]
+async fn a_refresh_backing_off_never_puts_back_a_value_removed_meanwhile() {
+    for with_loader in [false, true] {
+        let stack = Stack::<String>::new();
+        let l1 = Arc::new(HookedLocal {
+            inner: Arc::clone(&stack.l1),
+            hook: Mutex::new(None),
+        });
+        let cache = Cache::builder(Arc::clone(&l1), stack.codec.clone())
+            .clock(Clock::from(stack.clock.clone()))
+            .defaults(
+                FetchOptions::new()
+                    .jitter_max(Duration::ZERO)
+                    .ttl(Duration::from_secs(100))
+                    .eager_refresh(0.5),
+            )
+            .l2(stack.l2.clone())
+            .l3(stack.l3.clone())
+            .build();
+        let calls = Calls::default();
+        cache
+            .get_or_fetch("k", counting(&calls, "v1".to_owned()))
+            .await
+            .unwrap();
+        settle().await;
+        stack.clock.advance(Duration::from_secs(60));
+
+        // A read in the eager window starts a refresh, queued on this runtime.
+        let hit = if with_loader {
+            cache
+                .get_or_fetch("k", || async {
+                    Err::<String, _>(std::io::Error::other("origin down"))
+                })
+                .await
+                .unwrap()
+        } else {
+            cache.get("k").await.unwrap().unwrap()
+        };
+        assert!(hit.refresh_started(), "with a loader: {with_loader}");
+        // The refresh's next L1 read: then a remove, to its end, on a runtime of its own.
+        let removed = Arc::new(AtomicBool::new(false));
+        *l1.hook.lock().unwrap() = Some(Box::new({
+            let (cache, removed) = (cache.clone(), Arc::clone(&removed));
+            move || {
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(cache.remove("k")).unwrap();
+                    removed.store(true, Ordering::SeqCst);
+                })
+                .join()
+                .unwrap();
+            }
+        }));
+        settle().await;
+        assert!(removed.load(Ordering::SeqCst), "the remove ran");
+
+        assert_eq!(
+            stack.l1_value("k"),
+            None,
+            "the removed value is back in L1 (with a loader: {with_loader})"
+        );
+        assert_stored_in_no_tier(&stack, "k");
+        assert!(cache.get("k").await.unwrap().is_none());
+        assert_eq!(cache.keys_in_progress(), 0);
+    }
 }

@@ -25,7 +25,9 @@
 //! 2. **Loader calls never exceed flights** (`stats().loader_calls <= stats().flights`), and
 //!    match the loader invocations the test counted.
 //! 3. **No residue**: once everything settled, `keys_in_progress() == 0` and
-//!    `flights_in_progress() == 0`.
+//!    `flights_in_progress() == 0`, also after calls polled once and dropped, some of them on
+//!    a runtime of their own shut down with their flight or their remote writes still queued
+//!    (tasks dropped before their first poll).
 //!
 //! Also, when remote writes cannot fail: once everything settled, each remote tier holds the
 //! newest acknowledged write of each key (or a value loaded after it).
@@ -44,6 +46,9 @@
 //! `remove` of the key was still writing it brought the replaced value back into L1, served
 //! after the write returned), kept as the deterministic `b64_` and `b65_` tests below.
 //!
+//! A call polled once and dropped is not acknowledged: a `set` may or may not reach the remote
+//! tiers, a `remove` loses L1's copy (like an eviction).
+//!
 //! Each case runs on its own current-thread runtime with paused time, built inside the case:
 //! delays cost no real time and the schedule is deterministic. The generator's seed is fixed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests
@@ -54,6 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use support::{FaultyStack, MapLocal, Stack, key, settle, spawn_remove, spawn_set};
@@ -112,12 +118,28 @@ enum Action {
     Evict {
         key: u8,
     },
+    /// A call polled once and then dropped: on the case's runtime (its spawned work runs
+    /// there later), or on a current-thread runtime of its own that is then shut down with
+    /// that work still queued (a flight, the runners of its remote writes).
+    PolledOnce {
+        key: u8,
+        call: Call,
+        shutdown: bool,
+    },
     /// Queues a one-shot fault for the next `op` call on `tier`.
     Inject {
         tier: Tier,
         op: Op,
         fault: Fault,
     },
+}
+
+/// A call [`Action::PolledOnce`] makes.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    GetOrFetch,
+    Set,
+    Remove,
 }
 
 /// An action, started `at_ms` milliseconds (virtual) into the case.
@@ -223,6 +245,17 @@ fn action(writes: WriteFaults, removes: bool) -> BoxedStrategy<Action> {
         );
     let get = (0..KEYS).prop_map(|key| Action::Get { key });
     let set = (0..KEYS).prop_map(|key| Action::Set { key });
+    let calls = if removes {
+        prop_oneof![Just(Call::GetOrFetch), Just(Call::Set), Just(Call::Remove)].boxed()
+    } else {
+        prop_oneof![Just(Call::GetOrFetch), Just(Call::Set)].boxed()
+    };
+    let polled_once =
+        (0..KEYS, calls, any::<bool>()).prop_map(|(key, call, shutdown)| Action::PolledOnce {
+            key,
+            call,
+            shutdown,
+        });
     if removes {
         prop_oneof![
             5 => get_or_fetch,
@@ -230,6 +263,7 @@ fn action(writes: WriteFaults, removes: bool) -> BoxedStrategy<Action> {
             3 => set,
             2 => (0..KEYS).prop_map(|key| Action::Remove { key }),
             1 => (0..KEYS).prop_map(|key| Action::Evict { key }),
+            2 => polled_once,
             3 => inject(writes),
         ]
         .boxed()
@@ -238,6 +272,7 @@ fn action(writes: WriteFaults, removes: bool) -> BoxedStrategy<Action> {
             5 => get_or_fetch,
             3 => get,
             3 => set,
+            2 => polled_once,
             3 => inject(writes),
         ]
         .boxed()
@@ -443,6 +478,37 @@ impl World {
                 let ok = self.cache.remove(&key_name(key)).await.is_ok();
                 self.write(step, key, seq, ok, WriteKind::Remove);
             }
+            Action::PolledOnce {
+                key,
+                call,
+                shutdown,
+            } => {
+                let seq = self.tick();
+                if shutdown {
+                    // The case's runtime is blocked meanwhile: the other runtime is built, polls
+                    // the call, drops it and shuts down with its work queued, as one step.
+                    let world = self.clone();
+                    std::thread::spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("runtime");
+                        runtime.block_on(async { world.poll_once(key, call, seq) });
+                    })
+                    .join()
+                    .expect("the other runtime's thread panicked");
+                } else {
+                    self.poll_once(key, call, seq);
+                }
+                // Not acknowledged; a remove still loses L1's copy, and a write may or may
+                // not reach the remote tiers.
+                let kind = match call {
+                    Call::GetOrFetch => return,
+                    Call::Set => WriteKind::Set,
+                    Call::Remove => WriteKind::Remove,
+                };
+                self.write(step, key, seq, false, kind);
+            }
             Action::Evict { key } => {
                 let seq = self.tick();
                 self.l1
@@ -454,6 +520,38 @@ impl World {
                 Tier::L3 => self.l3.push(op, fault),
             },
         }
+    }
+}
+
+impl World {
+    /// Polls `call` of `key` once and drops it; a value it writes is numbered `seq`.
+    fn poll_once(&self, key: u8, call: Call, seq: u64) {
+        let name = key_name(key);
+        let polled = match call {
+            Call::GetOrFetch => {
+                let world = self.clone();
+                let load = move || {
+                    let seq = world.tick();
+                    world.loader_runs.fetch_add(1, Ordering::SeqCst);
+                    std::future::ready(Ok::<_, std::io::Error>((
+                        seq,
+                        format!("{} loader", key_name(key)),
+                    )))
+                };
+                self.cache
+                    .get_or_fetch(&name, load)
+                    .now_or_never()
+                    .map(drop)
+            }
+            Call::Set => self
+                .cache
+                .set(&name, (seq, format!("{name} set")))
+                .now_or_never()
+                .map(drop),
+            Call::Remove => self.cache.remove(&name).now_or_never().map(drop),
+        };
+        // Answered at once (an L1 hit, a rejected write), or dropped pending.
+        let _ = polled;
     }
 }
 
@@ -538,6 +636,14 @@ async fn run(scenario: Scenario) -> Result<(), TestCaseError> {
             else {
                 continue;
             };
+            // A newer write that was dropped unacknowledged may or may not have landed.
+            if log
+                .writes
+                .iter()
+                .any(|w| w.key == key && !w.ok && w.kind != WriteKind::Evict && w.seq > newest.seq)
+            {
+                continue;
+            }
             for (tier, memory) in [("L2", &stack.l2), ("L3", &stack.l3)] {
                 let held = held(memory, key);
                 let current = match (&held, newest.kind) {
@@ -669,7 +775,8 @@ proptest! {
     /// `get` and `set` with failing and slow loaders, callers that give up, and remote reads
     /// and writes that fail or are slow: no value older than an acknowledged `set` is returned
     /// after it (a superseded flight never stores over it), loader calls never exceed flights,
-    /// and the table ends empty.
+    /// and the table ends empty, also after calls dropped at their first poll, on the case's
+    /// runtime or on one shut down with their flight or remote writes still queued.
     #[test]
     fn b63_model_sets_and_fetches_never_undo_an_acknowledged_set(
         scenario in scenario(ALL_WRITE_FAULTS, false)

@@ -11,9 +11,11 @@ use support::{
     Calls, MINUTE, Stack, instant, key, settle, skip_every_read, write_l1_only, write_l3_only,
     write_remote_only,
 };
+use tierkit_cache::codec::Postcard;
+use tierkit_cache::frame::decode_frame;
 use tierkit_cache::{
-    CacheError, DEFAULT_HARD_TIMEOUT, DEFAULT_TTL, FetchContext, FetchOptions, Hit, Source,
-    TimeoutKind,
+    Cache, CacheError, Compression, DEFAULT_HARD_TIMEOUT, DEFAULT_TTL, FetchContext, FetchOptions,
+    Fetched, Hit, LocalTier, Source, TimeoutKind,
 };
 use tierkit_testkit::logs::capture;
 use tokio::time::Instant;
@@ -319,7 +321,7 @@ async fn b61_background_cap_below_hard_timeout_is_raised_and_warned_once() {
 }
 
 /// Behaviour 62: `skip_l1_read` skips the L1 lookup but still writes L1; adding
-/// `skip_l1_write` leaves L1 untouched.
+/// `skip_l1_write` keeps the value out of L1, and the older value L1 held is removed.
 #[tokio::test(start_paused = true)]
 async fn b62_skip_l1_read_still_writes_l1_unless_skip_l1_write() {
     let stack = Stack::<String>::new();
@@ -332,7 +334,7 @@ async fn b62_skip_l1_read_still_writes_l1_unless_skip_l1_write() {
         .unwrap();
     stack.clock.advance(Duration::from_secs(1));
 
-    // skip_l1_read + skip_l1_write: the loader runs, L1 keeps "old".
+    // skip_l1_read + skip_l1_write: the loader runs, L1 loses "old" and does not get "new".
     let inserts = stack.l1.inserts();
     let hit = cache
         .get_or_fetch_with(
@@ -344,7 +346,7 @@ async fn b62_skip_l1_read_still_writes_l1_unless_skip_l1_write() {
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "new"));
     assert_eq!(stack.l1.inserts(), inserts, "no L1 write");
-    assert_eq!(stack.l1_value("k").as_deref(), Some("old"));
+    assert_eq!(stack.l1_value("k"), None, "no older value left in L1");
     settle().await;
     assert_eq!(
         stack.l2.calls().set,
@@ -515,4 +517,147 @@ async fn b62_no_loader_on_a_full_miss_is_not_found() {
         .unwrap();
     assert_eq!((hit.source(), hit.as_str()), (Source::L3, "in-l3"));
     assert_eq!(calls.get(), 0);
+}
+
+/// The three write masks, by the tier they skip.
+fn skipping(tier: Source) -> FetchOptions {
+    match tier {
+        Source::L1 => FetchOptions::new().skip_l1_write(true),
+        Source::L2 => FetchOptions::new().skip_l2_write(true),
+        _ => FetchOptions::new().skip_l3_write(true),
+    }
+}
+
+/// The value `tier` of the stack holds for "k", decoded (`None`: none).
+fn held_in(stack: &Stack<String>, tier: Source) -> Option<String> {
+    let remote = match tier {
+        Source::L1 => return stack.l1_value("k"),
+        Source::L2 => stack.l2.peek(&key("k")),
+        _ => stack.l3.peek(&key("k")),
+    };
+    remote.map(|stored| {
+        decode_frame(&key("k"), &Postcard, &Compression::none(), stored.payload()).unwrap()
+    })
+}
+
+/// After a write of "v2" over "v1" that skipped `skipped`: the skipped tier holds nothing of
+/// the key, the others hold "v2", and a read that misses L1 finds "v2".
+async fn assert_no_older_value_in(stack: &Stack<String>, cache: &Cache<String>, skipped: Source) {
+    settle().await;
+    for tier in [Source::L1, Source::L2, Source::L3] {
+        let expected = (tier != skipped).then(|| "v2".to_owned());
+        assert_eq!(
+            held_in(stack, tier),
+            expected,
+            "{tier:?}, {skipped:?} skipped"
+        );
+    }
+    stack.l1.remove(&key("k"));
+    let hit = cache.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        hit.as_str(),
+        "v2",
+        "{skipped:?} skipped, read from {:?}",
+        hit.source()
+    );
+}
+
+/// A `set_with` that skips a tier removes the key's older value from it: no read, after an L1
+/// eviction or not, finds the value the set replaced.
+#[tokio::test(start_paused = true)]
+async fn a_set_that_skips_a_tier_removes_the_older_value_from_it() {
+    for skipped in [Source::L1, Source::L2, Source::L3] {
+        let stack = Stack::<String>::new();
+        let cache = stack.cache();
+        cache.set("k", "v1".to_owned()).await.unwrap();
+        stack.clock.advance(Duration::from_secs(1));
+        cache
+            .set_with("k", "v2".to_owned(), &skipping(skipped))
+            .await
+            .unwrap();
+        assert_no_older_value_in(&stack, &cache, skipped).await;
+    }
+}
+
+/// A loaded value that skips a tier (by the call's options, or by the loader's own answer)
+/// removes the key's older value from it, as a `set` does.
+#[tokio::test(start_paused = true)]
+async fn a_loaded_value_that_skips_a_tier_removes_the_older_value_from_it() {
+    for (skipped, by_loader) in [
+        (Source::L1, false),
+        (Source::L2, false),
+        (Source::L3, false),
+        (Source::L2, true),
+        (Source::L3, true),
+    ] {
+        let stack = Stack::<String>::new();
+        let cache = stack.cache();
+        cache.set("k", "v1".to_owned()).await.unwrap();
+        stack.clock.advance(Duration::from_secs(1));
+        let options = if by_loader {
+            skip_every_read()
+        } else {
+            skipping(skipped).or(&skip_every_read())
+        };
+        let hit = cache
+            .get_or_fetch_with("k", &options, move |_| async move {
+                let value = Fetched::value("v2".to_owned());
+                Ok::<_, std::io::Error>(match (by_loader, skipped) {
+                    (false, _) => value,
+                    (true, Source::L2) => value.skip_l2_write(),
+                    (true, _) => value.skip_l3_write(),
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!((hit.source(), hit.as_str()), (Source::Loader, "v2"));
+        assert_no_older_value_in(&stack, &cache, skipped).await;
+    }
+}
+
+/// An absent answer remembered (`negative_ttl`) that skips a remote tier removes the key's older
+/// value from it.
+#[tokio::test(start_paused = true)]
+async fn an_absent_answer_that_skips_a_tier_removes_the_older_value_from_it() {
+    for skipped in [Source::L2, Source::L3] {
+        let stack = Stack::<String>::new();
+        let cache = stack.cache();
+        cache.set("k", "v1".to_owned()).await.unwrap();
+        stack.clock.advance(Duration::from_secs(1));
+        let options = skipping(skipped)
+            .or(&skip_every_read())
+            .negative_ttl(MINUTE);
+        let answer = cache
+            .get_or_fetch_with("k", &options, |_| async {
+                Ok::<_, std::io::Error>(Fetched::absent())
+            })
+            .await;
+        assert!(matches!(answer, Err(CacheError::NotFound)), "{answer:?}");
+        settle().await;
+        assert_eq!(held_in(&stack, skipped), None, "{skipped:?} skipped");
+        stack.l1.remove(&key("k"));
+        assert!(
+            cache.get("k").await.unwrap().is_none(),
+            "{skipped:?} skipped"
+        );
+    }
+}
+
+/// A read that skips L1 (reads and writes) and finds in L2 the very entry L1 holds leaves
+/// L1's entry: it is not older than what the read found.
+#[tokio::test(start_paused = true)]
+async fn a_read_skipping_l1_keeps_an_l1_entry_as_new_as_what_it_found() {
+    let stack = Stack::<String>::new();
+    let cache = stack.cache();
+    cache.set("k", "v1".to_owned()).await.unwrap();
+    settle().await;
+    let calls = Calls::default();
+    let options = FetchOptions::new().skip_l1_read(true).skip_l1_write(true);
+    let hit = cache
+        .get_or_fetch_with("k", &options, instant(&calls, "loaded"))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L2, "v1"));
+    assert_eq!(stack.l1_value("k").as_deref(), Some("v1"));
+    assert_eq!((stack.l1.removes(), calls.get()), (0, 0));
 }

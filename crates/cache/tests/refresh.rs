@@ -578,7 +578,7 @@ async fn b40_a_refresh_adopts_a_newer_entry_another_node_wrote() {
     assert_eq!(calls_b.get(), 0);
 }
 
-/// Behaviour 40: an entry newer than L1's that only L3 holds (node A's refresh skipped L2) is
+/// Behaviour 40: an entry newer than L1's that only L3 holds (a node without L2 wrote it) is
 /// adopted too, after L2's older copy is passed over; the adoption refills L2.
 #[tokio::test(start_paused = true)]
 async fn b40_a_refresh_adopts_a_newer_entry_from_l3_and_refills_l2() {
@@ -588,26 +588,17 @@ async fn b40_a_refresh_adopts_a_newer_entry_from_l3_and_refills_l2() {
     read(&node_b, "k", &calls).await;
 
     a.clock.advance(60 * SEC);
-    let hit = node_a
-        .get_or_fetch_with(
-            "k",
-            &FetchOptions::new().skip_l2_write(true),
-            instant(&calls, "v2"),
-        )
-        .await
-        .unwrap();
-    assert!(hit.refresh_started());
-    settle().await;
+    let l3_writer = a.builder_over(false, false, true).defaults(eager()).build();
+    l3_writer.set("k", "v2".to_owned()).await.unwrap();
     let now = a.clock.now();
     assert_eq!(a.l3.peek(&key("k")).unwrap().created_at(), now);
     assert!(
         a.l2.peek(&key("k")).unwrap().created_at() < now,
         "L2 kept v1"
     );
-    assert_eq!(calls.get(), 1);
 
     start_refresh(&node_b, "k", counting(&calls, "b-loader".to_owned())).await;
-    assert_eq!(calls.get(), 1, "B's loader is not called");
+    assert_eq!(calls.get(), 0, "B's loader is not called");
     assert_eq!(node_b.stats().refreshes_adopted, 1);
     assert_eq!(b.l1_value("k").as_deref(), Some("v2"));
     assert_eq!(
@@ -615,6 +606,40 @@ async fn b40_a_refresh_adopts_a_newer_entry_from_l3_and_refills_l2() {
         now,
         "the L3 hit refilled L2"
     );
+}
+
+/// A refresh started by `get` (no loader) finds in L2 only the very entry it refreshes, still
+/// fresh, while L1 evicted the key: a `get` that joined the refresh meanwhile gets that value
+/// from L2, as it would have without the refresh, not `None`.
+#[tokio::test(start_paused = true)]
+async fn a_get_joining_a_refresh_without_a_loader_gets_the_value_l2_holds_fresh() {
+    let (stack, cache) = loaded_then(eager(), 60 * SEC).await;
+    let (l2, l3) = (stack.l2.calls().get, stack.l3.calls().get);
+    let hit = cache.get("k").await.unwrap().unwrap();
+    assert_eq!(answered(&hit), ("v1", HitFreshness::Fresh, true));
+    // The refresh is queued, not run yet; L1 evicts the key.
+    assert_eq!(cache.flights_in_progress(), 1);
+    stack.l1.remove(&key("k"));
+
+    let joined = cache.get("k").await.unwrap();
+    let joined = joined.expect("L2 holds the value fresh");
+    assert_eq!(
+        (joined.as_str(), joined.source(), joined.freshness()),
+        ("v1", Source::L2, HitFreshness::Fresh)
+    );
+    assert!(joined.is_coalesced(), "it joined the refresh");
+    assert_eq!(
+        (stack.l2.calls().get - l2, stack.l3.calls().get - l3),
+        (1, 1),
+        "the refresh's reads only"
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.refreshes_started, stats.coalesced, stats.loader_calls),
+        (1, 1, 1),
+        "the first load only: {stats:?}"
+    );
+    assert_eq!(cache.keys_in_progress(), 0);
 }
 
 /// Behaviour 40: an entry that is not newer than L1's (the very entry L1 holds, still in L2 and

@@ -47,6 +47,10 @@ impl<V: Send + Sync + 'static> MapLocal<V> {
         self.inserts.load(Ordering::SeqCst)
     }
 
+    pub fn removes(&self) -> usize {
+        self.removes.load(Ordering::SeqCst)
+    }
+
     pub fn len(&self) -> usize {
         self.map.lock().unwrap().len()
     }
@@ -161,6 +165,28 @@ where
         Cache::builder(Arc::clone(&self.l1), codec)
             .clock(Clock::from(self.clock.clone()))
             .defaults(FetchOptions::new().jitter_max(Duration::ZERO))
+    }
+
+    /// A builder over some of the stack's tiers only (the stack's L1 when `l1`, else an L1 of
+    /// its own), with its clock and codec: a cache that writes those tiers alone, for a test
+    /// that sets up tiers holding different values (a write that skips a tier removes the
+    /// key's older value from it, so skip flags cannot).
+    pub fn builder_over(&self, l1: bool, l2: bool, l3: bool) -> CacheBuilder<V> {
+        let local = if l1 {
+            Arc::clone(&self.l1)
+        } else {
+            MapLocal::new()
+        };
+        let mut builder = Cache::builder(local, self.codec.clone())
+            .clock(Clock::from(self.clock.clone()))
+            .defaults(FetchOptions::new().jitter_max(Duration::ZERO));
+        if l2 {
+            builder = builder.l2(self.l2.clone());
+        }
+        if l3 {
+            builder = builder.l3(self.l3.clone());
+        }
+        builder
     }
 
     /// A builder over all three tiers, to configure before building.
