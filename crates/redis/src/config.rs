@@ -169,8 +169,10 @@ impl RedisBackendBuilder {
         }
     }
 
-    /// The namespace: every key the tier writes is `namespace:` followed by the cache key, and
-    /// [`clear`](tierkit_core::Backend::clear) removes exactly the keys under `namespace:`.
+    /// The namespace: every key the tier writes is the namespace (with `%` and `:` written
+    /// `%25` and `%3A`), `:`, then the cache key, and [`clear`](tierkit_core::Backend::clear)
+    /// removes exactly the namespace's keys: none of another namespace, nested (`shop:eu`
+    /// under `shop`) or not.
     ///
     /// It must not be empty and must not contain `{` or `}` (they would turn the namespace into
     /// a cluster hash tag and send every key to one slot; put hash tags in your keys instead,
@@ -215,8 +217,8 @@ impl RedisBackendBuilder {
 
     /// The largest payload `set` accepts, in bytes. A larger one is rejected with
     /// [`ErrorKind::InvalidValue`] and nothing is written (the key keeps whatever it held).
-    /// The stored envelope is [`HEADER_LEN`](tierkit_core::envelope::HEADER_LEN) (37) bytes
-    /// larger than the payload. Values above the envelope's own limit (4 GiB - 1) are clamped
+    /// The stored envelope is [`HEADER_LEN`](tierkit_core::envelope::HEADER_LEN) (37) bytes,
+    /// plus 2 and the key's length (its echo), larger than the payload. Values above the envelope's own limit (4 GiB - 1) are clamped
     /// to it; Redis' `proto-max-bulk-len` (512 MB by default) also applies.
     ///
     /// Default: [`RedisBackend::DEFAULT_MAX_VALUE_BYTES`] (16 MiB).

@@ -625,7 +625,7 @@ impl Inner {
                 .bounded(Op::Set, self.delete_object(Op::Set, &object))
                 .await;
         }
-        let bytes = envelope::encode(&value, Some(key));
+        let bytes = envelope::encode(&value, key);
         self.bounded(Op::Set, async {
             self.client
                 .put_object()

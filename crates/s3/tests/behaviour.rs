@@ -254,7 +254,7 @@ async fn keys_of_any_bytes_round_trip_under_their_own_objects() {
         }
         // The stored bytes are the envelope, with the key echoed.
         let stored = get_raw(&raw, env.bucket(), &tier.object_key(&keys[0])).await;
-        assert_eq!(stored, envelope::encode(&value(0), Some(&keys[0])));
+        assert_eq!(stored, envelope::encode(&value(0), &keys[0]));
 
         tier.clear().await.expect("clear");
         assert!(list(&raw, env.bucket(), &prefix).await.is_empty());
@@ -437,7 +437,7 @@ async fn undecodable_objects_are_counted_misses() {
     tier.set(&replaced, good.clone()).await.expect("set");
     assert_eq!(tier.get(&replaced).await.expect("get"), Some(good.clone()));
 
-    let envelope_of = |key: &str| envelope::encode(&good, Some(&k(key)));
+    let envelope_of = |key: &str| envelope::encode(&good, &k(key));
     let truncated = envelope_of("truncated");
     let mut flipped = envelope_of("flipped").to_vec();
     let last = flipped.len() - 1;
@@ -578,7 +578,7 @@ async fn expired_objects_are_misses_and_deleted_in_the_background() {
         &raw,
         env.bucket(),
         &object,
-        envelope::encode(&expired, Some(&key)),
+        envelope::encode(&expired, &key),
     )
     .await;
     offload.reject_all(true);
