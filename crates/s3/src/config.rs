@@ -122,15 +122,16 @@ impl S3BackendBuilder {
         )
     }
 
-    /// The key prefix: every object the tier writes is under it, and
-    /// [`clear`](tierkit_core::Backend::clear) deletes every object under it, so the prefix
-    /// belongs to the tier. A `/` is appended when it does not end with one (`shop` stores
-    /// under `shop/`). Two tiers sharing a bucket need prefixes neither of which starts with
-    /// the other (`a/` and `a/b/` do not work together; `a/` and `b/` do).
+    /// The key prefix: every object the tier writes is under `prefix` + `.tk/`, the tier's own
+    /// directory, and [`clear`](tierkit_core::Backend::clear) deletes exactly the objects
+    /// there. A `/` is appended when it does not end with one (`shop` stores under
+    /// `shop/.tk/`). Tiers sharing a bucket may use any distinct prefixes, nested ones
+    /// included: `a/` and `a/b/` never share an object, and `clear` of `a/` leaves `a/b/`
+    /// alone.
     ///
     /// It must not be empty (an empty prefix would make `clear` empty the bucket), start with
-    /// `/`, contain empty, `.` or `..` segments or control characters, or be longer than 512
-    /// bytes; `build` rejects such a prefix with [`S3Error::InvalidPrefix`].
+    /// `/`, contain empty, `.`, `..` or `.tk` segments or control characters, or be longer
+    /// than 512 bytes; `build` rejects such a prefix with [`S3Error::InvalidPrefix`].
     ///
     /// Default: [`S3Backend::DEFAULT_PREFIX`] (`tierkit/`).
     pub fn prefix(mut self, prefix: &str) -> Self {
