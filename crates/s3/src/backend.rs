@@ -337,7 +337,10 @@ impl S3Backend {
     /// addressing (`http://host:port/bucket/key`), made without reading the environment,
     /// profiles or instance metadata (no `aws-config` needed).
     ///
-    /// Credentials never show in the builder's or the tier's `Debug`, nor in errors.
+    /// Credentials never show in the builder's or the tier's `Debug`, nor in errors: the
+    /// endpoint is shown through [`redact::url`](tierkit_core::redact::url), and `build` refuses
+    /// an endpoint with user-info, a query or a fragment
+    /// ([`S3Error::InvalidConfig`](crate::S3Error::InvalidConfig)).
     pub fn compatible(
         endpoint_url: &str,
         region: &str,
