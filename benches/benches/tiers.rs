@@ -98,7 +98,7 @@ fn redis(c: &mut Criterion) {
     let client = tier.clients().remove(0);
     let (key, value) = (CacheKey::new("bench:redis").unwrap(), value());
     let redis_key = tier.redis_key(&key);
-    let bytes = envelope::encode(&value, None);
+    let bytes = envelope::encode(&value, &key);
     let expiry = pxat(&value).unwrap();
     runtime.block_on(tier.set(&key, value.clone())).unwrap();
 
@@ -155,7 +155,7 @@ fn s3(c: &mut Criterion) {
     let client = tier.client().clone();
     let (key, value) = (CacheKey::new("bench:s3").unwrap(), value());
     let (bucket, object) = (tier.bucket().to_owned(), tier.object_key(&key));
-    let bytes = envelope::encode(&value, Some(&key));
+    let bytes = envelope::encode(&value, &key);
     runtime.block_on(tier.set(&key, value.clone())).unwrap();
 
     let mut group = c.benchmark_group("s3");

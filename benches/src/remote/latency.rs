@@ -94,7 +94,7 @@ fn g2(
         .map_err(|err| err.to_string())?;
     check(
         "raw GET reads the bytes the tier stored",
-        raw == Some(envelope::encode(value, None)),
+        raw == Some(envelope::encode(value, key)),
     )?;
     check(
         "L1 stays empty",
@@ -191,7 +191,7 @@ fn g4(plan: Plan, services: &Services, rows: &mut Vec<Row>) -> Result<(), String
     let (key, value) = (key("g4")?, value());
     let client = first_client(&tier)?;
     let redis_key = tier.redis_key(&key);
-    let bytes = envelope::encode(&value, None);
+    let bytes = envelope::encode(&value, &key);
     let expiry = pxat(&value)?;
     let raw = raw_moka(CAPACITY);
     let parallel = Composition::builder(moka_tier(), tier.clone())
@@ -305,7 +305,7 @@ fn g8(plan: Plan, services: &Services, rows: &mut Vec<Row>) -> Result<(), String
     let (l2, object) = runtime.block_on(raw_read());
     check(
         "the raw read misses Redis and finds the tier's object",
-        l2.is_none() && object == Some(envelope::encode(&value, Some(&read_key))),
+        l2.is_none() && object == Some(envelope::encode(&value, &read_key)),
     )?;
     let ours = runtime.block_on(stack.get(&read_key));
     check(
@@ -327,8 +327,8 @@ fn g8(plan: Plan, services: &Services, rows: &mut Vec<Row>) -> Result<(), String
     // Writes: all three tiers.
     let write_key = key("g8-write")?;
     let (write_redis_key, write_object) = (redis.redis_key(&write_key), s3.object_key(&write_key));
-    let redis_bytes = envelope::encode(&value, None);
-    let object_bytes = envelope::encode(&value, Some(&write_key));
+    let redis_bytes = envelope::encode(&value, &write_key);
+    let object_bytes = envelope::encode(&value, &write_key);
     let expiry = pxat(&value)?;
     let raw_write = async || {
         raw.insert(write_key.clone(), value.clone());

@@ -1,10 +1,14 @@
 //! The byte format a remote tier stores: a small versioned header, the value's timestamps, an
-//! optional echo of the key, a checksum, and the payload.
+//! echo of the key, a checksum, and the payload.
 //!
 //! Remote tiers (Redis, S3) store bytes, and bytes under a shared prefix may come from another
 //! program, another version of tierkit, or a truncated write. [`decode`] accepts only what
 //! [`encode`] produced, whole and unaltered: anything else is [`Malformed`], which tiers count
 //! as a miss. It never panics and never returns another value.
+//!
+//! Every envelope echoes the key it was written for, and [`decode`] checks the echo against the
+//! key it reads for: bytes copied under another key's name (by another program, or through a
+//! hashed name that collided) are [`Malformed::KeyMismatch`], never that other key's value.
 //!
 //! # Layout (version 1, all integers big-endian)
 //!
@@ -12,13 +16,13 @@
 //! |---|---|
 //! | 3 | magic `TKV` |
 //! | 1 | format version: 1 |
-//! | 1 | flags: bit 0 set when a key echo follows the header |
+//! | 1 | flags: bit 0, always set: a key echo follows the header |
 //! | 8 | `created_at`, Unix milliseconds |
 //! | 8 | `stale_at`, Unix milliseconds |
 //! | 8 | `expires_at`, Unix milliseconds |
 //! | 4 | payload length |
 //! | 4 | CRC-32 (IEEE) of every other byte: the header before this field, the key echo, the payload |
-//! | 2 + n | key echo, only when flag bit 0 is set: its length, then the key's bytes |
+//! | 2 + n | key echo: its length, then the key's bytes |
 //! | payload length | payload |
 //!
 //! Decoding borrows the payload from the input [`Bytes`]: no copy.
@@ -71,7 +75,7 @@ pub enum Malformed {
     /// The timestamps are out of order.
     BadTimestamps,
     /// The envelope was written for another key (a hashed object name collided, or bytes were
-    /// copied between keys).
+    /// copied between keys), or echoes no key at all.
     KeyMismatch,
 }
 
@@ -114,42 +118,39 @@ impl Malformed {
     }
 }
 
-/// The length of the envelope of `value` (with the key echo when `key` is given).
+/// The length of the envelope of `value` written for `key`: the header, the key echo, the
+/// payload.
 #[must_use]
-pub fn encoded_len(value: &CacheValue, key: Option<&CacheKey>) -> usize {
-    HEADER_LEN + key.map_or(0, |key| 2 + key.len()) + value.payload().len()
+pub fn encoded_len(value: &CacheValue, key: &CacheKey) -> usize {
+    HEADER_LEN + 2 + key.len() + value.payload().len()
 }
 
-/// Encodes `value`, echoing `key` inside the envelope when given (so that [`decode`] can check
-/// that the bytes belong to the key they were read for).
+/// Encodes `value` for `key`, echoing the key inside the envelope (so that [`decode`] can check
+/// that the bytes belong to the key they are read for).
 ///
 /// Payloads over [`MAX_PAYLOAD`] and keys over 65,535 bytes cannot be encoded; tiers reject
 /// such values before encoding (their own limits are far lower). Here they are clamped, and the
 /// resulting envelope fails to decode rather than decoding to another value.
 #[must_use]
-pub fn encode(value: &CacheValue, key: Option<&CacheKey>) -> Bytes {
+pub fn encode(value: &CacheValue, key: &CacheKey) -> Bytes {
     let payload = value.payload();
     let mut out = BytesMut::with_capacity(encoded_len(value, key));
     out.put_slice(&MAGIC);
     out.put_u8(VERSION);
-    out.put_u8(if key.is_some() { FLAG_KEY_ECHO } else { 0 });
+    out.put_u8(FLAG_KEY_ECHO);
     out.put_u64(value.created_at().as_unix_millis());
     out.put_u64(value.stale_at().as_unix_millis());
     out.put_u64(value.expires_at().as_unix_millis());
     out.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out);
-    let echo_len = key.map(|key| u16::try_from(key.len()).unwrap_or(u16::MAX));
-    if let (Some(key), Some(len)) = (key, echo_len) {
-        crc.update(&len.to_be_bytes());
-        crc.update(key.as_bytes());
-    }
+    let echo_len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+    crc.update(&echo_len.to_be_bytes());
+    crc.update(key.as_bytes());
     crc.update(payload);
     out.put_u32(crc.finalize());
-    if let (Some(key), Some(len)) = (key, echo_len) {
-        out.put_u16(len);
-        out.put_slice(key.as_bytes());
-    }
+    out.put_u16(echo_len);
+    out.put_slice(key.as_bytes());
     out.put_slice(payload);
     out.freeze()
 }
@@ -168,8 +169,8 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 
 /// Decodes an envelope read for `key`.
 ///
-/// When the envelope carries a key echo, it must equal `key` ([`Malformed::KeyMismatch`]
-/// otherwise). The payload of the returned value shares `bytes`' buffer.
+/// The envelope's key echo must equal `key`: an envelope of another key, or without an echo,
+/// is [`Malformed::KeyMismatch`]. The payload of the returned value shares `bytes`' buffer.
 ///
 /// # Errors
 ///
@@ -229,9 +230,7 @@ pub fn decode(bytes: &Bytes, key: &CacheKey) -> Result<CacheValue, Malformed> {
     if crc.finalize() != checksum {
         return Err(Malformed::ChecksumMismatch);
     }
-    if let Some(echo) = echo
-        && echo != key.as_bytes()
-    {
+    if echo != Some(key.as_bytes()) {
         return Err(Malformed::KeyMismatch);
     }
     CacheValue::new(bytes.slice(at..), created_at, stale_at, expires_at)
@@ -432,17 +431,16 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_with_and_without_key_echo() {
+    fn round_trips_with_the_key_echo() {
         let (key, value) = sample();
-        for echo in [None, Some(&key)] {
-            let bytes = encode(&value, echo);
-            assert_eq!(bytes.len(), encoded_len(&value, echo));
-            let decoded = decode(&bytes, &key).unwrap();
-            assert_eq!(decoded, value);
-            // The payload is a view into the input, not a copy.
-            let start = bytes.len() - value.payload().len();
-            assert_eq!(decoded.payload().as_ptr(), bytes[start..].as_ptr());
-        }
+        let bytes = encode(&value, &key);
+        assert_eq!(bytes.len(), encoded_len(&value, &key));
+        assert_eq!(bytes[4], FLAG_KEY_ECHO);
+        let decoded = decode(&bytes, &key).unwrap();
+        assert_eq!(decoded, value);
+        // The payload is a view into the input, not a copy.
+        let start = bytes.len() - value.payload().len();
+        assert_eq!(decoded.payload().as_ptr(), bytes[start..].as_ptr());
     }
 
     #[test]
@@ -450,13 +448,13 @@ mod tests {
         let key = CacheKey::new("k").unwrap();
         let value =
             CacheValue::with_ttl(Bytes::new(), Timestamp::UNIX_EPOCH, Duration::from_secs(1));
-        assert_eq!(decode(&encode(&value, Some(&key)), &key).unwrap(), value);
+        assert_eq!(decode(&encode(&value, &key), &key).unwrap(), value);
     }
 
     #[test]
     fn rejects_every_truncation_and_every_single_bit_flip() {
         let (key, value) = sample();
-        let bytes = encode(&value, Some(&key));
+        let bytes = encode(&value, &key);
         for cut in 0..bytes.len() {
             assert!(
                 decode(&bytes.slice(..cut), &key).is_err(),
@@ -518,7 +516,7 @@ mod tests {
         let foreign = Bytes::from(vec![b'x'; 100]);
         assert_eq!(decode(&foreign, &key), Err(Malformed::BadMagic));
         let (_, value) = sample();
-        let mut future = encode(&value, None).to_vec();
+        let mut future = encode(&value, &key).to_vec();
         future[3] = 2;
         assert_eq!(
             decode(&Bytes::from(future), &key),
@@ -531,16 +529,33 @@ mod tests {
     fn a_key_echo_must_match() {
         let (key, value) = sample();
         let other = CacheKey::new("user:43").unwrap();
-        let bytes = encode(&value, Some(&key));
+        let bytes = encode(&value, &key);
         assert_eq!(decode(&bytes, &other), Err(Malformed::KeyMismatch));
-        // Without an echo, the key is not checked.
-        assert!(decode(&encode(&value, None), &other).is_ok());
+    }
+
+    #[test]
+    fn an_envelope_without_a_key_echo_is_a_key_mismatch() {
+        let (key, value) = sample();
+        // The header of `encode` with the echo flag cleared and no echo, sealed again: what
+        // this format wrote before every envelope echoed its key.
+        let with_echo = encode(&value, &key);
+        let mut bytes = with_echo[..HEADER_LEN].to_vec();
+        bytes[4] = 0;
+        bytes.extend_from_slice(value.payload());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&bytes[..HEADER_LEN - 4]);
+        crc.update(&bytes[HEADER_LEN..]);
+        bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
+        assert_eq!(
+            decode(&Bytes::from(bytes), &key),
+            Err(Malformed::KeyMismatch)
+        );
     }
 
     #[test]
     fn inconsistent_timestamps_are_rejected_even_with_a_valid_checksum() {
         let (key, value) = sample();
-        let mut bytes = encode(&value, None).to_vec();
+        let mut bytes = encode(&value, &key).to_vec();
         // Swap stale_at and expires_at, then seal the checksum again.
         let (stale, expires) = (bytes[13..21].to_vec(), bytes[21..29].to_vec());
         bytes[13..21].copy_from_slice(&expires);

@@ -76,7 +76,9 @@
 //!   implementation, [`TokioOffload`].
 //! * [`Clock`]: every TTL decision reads one; [`ManualClock`] drives time in tests.
 //! * [`BackendError`]: one error type, cheap to clone, with a [`ErrorKind`] and a transient flag.
-//! * [`envelope`]: the versioned, checksummed byte format remote tiers store.
+//! * [`envelope`]: the versioned, checksummed byte format remote tiers store, echoing its key.
+//! * [`redact`]: URLs fit to show, without user-info or secret query parameters; every tier
+//!   shows URLs only through it.
 //!
 //! # Minimum supported Rust version
 //!
@@ -90,6 +92,7 @@ pub mod envelope;
 mod error;
 mod key;
 mod offload;
+pub mod redact;
 mod time;
 mod value;
 

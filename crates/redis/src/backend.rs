@@ -122,7 +122,10 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 ///
 /// The Redis key of a [`CacheKey`] is the namespace, a colon, then the key's canonical bytes,
 /// unchanged: `shop:user:42`. Any key works, control characters, NUL and Unicode included
-/// ([`redis_key`](Self::redis_key) shows the exact bytes).
+/// ([`redis_key`](Self::redis_key) shows the exact bytes). In the namespace, `%` is written
+/// `%25` and `:` is written `%3A`, so the first colon always ends the namespace and no two
+/// (namespace, key) pairs share a Redis key: namespace `shop` with key `eu:cart:7` is
+/// `shop:eu:cart:7`, namespace `shop:eu` with key `cart:7` is `shop%3Aeu:cart:7`.
 ///
 /// In a cluster, Redis places each key in a hash slot computed from the whole key, unless the
 /// key contains a *hash tag*: then only the text between the first `{` and the next `}` counts.
@@ -184,8 +187,9 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 ///
 /// # Corrupt and foreign values
 ///
-/// Bytes under the namespace that are not a whole, unaltered envelope (written by another
-/// program, truncated, bit-flipped) and keys holding another Redis type (a list, a hash) are
+/// Bytes under the namespace that are not a whole, unaltered envelope written for the key read
+/// (written by another program, truncated, bit-flipped, copied from another key: every
+/// envelope echoes its key, reason `key_mismatch`) and keys holding another Redis type (a list, a hash) are
 /// answered as a **miss**, never as an error and never as another value. Each is counted by
 /// reason in [`stats`](Self::stats) (`decode_errors`) and in the `metrics` counter
 /// `tierkit_redis_decode_errors_total{reason}`, and traced at `debug` level with the key's
@@ -268,8 +272,9 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 ///
 /// # `clear`
 ///
-/// `clear` removes every key under `namespace:` and nothing else: it walks the keyspace with
-/// `SCAN MATCH <namespace>:* COUNT 500` on every primary (every node of a cluster, concurrently)
+/// `clear` removes every key of its namespace and nothing else (no key of a namespace nested
+/// under it, `shop:eu`, nor of one whose name extends it, `shop-2`): it walks the keyspace with
+/// `SCAN MATCH <escaped namespace>:* COUNT 500` (the namespace's glob characters escaped too) on every primary (every node of a cluster, concurrently)
 /// and removes each page's keys with `UNLINK` (grouped by hash slot in a cluster, so no
 /// `CROSSSLOT` error). It never uses `KEYS` or `FLUSHDB`. Each round trip is bounded by the
 /// command timeout; the whole operation takes as long as the keyspace needs. Keys written while
@@ -845,7 +850,7 @@ impl Inner {
                 .await;
         }
         let expiry = expiration(value.expires_at());
-        let bytes = envelope::encode(&value, None);
+        let bytes = envelope::encode(&value, key);
         self.call(Op::Set, &redis_key, |client| {
             let (redis_key, bytes, expiry) = (redis_key.clone(), bytes.clone(), expiry.clone());
             async move {

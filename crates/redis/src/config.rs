@@ -10,11 +10,11 @@ use fred::types::config::{
     Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, ServerConfig, TcpConfig,
     UnresponsiveConfig,
 };
-use tierkit_core::{Clock, ErrorKind, envelope};
+use tierkit_core::{Clock, ErrorKind, envelope, redact};
 
 use crate::backend::{Connections, Parts, RedisBackend};
 use crate::cluster::{ClusterRouter, NodeSettings};
-use crate::error::{RedisError, classify, redact_url, url_wants_tls};
+use crate::error::{RedisError, classify, url_wants_tls};
 use crate::keys::Namespace;
 
 /// Where a [`RedisBackend`] gets its connection: a URL, a fred [`Config`], or a fred [`Client`]
@@ -34,7 +34,9 @@ use crate::keys::Namespace;
 ///   (`init`) nor closes (`quit`) them, and leaves their configuration alone. `build` only
 ///   waits, up to the connect timeout, for them to be connected, so connect them first.
 ///
-/// Its `Debug` form never shows credentials.
+/// Its `Debug` form never shows credentials: a URL is shown through
+/// [`redact::url`](tierkit_core::redact::url) (user-info and secret query parameters such as
+/// `sentinelPassword` replaced by `***`), a `Config` as its servers only.
 #[non_exhaustive]
 pub enum RedisSource {
     /// A URL in one of the forms of [`Config::from_url`]; see the
@@ -88,7 +90,7 @@ impl From<Pool> for RedisSource {
 impl fmt::Debug for RedisSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RedisSource::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
+            RedisSource::Url(url) => f.debug_tuple("Url").field(&redact::url(url)).finish(),
             RedisSource::Config(config) => f
                 .debug_struct("Config")
                 .field("servers", &describe_servers(&config.server))
@@ -169,8 +171,10 @@ impl RedisBackendBuilder {
         }
     }
 
-    /// The namespace: every key the tier writes is `namespace:` followed by the cache key, and
-    /// [`clear`](tierkit_core::Backend::clear) removes exactly the keys under `namespace:`.
+    /// The namespace: every key the tier writes is the namespace (with `%` and `:` written
+    /// `%25` and `%3A`), `:`, then the cache key, and [`clear`](tierkit_core::Backend::clear)
+    /// removes exactly the namespace's keys: none of another namespace, nested (`shop:eu`
+    /// under `shop`) or not.
     ///
     /// It must not be empty and must not contain `{` or `}` (they would turn the namespace into
     /// a cluster hash tag and send every key to one slot; put hash tags in your keys instead,
@@ -215,8 +219,8 @@ impl RedisBackendBuilder {
 
     /// The largest payload `set` accepts, in bytes. A larger one is rejected with
     /// [`ErrorKind::InvalidValue`] and nothing is written (the key keeps whatever it held).
-    /// The stored envelope is [`HEADER_LEN`](tierkit_core::envelope::HEADER_LEN) (37) bytes
-    /// larger than the payload. Values above the envelope's own limit (4 GiB - 1) are clamped
+    /// The stored envelope is [`HEADER_LEN`](tierkit_core::envelope::HEADER_LEN) (37) bytes,
+    /// plus 2 and the key's length (its echo), larger than the payload. Values above the envelope's own limit (4 GiB - 1) are clamped
     /// to it; Redis' `proto-max-bulk-len` (512 MB by default) also applies.
     ///
     /// Default: [`RedisBackend::DEFAULT_MAX_VALUE_BYTES`] (16 MiB).
@@ -287,7 +291,7 @@ impl RedisBackendBuilder {
     ///   of the kind configured (a cluster URL for a standalone server).
     /// * [`RedisError::ConnectTimeout`]: not connected within the connect timeout.
     ///
-    /// Messages name the servers (`host:port`) and never contain a password.
+    /// Messages name the servers (`host:port`) and never contain a password, token or secret.
     pub async fn build(self) -> Result<RedisBackend, RedisError> {
         ensure_crypto_provider();
         let namespace = Namespace::new(&self.namespace)?;
@@ -310,11 +314,11 @@ impl RedisBackendBuilder {
             RedisSource::Url(url) => {
                 if url_wants_tls(&url) && !cfg!(feature = "tls") {
                     return Err(RedisError::TlsNotEnabled {
-                        url: redact_url(&url),
+                        url: redact::url(&url),
                     });
                 }
                 let config = Config::from_url(&url).map_err(|source| RedisError::InvalidUrl {
-                    url: redact_url(&url),
+                    url: redact::url(&url),
                     source,
                 })?;
                 let (connections, servers) = connect.owned(config).await?;

@@ -11,8 +11,9 @@ use tierkit_core::{BackendError, ErrorKind, Op};
 ///
 /// Like every error of tierkit it has a [`kind`](RedisError::kind) and a
 /// [transience](RedisError::is_transient), and converts into a [`BackendError`] with `?`.
-/// Messages name the servers as `host:port` and never contain a password: URLs are shown with
-/// their credentials replaced by `***`.
+/// Messages name the servers as `host:port` and never contain a password, token or secret: URLs
+/// are shown through [`redact::url`](tierkit_core::redact::url), their user-info and secret
+/// query parameters replaced by `***`.
 ///
 /// ```
 /// use tierkit_core::ErrorKind;
@@ -52,7 +53,8 @@ pub enum RedisError {
     /// The URL could not be parsed. Permanent.
     #[error("invalid redis URL {url}")]
     InvalidUrl {
-        /// The URL, with any credentials replaced by `***`.
+        /// The URL, through [`redact::url`](tierkit_core::redact::url): its user-info and
+        /// secret query parameters replaced by `***`.
         url: String,
         /// fred's parse error.
         #[source]
@@ -65,7 +67,8 @@ pub enum RedisError {
         "the redis URL {url} asks for TLS, but tierkit-redis was built without its `tls` feature"
     )]
     TlsNotEnabled {
-        /// The URL, with any credentials replaced by `***`.
+        /// The URL, through [`redact::url`](tierkit_core::redact::url): its user-info and
+        /// secret query parameters replaced by `***`.
         url: String,
     },
 
@@ -207,26 +210,6 @@ pub(crate) fn map_error(tier: &Arc<str>, op: Op, after: Duration, err: FredError
     }
 }
 
-/// `url` with the user-info part (`user:password@`) replaced by `***@`, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        // Not a URL we can take apart: show only that much.
-        return "(unparsable URL)".to_owned();
-    };
-    let authority_start = scheme_end + 3;
-    let rest = &url[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_len];
-    match authority.rfind('@') {
-        Some(at) => format!(
-            "{}***@{}",
-            &url[..authority_start],
-            &url[authority_start + at + 1..]
-        ),
-        None => url.to_owned(),
-    }
-}
-
 /// Whether the URL's scheme asks for TLS (`rediss`, `valkeys`, and their `-cluster` and
 /// `-sentinel` forms), as fred decides it.
 pub(crate) fn url_wants_tls(url: &str) -> bool {
@@ -352,26 +335,6 @@ mod tests {
                 .and_then(|s| s.downcast_ref::<FredError>())
                 .is_some()
         );
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://user:s3cret@host:6379/1"),
-            "redis://***@host:6379/1"
-        );
-        assert_eq!(redact_url("redis://:s3cret@host"), "redis://***@host");
-        assert_eq!(
-            redact_url("redis-cluster://u:p@a:1?node=b:2&node=c:3"),
-            "redis-cluster://***@a:1?node=b:2&node=c:3"
-        );
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
-        // An `@` after the authority is not user info.
-        assert_eq!(
-            redact_url("redis://host:6379?x=a@b"),
-            "redis://host:6379?x=a@b"
-        );
-        assert_eq!(redact_url("p@ss"), "(unparsable URL)");
     }
 
     #[test]

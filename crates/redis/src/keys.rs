@@ -1,5 +1,11 @@
-//! The key layout: `namespace:` followed by the key's canonical bytes, and the `SCAN` pattern
-//! that matches exactly the keys of one namespace.
+//! The key layout: the namespace, escaped so that it contains no `:`, then `:`, then the key's
+//! canonical bytes; and the `SCAN` pattern that matches exactly the keys of one namespace.
+//!
+//! In the namespace, `%` is written `%25` and `:` is written `%3A`; every other character stays
+//! as it is. The first `:` of a Redis key therefore ends its namespace, and unescaping gives the
+//! namespace back: two (namespace, key) pairs never share a Redis key (`app` with key `t1:x` is
+//! `app:t1:x`, `app:t1` with key `x` is `app%3At1:x`), and `namespace:*` matches no key of
+//! another namespace, nested (`app:t1`) or sibling (`app-2`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tierkit_core::CacheKey;
@@ -10,9 +16,9 @@ use crate::error::RedisError;
 #[derive(Clone, Debug)]
 pub(crate) struct Namespace {
     name: Box<str>,
-    /// `name` followed by `:`.
+    /// `name` escaped, followed by `:`.
     prefix: Bytes,
-    /// `name` with the glob characters escaped, followed by `:*`.
+    /// `name` escaped, then with the glob characters escaped, followed by `:*`.
     pattern: Box<str>,
 }
 
@@ -20,14 +26,13 @@ impl Namespace {
     /// Checks `name` and derives the prefix and the pattern.
     pub(crate) fn new(name: &str) -> Result<Self, RedisError> {
         validate(name)?;
-        let mut prefix = BytesMut::with_capacity(name.len() + 1);
-        prefix.put_slice(name.as_bytes());
-        prefix.put_u8(b':');
-        let mut pattern = escape_glob(name);
+        let mut escaped = escape_namespace(name);
+        let mut pattern = escape_glob(&escaped);
         pattern.push_str(":*");
+        escaped.push(':');
         Ok(Namespace {
             name: name.into(),
-            prefix: prefix.freeze(),
+            prefix: Bytes::from(escaped.into_bytes()),
             pattern: pattern.into_boxed_str(),
         })
     }
@@ -68,6 +73,19 @@ fn validate(name: &str) -> Result<(), RedisError> {
     })
 }
 
+/// Writes `%` as `%25` and `:` as `%3A`, so that the namespace contains no `:`.
+fn escape_namespace(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Escapes the characters Redis glob patterns treat specially: `*`, `?`, `[`, `]` and `\`.
 pub(crate) fn escape_glob(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
@@ -103,6 +121,37 @@ mod tests {
         assert_eq!(
             &ns.redis_key(&CacheKey::new("k").unwrap())[..],
             br"a*b?c[d]e\f:k"
+        );
+    }
+
+    #[test]
+    fn colons_and_percents_of_a_namespace_are_escaped() {
+        let ns = Namespace::new("app:t1%").unwrap();
+        assert_eq!(
+            &ns.redis_key(&CacheKey::new("x").unwrap())[..],
+            b"app%3At1%25:x"
+        );
+        assert_eq!(ns.pattern(), "app%3At1%25:*");
+        assert_eq!(ns.name(), "app:t1%");
+        // The pairs that would share `app:t1:x` unescaped.
+        let parent = Namespace::new("app").unwrap();
+        assert_eq!(
+            &parent.redis_key(&CacheKey::new("t1:x").unwrap())[..],
+            b"app:t1:x"
+        );
+        let nested = Namespace::new("app:t1").unwrap();
+        assert_eq!(
+            &nested.redis_key(&CacheKey::new("x").unwrap())[..],
+            b"app%3At1:x"
+        );
+        // `%` is escaped too: `a%3Ab` and `a:b` stay two namespaces.
+        assert_ne!(
+            Namespace::new("a%3Ab")
+                .unwrap()
+                .redis_key(&CacheKey::new("x").unwrap()),
+            Namespace::new("a:b")
+                .unwrap()
+                .redis_key(&CacheKey::new("x").unwrap())
         );
     }
 

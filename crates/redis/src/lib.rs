@@ -59,18 +59,20 @@
 //!
 //! # Keys, values and expiry
 //!
-//! * The Redis key of a cache key is `namespace:` followed by the key's canonical bytes
-//!   (namespace `tierkit` by default). In a cluster, co-locate keys with a hash tag in the key,
+//! * The Redis key of a cache key is the namespace (with `%` and `:` escaped as `%25` and
+//!   `%3A`), `:`, then the key's canonical bytes (namespace `tierkit` by default): no two
+//!   (namespace, key) pairs share a Redis key. In a cluster, co-locate keys with a hash tag in the key,
 //!   `{user42}:profile`; see [`RedisBackend`], "Key layout and hash tags".
 //! * The stored bytes are the value's [envelope](tierkit_core::envelope): its timestamps, a
-//!   CRC-32 and the payload. Payloads above [`max_value_bytes`](RedisBackendBuilder::max_value_bytes)
+//!   CRC-32, an echo of the cache key (checked on every read) and the payload. Payloads above [`max_value_bytes`](RedisBackendBuilder::max_value_bytes)
 //!   (16 MiB by default) are rejected.
 //! * `SET ... PXAT expires_at`: Redis removes each key when its value expires; reads check
 //!   `expires_at` against the tier's [`Clock`](tierkit_core::Clock) too.
 //! * Bytes that do not decode, and keys of another Redis type, are misses, counted in
 //!   [`RedisBackend::stats`].
-//! * `clear` scans every primary for `namespace:*` and unlinks what it finds; never `KEYS`,
-//!   never `FLUSHDB`.
+//! * `clear` scans every primary for `namespace:*` (escaped) and unlinks what it finds: exactly
+//!   the namespace's keys, none of a nested or sibling namespace; never `KEYS`, never
+//!   `FLUSHDB`.
 //!
 //! # Timeouts
 //!

@@ -193,7 +193,7 @@ async fn undecodable_values_are_counted_misses() {
         .expect("the tier connects");
     let now = Clock::System.now();
     let good = CacheValue::with_ttl(vec![7u8; 64], now, HOUR);
-    let envelope = envelope::encode(&good, None);
+    let envelope = envelope::encode(&good, &k("garbage"));
 
     let truncated = envelope.slice(..envelope.len() - 5);
     let mut flipped = envelope.to_vec();
@@ -301,7 +301,7 @@ async fn keys_of_every_shape_are_stored_under_the_namespace() {
         expected_key.extend_from_slice(text.as_bytes());
         assert_eq!(&tier.redis_key(&key)[..], &expected_key[..]);
         let stored: Option<Bytes> = raw.get(Bytes::from(expected_key)).await.expect("raw GET");
-        assert_eq!(stored, Some(envelope::encode(&value, None)), "key {i}");
+        assert_eq!(stored, Some(envelope::encode(&value, &key)), "key {i}");
     }
     let too_long = CacheKey::new("x".repeat(CacheKey::MAX_LEN + 1)).expect_err("too long");
     assert_eq!(too_long.kind(), ErrorKind::InvalidKey);
@@ -498,6 +498,145 @@ async fn clear_in_a_cluster_reaches_every_primary() {
         count_keys_per_primary(&raw, &format!("{ns_b}:*")).await,
         vec![0, 0, 0]
     );
+}
+
+/// A namespace and a namespace nested under it (`base` and `base:t1`) never share a Redis key:
+/// `t1:x` of the first and `x` of the second are two keys, each reading its own value.
+#[tokio::test]
+async fn a_nested_namespace_never_shares_a_redis_key_with_its_parent() {
+    let url = require_server!(STANDALONE);
+    let base = unique_namespace("alias");
+    let parent = builder(&url, &base).build().await.expect("connects");
+    let nested = builder(&url, &format!("{base}:t1"))
+        .build()
+        .await
+        .expect("connects");
+    let now = Clock::System.now();
+    let of_parent = CacheValue::with_ttl(&b"parent"[..], now, HOUR);
+    let of_nested = CacheValue::with_ttl(&b"nested"[..], now, HOUR);
+    let (parent_key, nested_key) = (k("t1:x"), k("x"));
+    assert_ne!(parent.redis_key(&parent_key), nested.redis_key(&nested_key));
+
+    parent
+        .set(&parent_key, of_parent.clone())
+        .await
+        .expect("set");
+    nested
+        .set(&nested_key, of_nested.clone())
+        .await
+        .expect("set");
+    assert_eq!(parent.get(&parent_key).await.expect("get"), Some(of_parent));
+    assert_eq!(nested.get(&nested_key).await.expect("get"), Some(of_nested));
+    assert_eq!(parent.stats().decode_errors.total(), 0);
+    assert_eq!(nested.stats().decode_errors.total(), 0);
+    parent.clear().await.expect("clear");
+    nested.clear().await.expect("clear");
+}
+
+/// A value a composition wrote for one key, copied byte for byte under another key's Redis
+/// name, is a miss counted as `key_mismatch`, never the first key's value.
+#[tokio::test]
+async fn a_value_copied_under_another_keys_name_is_a_counted_miss() {
+    let url = require_server!(STANDALONE);
+    let raw = raw_client(&url).await;
+    let tier = builder(&url, &unique_namespace("copied"))
+        .build()
+        .await
+        .expect("connects");
+    let cache = Composition::new(MokaBackend::new(100), tier.clone());
+    let (written, copied) = (k("user:1"), k("user:2"));
+    let value = CacheValue::with_ttl(&b"user one"[..], Clock::System.now(), HOUR);
+    cache.set(&written, value.clone()).await.expect("set");
+
+    let bytes: Bytes = raw.get(tier.redis_key(&written)).await.expect("raw GET");
+    let _: () = raw
+        .set(tier.redis_key(&copied), bytes, None, None, false)
+        .await
+        .expect("raw SET");
+
+    assert_eq!(tier.get(&copied).await.expect("a miss, not an error"), None);
+    assert_eq!(
+        cache.get(&copied).await.expect("a miss, not an error"),
+        None
+    );
+    let decode_errors = tier.stats().decode_errors;
+    assert_eq!(decode_errors.get("key_mismatch"), 2, "{decode_errors:?}");
+    assert_eq!(decode_errors.total(), 2, "{decode_errors:?}");
+    assert_eq!(tier.get(&written).await.expect("get"), Some(value));
+    tier.clear().await.expect("clear");
+}
+
+/// Seeds a namespace, a sibling whose name extends it (`base-sibling`) and a namespace nested
+/// under it (`base:nested`), each with its own number of keys; `clear` of the first removes
+/// exactly its keys: the count of keys under `base*` drops by that many and every key of the
+/// other two still reads its value.
+async fn clear_removes_exactly_its_own_namespace_on(url: &str) {
+    let raw = raw_client(url).await;
+    let base = unique_namespace("exact-clear");
+    let own = builder(url, &base).build().await.expect("connects");
+    let sibling = builder(url, &format!("{base}-sibling"))
+        .build()
+        .await
+        .expect("connects");
+    let nested = builder(url, &format!("{base}:nested"))
+        .build()
+        .await
+        .expect("connects");
+    let now = Clock::System.now();
+    let value =
+        |name: &str, i: usize| CacheValue::with_ttl(format!("{name} {i}").into_bytes(), now, HOUR);
+    let keys = |n: usize| -> Vec<CacheKey> { (0..n).map(|i| k(&format!("nested:{i}"))).collect() };
+    let (own_keys, sibling_keys, nested_keys) = (keys(60), keys(25), keys(15));
+    for (i, key) in own_keys.iter().enumerate() {
+        own.set(key, value("own", i)).await.expect("set");
+    }
+    for (i, key) in sibling_keys.iter().enumerate() {
+        sibling.set(key, value("sibling", i)).await.expect("set");
+    }
+    for (i, key) in nested_keys.iter().enumerate() {
+        nested.set(key, value("nested", i)).await.expect("set");
+    }
+    let count = || async {
+        count_keys_per_primary(&raw, &format!("{base}*"))
+            .await
+            .iter()
+            .sum::<usize>()
+    };
+    assert_eq!(count().await, 60 + 25 + 15);
+
+    own.clear().await.expect("clear");
+
+    assert_eq!(count().await, 25 + 15);
+    for key in &own_keys {
+        assert_eq!(own.get(key).await.expect("get"), None, "{key}");
+    }
+    for (i, key) in sibling_keys.iter().enumerate() {
+        assert_eq!(
+            sibling.get(key).await.expect("get"),
+            Some(value("sibling", i))
+        );
+    }
+    for (i, key) in nested_keys.iter().enumerate() {
+        assert_eq!(
+            nested.get(key).await.expect("get"),
+            Some(value("nested", i))
+        );
+    }
+    sibling.clear().await.expect("clear");
+    nested.clear().await.expect("clear");
+    assert_eq!(count().await, 0);
+}
+
+#[tokio::test]
+async fn clear_removes_exactly_its_own_namespace() {
+    let url = require_server!(STANDALONE);
+    clear_removes_exactly_its_own_namespace_on(&url).await;
+}
+
+#[tokio::test]
+async fn clear_in_a_cluster_removes_exactly_its_own_namespace() {
+    let url = require_server!(CLUSTER);
+    clear_removes_exactly_its_own_namespace_on(&url).await;
 }
 
 // ---------------------------------------------------------------------------------------------

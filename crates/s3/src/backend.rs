@@ -82,15 +82,19 @@ use crate::stats::{Counters, S3Stats, TOO_LARGE};
 /// Every [`CacheKey`] maps to exactly one object key, and two cache keys never to the same
 /// one ([`object_key`](Self::object_key) shows it):
 ///
-/// * `prefix` + `k/` + the key escaped + `.tkv`: ASCII letters, digits, `-` and `_` stay as
+/// * `prefix` + `.tk/k/` + the key escaped + `.tkv`: ASCII letters, digits, `-` and `_` stay as
 ///   they are; every other byte (of the key's UTF-8) is written `%XX` (two upper-case hex
 ///   digits). The escaped form is cut into `/`-separated segments of at most 200 characters
 ///   (never inside a `%XX`), for servers that keep objects as files. So `user:42` is
-///   `tierkit/k/user%3A42.tkv` and `a/../b` is `tierkit/k/a%2F%2E%2E%2Fb.tkv`: no `/`, `.` or
+///   `tierkit/.tk/k/user%3A42.tkv` and `a/../b` is `tierkit/.tk/k/a%2F%2E%2E%2Fb.tkv`: no `/`, `.` or
 ///   `..` of a key ever reaches a path.
 /// * When that would be longer than 900 bytes (S3 allows 1,024; see
-///   [`max_plain_object_key`](S3BackendBuilder::max_plain_object_key)): `prefix` + `h/` + the
+///   [`max_plain_object_key`](S3BackendBuilder::max_plain_object_key)): `prefix` + `.tk/h/` + the
 ///   SHA-256 of the key's bytes in lower-case hex (64 characters) + `.tkv`.
+///
+/// `.tk/` is the tier's own directory, and no prefix may contain a `.tk` segment: the first
+/// one ends the prefix, so no two (prefix, key) pairs share an object, and no object of a
+/// nested prefix (`shop/eu/` under `shop/`) is in another tier's directory.
 ///
 /// An escaped key never contains a `.`, so the `.tkv` ending also keeps any object key from
 /// being a "directory" of another (`k/aaa.tkv`, `k/aaa/bbb.tkv`), which servers that keep
@@ -111,10 +115,10 @@ use crate::stats::{Counters, S3Stats, TOO_LARGE};
 ///     .build()
 ///     .await?; // no request is made
 /// assert_eq!(tier.prefix(), "shop/");
-/// assert_eq!(tier.object_key(&CacheKey::new("user:42")?), "shop/k/user%3A42.tkv");
-/// assert_eq!(tier.object_key(&CacheKey::new("a b/é")?), "shop/k/a%20b%2F%C3%A9.tkv");
+/// assert_eq!(tier.object_key(&CacheKey::new("user:42")?), "shop/.tk/k/user%3A42.tkv");
+/// assert_eq!(tier.object_key(&CacheKey::new("a b/é")?), "shop/.tk/k/a%20b%2F%C3%A9.tkv");
 /// let long = tier.object_key(&CacheKey::new("x".repeat(1000))?);
-/// assert!(long.starts_with("shop/h/") && long.len() == 7 + 64 + 4);
+/// assert!(long.starts_with("shop/.tk/h/") && long.len() == 11 + 64 + 4);
 /// # Ok(()) }
 /// ```
 ///
@@ -261,7 +265,7 @@ use crate::stats::{Counters, S3Stats, TOO_LARGE};
 /// * `get`: one `GetObject` per call, so one per read that misses the tiers above this one.
 /// * `set`: one `PutObject` (a `DeleteObject` for an already expired value).
 /// * `delete`: one `DeleteObject`.
-/// * `clear`: one `ListObjectsV2` per 1,000 objects under the prefix, and one `DeleteObjects`
+/// * `clear`: one `ListObjectsV2` per 1,000 objects under `prefix.tk/`, and one `DeleteObjects`
 ///   per page listed (batches of at most 1,000 keys).
 /// * An expired object read with an offload: one background `DeleteObject`.
 ///
@@ -333,7 +337,10 @@ impl S3Backend {
     /// addressing (`http://host:port/bucket/key`), made without reading the environment,
     /// profiles or instance metadata (no `aws-config` needed).
     ///
-    /// Credentials never show in the builder's or the tier's `Debug`, nor in errors.
+    /// Credentials never show in the builder's or the tier's `Debug`, nor in errors: the
+    /// endpoint is shown through [`redact::url`](tierkit_core::redact::url), and `build` refuses
+    /// an endpoint with user-info, a query or a fragment
+    /// ([`S3Error::InvalidConfig`](crate::S3Error::InvalidConfig)).
     pub fn compatible(
         endpoint_url: &str,
         region: &str,
@@ -625,7 +632,7 @@ impl Inner {
                 .bounded(Op::Set, self.delete_object(Op::Set, &object))
                 .await;
         }
-        let bytes = envelope::encode(&value, Some(key));
+        let bytes = envelope::encode(&value, key);
         self.bounded(Op::Set, async {
             self.client
                 .put_object()
@@ -666,7 +673,7 @@ impl Inner {
                     self.client
                         .list_objects_v2()
                         .bucket(&*self.context.bucket)
-                        .prefix(self.prefix.as_str())
+                        .prefix(self.prefix.data_dir())
                         .max_keys(CLEAR_BATCH_I32)
                         .set_continuation_token(token.take())
                         .send()

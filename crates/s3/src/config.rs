@@ -8,10 +8,10 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, ResponseChecksumValidation};
-use tierkit_core::{Clock, Offload, envelope};
+use tierkit_core::{Clock, Offload, envelope, redact};
 
 use crate::backend::{Parts, S3Backend};
-use crate::error::{Context, Failure, S3Error, describe_place, redact_url};
+use crate::error::{Context, Failure, S3Error, describe_place};
 use crate::keys::{Prefix, S3_MAX_OBJECT_KEY};
 
 /// Builds an [`S3Backend`]; start with [`S3Backend::builder`] (an SDK client you configured) or
@@ -122,15 +122,16 @@ impl S3BackendBuilder {
         )
     }
 
-    /// The key prefix: every object the tier writes is under it, and
-    /// [`clear`](tierkit_core::Backend::clear) deletes every object under it, so the prefix
-    /// belongs to the tier. A `/` is appended when it does not end with one (`shop` stores
-    /// under `shop/`). Two tiers sharing a bucket need prefixes neither of which starts with
-    /// the other (`a/` and `a/b/` do not work together; `a/` and `b/` do).
+    /// The key prefix: every object the tier writes is under `prefix` + `.tk/`, the tier's own
+    /// directory, and [`clear`](tierkit_core::Backend::clear) deletes exactly the objects
+    /// there. A `/` is appended when it does not end with one (`shop` stores under
+    /// `shop/.tk/`). Tiers sharing a bucket may use any distinct prefixes, nested ones
+    /// included: `a/` and `a/b/` never share an object, and `clear` of `a/` leaves `a/b/`
+    /// alone.
     ///
     /// It must not be empty (an empty prefix would make `clear` empty the bucket), start with
-    /// `/`, contain empty, `.` or `..` segments or control characters, or be longer than 512
-    /// bytes; `build` rejects such a prefix with [`S3Error::InvalidPrefix`].
+    /// `/`, contain empty, `.`, `..` or `.tk` segments or control characters, or be longer
+    /// than 512 bytes; `build` rejects such a prefix with [`S3Error::InvalidPrefix`].
     ///
     /// Default: [`S3Backend::DEFAULT_PREFIX`] (`tierkit/`).
     pub fn prefix(mut self, prefix: &str) -> Self {
@@ -281,13 +282,10 @@ impl S3BackendBuilder {
             ));
         }
         if let Some(endpoint) = &self.endpoint
-            && !is_http_url(endpoint)
+            && let Some(problem) = endpoint_problem(endpoint)
         {
             return Err(S3Error::InvalidConfig {
-                reason: format!(
-                    "the endpoint {} is not an http:// or https:// URL with a host",
-                    redact_url(endpoint)
-                ),
+                reason: format!("the endpoint {} {problem}", redact::url(endpoint)),
             });
         }
         let place = self.place();
@@ -319,16 +317,30 @@ fn invalid_config(reason: &str) -> S3Error {
     }
 }
 
-/// Whether `url` looks like a URL the SDK accepts as an endpoint: `http://` or `https://`, a
-/// host, no whitespace.
-fn is_http_url(url: &str) -> bool {
+/// Why `url` is not an endpoint the tier uses, if it is not: it must be `http://` or
+/// `https://` with a host, without whitespace, and without user-info, query or fragment (S3
+/// takes none; they could only carry credentials, which the SDK would then show in its own
+/// errors and logs).
+fn endpoint_problem(url: &str) -> Option<&'static str> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
-    rest.is_some_and(|rest| {
-        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-        !host.is_empty() && !url.chars().any(|c| c.is_whitespace() || c.is_control())
-    })
+    let Some(rest) = rest else {
+        return Some("is not an http:// or https:// URL with a host");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("is not an http:// or https:// URL with a host")
+    } else if authority.contains('@') {
+        Some(
+            "carries user-info (`user:password@`); give the credentials to the client (the \
+             access and secret keys of `S3Backend::compatible`)",
+        )
+    } else if url.contains(['?', '#']) {
+        Some("has a query or a fragment, which an S3 endpoint does not take")
+    } else {
+        None
+    }
 }
 
 /// The initial backoff of the SDK's retries.
@@ -469,7 +481,15 @@ mod tests {
     #[tokio::test]
     async fn an_unusable_endpoint_or_region_is_a_configuration_error() {
         use tierkit_core::{Backend, CacheKey, ErrorKind};
-        for endpoint in ["not a url", "ftp://h", "http://", "http://h /x"] {
+        for endpoint in [
+            "not a url",
+            "ftp://h",
+            "http://",
+            "http://h /x",
+            "http://u:pw@h:9000",
+            "https://h/?X-Amz-Security-Token=t",
+            "https://h/#x",
+        ] {
             let err = S3BackendBuilder::compatible(endpoint, "us-east-1", "a", "s", "b")
                 .build()
                 .await
@@ -479,8 +499,9 @@ mod tests {
                 "{endpoint}: {err:?}"
             );
         }
-        assert!(is_http_url("https://s3.eu-west-1.amazonaws.com"));
-        assert!(is_http_url("http://127.0.0.1:9000/"));
+        assert_eq!(endpoint_problem("https://s3.eu-west-1.amazonaws.com"), None);
+        assert_eq!(endpoint_problem("http://127.0.0.1:9000/"), None);
+        assert_eq!(endpoint_problem("http://127.0.0.1:9000/path"), None);
 
         let no_region = Client::from_conf(
             aws_sdk_s3::Config::builder()

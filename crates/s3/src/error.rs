@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use tierkit_core::{BackendError, ErrorKind, ErrorSource, Op};
+use tierkit_core::{BackendError, ErrorKind, ErrorSource, Op, redact};
 
 /// Why an [`S3Backend`](crate::S3Backend) could not be built, or why S3 refused an operation.
 ///
@@ -473,29 +473,11 @@ fn resolving_the_endpoint_failed(err: &(dyn std::error::Error + 'static)) -> boo
 pub(crate) fn describe_place(endpoint: Option<&str>, region: Option<&str>) -> String {
     match (endpoint, region) {
         (Some(endpoint), Some(region)) => {
-            format!("endpoint {}, region {region}", redact_url(endpoint))
+            format!("endpoint {}, region {region}", redact::url(endpoint))
         }
-        (Some(endpoint), None) => format!("endpoint {}", redact_url(endpoint)),
+        (Some(endpoint), None) => format!("endpoint {}", redact::url(endpoint)),
         (None, Some(region)) => format!("region {region}"),
         (None, None) => "no region configured".to_owned(),
-    }
-}
-
-/// `url` with the user-info part (`user:password@`) replaced by `***@`, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.split('@').next_back().unwrap_or("").to_owned();
-    };
-    let authority_start = scheme_end + 3;
-    let rest = &url[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_len].rfind('@') {
-        Some(at) => format!(
-            "{}***@{}",
-            &url[..authority_start],
-            &url[authority_start + at + 1..]
-        ),
-        None => url.to_owned(),
     }
 }
 
@@ -697,7 +679,14 @@ mod tests {
         );
         assert_eq!(describe_place(None, Some("eu-west-1")), "region eu-west-1");
         assert_eq!(describe_place(None, None), "no region configured");
-        assert_eq!(redact_url("user:pw@host"), "host");
+        assert_eq!(
+            describe_place(Some("user:pw@host"), None),
+            "endpoint (not a URL)"
+        );
+        assert_eq!(
+            describe_place(Some("https://h/?X-Amz-Security-Token=t0k"), None),
+            "endpoint https://h/?X-Amz-Security-Token=***"
+        );
     }
 
     #[test]

@@ -1,5 +1,11 @@
-//! The object key layout: a validated prefix, then `k/` and the escaped cache key, or `h/` and
-//! the SHA-256 of the cache key when the escaped form would be too long; then `.tkv`.
+//! The object key layout: a validated prefix, the tier's own directory [`DATA_DIR`] (`.tk/`),
+//! then `k/` and the escaped cache key, or `h/` and the SHA-256 of the cache key when the
+//! escaped form would be too long; then `.tkv`.
+//!
+//! No prefix contains a `.tk` segment, so the first `.tk` segment of an object key ends its
+//! prefix: two (prefix, key) pairs never share an object, and the listing of `prefix/.tk/`
+//! (what `clear` deletes) holds no object of another prefix, nested (`a/b/` under `a/`) or
+//! sibling (`a-2/`).
 //!
 //! The escaped form keeps ASCII letters, digits, `-` and `_`, and writes every other byte of
 //! the key as `%` and two upper-case hex digits. It is cut into `/`-separated segments of at
@@ -28,14 +34,20 @@ pub(crate) const MAX_PREFIX_LEN: usize = 512;
 pub(crate) const SEGMENT_LEN: usize = 200;
 /// The end of every object key.
 pub(crate) const SUFFIX: &str = ".tkv";
+/// The directory, right under the prefix, that holds every object of the tier; no prefix may
+/// contain a segment of this name.
+pub(crate) const DATA_DIR: &str = ".tk";
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
-/// A validated prefix, ending with `/`, and the longest object key kept in the escaped form.
+/// A validated prefix, ending with `/`, its data directory, and the longest object key kept in
+/// the escaped form.
 #[derive(Clone, Debug)]
 pub(crate) struct Prefix {
     prefix: Box<str>,
+    /// `prefix`, then [`DATA_DIR`] and `/`: where every object of the tier is.
+    data: Box<str>,
     plain_limit: usize,
 }
 
@@ -62,6 +74,8 @@ impl Prefix {
             .any(|segment| segment.is_empty() || segment == "." || segment == "..")
         {
             Some("it contains an empty, `.` or `..` segment (`//`, `/./`, `/../`)")
+        } else if normalized.split('/').any(|segment| segment == DATA_DIR) {
+            Some("it contains a `.tk` segment, the name of the tier's own directory")
         } else {
             None
         };
@@ -70,10 +84,14 @@ impl Prefix {
                 prefix: prefix.to_owned(),
                 reason,
             }),
-            None => Ok(Prefix {
-                prefix: normalized.into_boxed_str(),
-                plain_limit: MAX_PLAIN_OBJECT_KEY,
-            }),
+            None => {
+                let data = format!("{normalized}{DATA_DIR}/");
+                Ok(Prefix {
+                    prefix: normalized.into_boxed_str(),
+                    data: data.into_boxed_str(),
+                    plain_limit: MAX_PLAIN_OBJECT_KEY,
+                })
+            }
         }
     }
 
@@ -93,15 +111,20 @@ impl Prefix {
         &self.prefix
     }
 
+    /// The prefix followed by `.tk/`: every object of the tier, and only those, is under it.
+    pub(crate) fn data_dir(&self) -> &str {
+        &self.data
+    }
+
     /// The object key of `key`.
     pub(crate) fn object_key(&self, key: &CacheKey) -> String {
         let bytes = key.as_bytes();
         let escaped_len: usize = bytes.iter().map(|b| token_len(*b)).sum();
         // Without its segment separators, the plain form is this long: when even that is too
         // long, hash without escaping.
-        if self.prefix.len() + 2 + escaped_len + SUFFIX.len() <= self.plain_limit {
+        if self.data.len() + 2 + escaped_len + SUFFIX.len() <= self.plain_limit {
             let mut out = String::with_capacity(self.plain_limit);
-            out.push_str(&self.prefix);
+            out.push_str(&self.data);
             out.push_str("k/");
             escape_into(bytes, &mut out);
             out.push_str(SUFFIX);
@@ -110,8 +133,8 @@ impl Prefix {
             }
         }
         let digest = Sha256::digest(bytes);
-        let mut out = String::with_capacity(self.prefix.len() + 2 + 64 + SUFFIX.len());
-        out.push_str(&self.prefix);
+        let mut out = String::with_capacity(self.data.len() + 2 + 64 + SUFFIX.len());
+        out.push_str(&self.data);
         out.push_str("h/");
         for byte in digest {
             out.push(char::from(HEX_LOWER[usize::from(byte >> 4)]));
@@ -182,14 +205,14 @@ mod tests {
     fn plain_keys_are_escaped_under_k() {
         let prefix = Prefix::new("tierkit/").unwrap();
         let cases = [
-            ("user:42", "tierkit/k/user%3A42.tkv"),
-            ("a/../b", "tierkit/k/a%2F%2E%2E%2Fb.tkv"),
-            ("..", "tierkit/k/%2E%2E.tkv"),
-            ("%2F", "tierkit/k/%252F.tkv"),
-            ("a+b c", "tierkit/k/a%2Bb%20c.tkv"),
-            ("nul\0", "tierkit/k/nul%00.tkv"),
-            ("Ab-_9", "tierkit/k/Ab-_9.tkv"),
-            ("é", "tierkit/k/%C3%A9.tkv"),
+            ("user:42", "tierkit/.tk/k/user%3A42.tkv"),
+            ("a/../b", "tierkit/.tk/k/a%2F%2E%2E%2Fb.tkv"),
+            ("..", "tierkit/.tk/k/%2E%2E.tkv"),
+            ("%2F", "tierkit/.tk/k/%252F.tkv"),
+            ("a+b c", "tierkit/.tk/k/a%2Bb%20c.tkv"),
+            ("nul\0", "tierkit/.tk/k/nul%00.tkv"),
+            ("Ab-_9", "tierkit/.tk/k/Ab-_9.tkv"),
+            ("é", "tierkit/.tk/k/%C3%A9.tkv"),
         ];
         for (key, object) in cases {
             assert_eq!(prefix.object_key(&k(key)), object, "{key:?}");
@@ -218,7 +241,7 @@ mod tests {
         ];
         for key in &keys {
             let object = prefix.object_key(&k(key));
-            let escaped = escaped_part(&object, "p/");
+            let escaped = escaped_part(&object, "p/.tk/");
             assert_eq!(unescape(escaped), key.as_bytes(), "{key:?}");
             for segment in escaped.split('/') {
                 assert!(
@@ -238,8 +261,8 @@ mod tests {
         let prefix = Prefix::new("p").unwrap();
         let short = prefix.object_key(&k(&"x".repeat(200)));
         let long = prefix.object_key(&k(&"x".repeat(201)));
-        assert_eq!(short, format!("p/k/{}.tkv", "x".repeat(200)));
-        assert_eq!(long, format!("p/k/{}/x.tkv", "x".repeat(200)));
+        assert_eq!(short, format!("p/.tk/k/{}.tkv", "x".repeat(200)));
+        assert_eq!(long, format!("p/.tk/k/{}/x.tkv", "x".repeat(200)));
         assert!(!long.starts_with(&format!("{short}/")));
         let objects: Vec<String> = (1..=600)
             .map(|n| prefix.object_key(&k(&"y".repeat(n))))
@@ -255,13 +278,34 @@ mod tests {
     }
 
     #[test]
+    fn no_object_of_a_nested_or_sibling_prefix_is_in_the_data_dir() {
+        let own = Prefix::new("t").unwrap();
+        assert_eq!(own.data_dir(), "t/.tk/");
+        let others = ["t/staging", "t/k", "t/h", "t-2", "t/.tkv", "t/x/.tk2"];
+        let keys = [k("x"), k("t1:x"), k(&"y".repeat(1_000))];
+        for other in others {
+            let other = Prefix::new(other).unwrap();
+            for key in &keys {
+                let object = other.object_key(key);
+                assert!(!object.starts_with(own.data_dir()), "{object}");
+                for own_key in &keys {
+                    assert_ne!(own.object_key(own_key), object);
+                }
+            }
+        }
+        for key in &keys {
+            assert!(own.object_key(key).starts_with(own.data_dir()));
+        }
+    }
+
+    #[test]
     fn long_keys_are_hashed_under_h() {
         let prefix = Prefix::new("tierkit/").unwrap();
         let long = k(&"a".repeat(CacheKey::MAX_LEN));
         let object = prefix.object_key(&long);
-        assert_eq!(object.len(), "tierkit/h/".len() + 64 + SUFFIX.len());
+        assert_eq!(object.len(), "tierkit/.tk/h/".len() + 64 + SUFFIX.len());
         let hex = object
-            .strip_prefix("tierkit/h/")
+            .strip_prefix("tierkit/.tk/h/")
             .and_then(|rest| rest.strip_suffix(SUFFIX))
             .expect("hashed form");
         // The SHA-256 of the key's bytes, in lower-case hex.
@@ -288,7 +332,7 @@ mod tests {
                 assert!(object.len() <= MAX_PLAIN_OBJECT_KEY, "{}", object.len());
                 last_plain = Some((len, object.len()));
             } else {
-                assert!(object.starts_with("tierkit/h/"));
+                assert!(object.starts_with("tierkit/.tk/h/"));
             }
         }
         let (len, object_len) = last_plain.expect("some lengths stay plain");
@@ -296,10 +340,14 @@ mod tests {
         assert!(
             prefix
                 .object_key(&k(&"z".repeat(len + 1)))
-                .starts_with("tierkit/h/")
+                .starts_with("tierkit/.tk/h/")
         );
         let escaped_heavy = k(&"/".repeat(400)); // 1,200 bytes escaped
-        assert!(prefix.object_key(&escaped_heavy).starts_with("tierkit/h/"));
+        assert!(
+            prefix
+                .object_key(&escaped_heavy)
+                .starts_with("tierkit/.tk/h/")
+        );
     }
 
     #[test]
@@ -321,14 +369,18 @@ mod tests {
     fn the_plain_limit_is_adjustable() {
         let prefix = Prefix::new("p").unwrap().with_plain_limit(20);
         assert_eq!(prefix.plain_limit(), 20);
-        // "p/k/" + 12 + ".tkv" = 20 bytes: plain; one more byte: hashed.
+        // "p/.tk/k/" + 8 + ".tkv" = 20 bytes: plain; one more byte: hashed.
         assert_eq!(
-            prefix.object_key(&k(&"a".repeat(12))),
-            format!("p/k/{}.tkv", "a".repeat(12))
+            prefix.object_key(&k(&"a".repeat(8))),
+            format!("p/.tk/k/{}.tkv", "a".repeat(8))
         );
-        assert!(prefix.object_key(&k(&"a".repeat(13))).starts_with("p/h/"));
+        assert!(
+            prefix
+                .object_key(&k(&"a".repeat(9)))
+                .starts_with("p/.tk/h/")
+        );
         let all = Prefix::new("p").unwrap().with_plain_limit(0);
-        assert!(all.object_key(&k("a")).starts_with("p/h/"));
+        assert!(all.object_key(&k("a")).starts_with("p/.tk/h/"));
     }
 
     #[test]
@@ -337,8 +389,10 @@ mod tests {
         assert_eq!(Prefix::new("a/b/").unwrap().as_str(), "a/b/");
         assert_eq!(Prefix::new("tk-1-2-3").unwrap().as_str(), "tk-1-2-3/");
         assert_eq!(Prefix::new("ключ").unwrap().as_str(), "ключ/");
+        assert_eq!(Prefix::new("a/.tkx").unwrap().data_dir(), "a/.tkx/.tk/");
         for bad in [
-            "", "/", "/a", "a//b", "a/./b", "../a", "a/..", "a\0", "a\nb",
+            "", "/", "/a", "a//b", "a/./b", "../a", "a/..", "a\0", "a\nb", ".tk", "a/.tk",
+            "a/.tk/b",
         ] {
             let err = Prefix::new(bad).unwrap_err();
             assert!(

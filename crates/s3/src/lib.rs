@@ -23,7 +23,7 @@
 //!
 //! let key = CacheKey::builder("user").part(42).build()?;
 //! let value = CacheValue::with_ttl(&b"Ada"[..], Clock::System.now(), Duration::from_secs(60));
-//! l3.set(&key, value.clone()).await?; // PutObject doc-crate/k/user%3A42.tkv <envelope>
+//! l3.set(&key, value.clone()).await?; // PutObject doc-crate/.tk/k/user%3A42.tkv <envelope>
 //! assert_eq!(l3.get(&key).await?, Some(value));
 //!
 //! l3.delete(&key).await?;
@@ -46,9 +46,10 @@
 //!
 //! # Objects, expiry and costs
 //!
-//! * The object of a cache key is `prefix` (`tierkit/` by default) + `k/` + the key escaped
-//!   (letters, digits, `-`, `_` kept, every other byte `%XX`) + `.tkv`, or `prefix` + `h/` +
-//!   its SHA-256 + `.tkv` when that would exceed 900 bytes; see [`S3Backend`], "Object keys".
+//! * The object of a cache key is `prefix` (`tierkit/` by default) + `.tk/k/` + the key
+//!   escaped (letters, digits, `-`, `_` kept, every other byte `%XX`) + `.tkv`, or `prefix` +
+//!   `.tk/h/` + its SHA-256 + `.tkv` when that would exceed 900 bytes; see [`S3Backend`],
+//!   "Object keys". No two (prefix, key) pairs share an object.
 //! * The object is the value's [envelope](tierkit_core::envelope): its timestamps, the full
 //!   key (checked on every read), a CRC-32 and the payload. Payloads above
 //!   [`max_object_bytes`](S3BackendBuilder::max_object_bytes) (64 MiB by default) are rejected.
@@ -57,8 +58,9 @@
 //!   the background when given an [offload](S3BackendBuilder::offload)); a **lifecycle rule**
 //!   on the prefix removes the rest. See [`S3Backend`], "Expiry and lifecycle rules".
 //! * Objects that do not decode are misses, counted in [`S3Backend::stats`].
-//! * `clear` lists the prefix (`ListObjectsV2`, 1,000 keys a page) and deletes each page with
-//!   one `DeleteObjects`.
+//! * `clear` lists `prefix.tk/`, the tier's own directory (`ListObjectsV2`, 1,000 keys a
+//!   page), and deletes each page with one `DeleteObjects`: exactly the tier's objects, none
+//!   of a nested (`prefix/sub/`) or sibling prefix.
 //! * Costs: one `GetObject` per read reaching this tier, one `PutObject` per write.
 //!
 //! # Timeouts and retries

@@ -240,7 +240,7 @@ async fn keys_of_any_bytes_round_trip_under_their_own_objects() {
         assert_eq!(list(&raw, env.bucket(), &prefix).await, expected);
         let hashed = expected
             .iter()
-            .filter(|o| o.starts_with(&format!("{prefix}h/")))
+            .filter(|o| o.starts_with(&format!("{prefix}.tk/h/")))
             .count();
         if limit == 0 {
             assert_eq!(hashed, keys.len());
@@ -249,12 +249,15 @@ async fn keys_of_any_bytes_round_trip_under_their_own_objects() {
             assert!(hashed < keys.len() - 20, "short keys stay readable");
         }
         for object in &expected {
-            assert!(object.len() <= limit.max(prefix.len() + 70), "{object}");
+            assert!(
+                object.len() <= limit.max(prefix.len() + ".tk/h/".len() + 64 + ".tkv".len()),
+                "{object}"
+            );
             assert!(object.ends_with(".tkv"), "{object}");
         }
         // The stored bytes are the envelope, with the key echoed.
         let stored = get_raw(&raw, env.bucket(), &tier.object_key(&keys[0])).await;
-        assert_eq!(stored, envelope::encode(&value(0), Some(&keys[0])));
+        assert_eq!(stored, envelope::encode(&value(0), &keys[0]));
 
         tier.clear().await.expect("clear");
         assert!(list(&raw, env.bucket(), &prefix).await.is_empty());
@@ -342,8 +345,8 @@ async fn values_round_trip_up_to_the_limit_and_nothing_is_written_past_it() {
     tier.clear().await.expect("clear");
 }
 
-/// `clear` deletes every object under the prefix (1,100 of them: two list pages, two batch
-/// deletes), objects of other writers included, and nothing outside it: not another tier's
+/// `clear` deletes every object in the tier's directory (1,100 of them: two list pages, two
+/// batch deletes), objects of other writers included, and nothing outside it: not another tier's
 /// objects under the same key names, not a prefix that only starts like it.
 #[tokio::test]
 async fn clear_pages_through_the_prefix_and_leaves_everything_else() {
@@ -372,11 +375,11 @@ async fn clear_pages_through_the_prefix_and_leaves_everything_else() {
     for key in keys.iter().take(10) {
         b.set(key, value.clone()).await.expect("set b");
     }
-    // Another writer's object under a's prefix, and one next to it.
+    // Another writer's object in a's directory, and one next to it.
     put_raw(
         &raw,
         env.bucket(),
-        &format!("{prefix_a}foreign"),
+        &format!("{prefix_a}.tk/foreign"),
         Bytes::from_static(b"x"),
     )
     .await;
@@ -411,6 +414,66 @@ async fn clear_pages_through_the_prefix_and_leaves_everything_else() {
         .expect("raw delete");
 }
 
+/// Seeds a prefix, a sibling whose name extends it (`base-sibling/`) and a prefix nested under
+/// it (`base/staging/`), each with its own number of keys: `clear` of the first deletes exactly
+/// its objects, so the count of objects under `base` drops by that many and every key of the
+/// other two still reads its value.
+#[tokio::test]
+async fn clear_removes_exactly_its_own_prefix() {
+    let env = S3Env::new().await;
+    let raw = env.raw().await;
+    let base = unique_prefix("exact-clear");
+    let base = base.trim_end_matches('/');
+    let own = env.builder(base).build().await.expect("builds");
+    let sibling = env
+        .builder(&format!("{base}-sibling"))
+        .build()
+        .await
+        .expect("builds");
+    let nested = env
+        .builder(&format!("{base}/staging"))
+        .build()
+        .await
+        .expect("builds");
+    let now = Clock::System.now();
+    let value =
+        |name: &str, i: usize| CacheValue::with_ttl(format!("{name} {i}").into_bytes(), now, HOUR);
+    let keys = |n: usize| -> Vec<CacheKey> { (0..n).map(|i| k(&format!("item:{i}"))).collect() };
+    let (own_keys, sibling_keys, nested_keys) = (keys(60), keys(25), keys(15));
+    for (i, key) in own_keys.iter().enumerate() {
+        own.set(key, value("own", i)).await.expect("set");
+    }
+    for (i, key) in sibling_keys.iter().enumerate() {
+        sibling.set(key, value("sibling", i)).await.expect("set");
+    }
+    for (i, key) in nested_keys.iter().enumerate() {
+        nested.set(key, value("nested", i)).await.expect("set");
+    }
+    assert_eq!(list(&raw, env.bucket(), base).await.len(), 60 + 25 + 15);
+
+    own.clear().await.expect("clear");
+
+    assert_eq!(list(&raw, env.bucket(), base).await.len(), 25 + 15);
+    for key in &own_keys {
+        assert_eq!(own.get(key).await.expect("get"), None, "{key}");
+    }
+    for (i, key) in sibling_keys.iter().enumerate() {
+        assert_eq!(
+            sibling.get(key).await.expect("get"),
+            Some(value("sibling", i))
+        );
+    }
+    for (i, key) in nested_keys.iter().enumerate() {
+        assert_eq!(
+            nested.get(key).await.expect("get"),
+            Some(value("nested", i))
+        );
+    }
+    sibling.clear().await.expect("clear");
+    nested.clear().await.expect("clear");
+    assert!(list(&raw, env.bucket(), base).await.is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Undecodable and expired objects
 
@@ -437,7 +500,7 @@ async fn undecodable_objects_are_counted_misses() {
     tier.set(&replaced, good.clone()).await.expect("set");
     assert_eq!(tier.get(&replaced).await.expect("get"), Some(good.clone()));
 
-    let envelope_of = |key: &str| envelope::encode(&good, Some(&k(key)));
+    let envelope_of = |key: &str| envelope::encode(&good, &k(key));
     let truncated = envelope_of("truncated");
     let mut flipped = envelope_of("flipped").to_vec();
     let last = flipped.len() - 1;
@@ -578,7 +641,7 @@ async fn expired_objects_are_misses_and_deleted_in_the_background() {
         &raw,
         env.bucket(),
         &object,
-        envelope::encode(&expired, Some(&key)),
+        envelope::encode(&expired, &key),
     )
     .await;
     offload.reject_all(true);
