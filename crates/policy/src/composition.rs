@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -34,7 +35,10 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 ///   both tiers unchanged.
 /// * **delete** and **clear**: both tiers, L2 first and then L1 (so a concurrent reader cannot
 ///   refill L1 from an L2 entry that is about to go). `Ok` only when both succeeded; one failure
-///   is that tier's error; two are [`CompositionError::BothLayersFailed`].
+///   is that tier's error; two are [`CompositionError::BothLayersFailed`]. A clear is bounded by
+///   its own [`clear_timeout`](CompositionBuilder::clear_timeout), not the per-key bounds; one
+///   that fails on a tier leaves no tier serving what the other cleared: until a clear succeeds
+///   on both, values created before it began are treated as absent wherever they are.
 ///
 /// # Overlapping operations on one key
 ///
@@ -113,6 +117,11 @@ struct Shared<L1, L2, R, W> {
     clock: Clock,
     label: Arc<str>,
     timeouts: [Option<Duration>; 2],
+    clear_timeout: Duration,
+    /// While a clear runs, or after one failed on a tier, until a clear succeeds on both: the
+    /// clear's start (Unix milliseconds; 0 when none). Values created before it are treated as
+    /// absent, whichever tier holds them, so no tier serves what another cleared.
+    cleared_before: AtomicU64,
     scope: OnceLock<Scope>,
     ops: KeyOps,
 }
@@ -146,6 +155,7 @@ impl<L1: Backend, L2: Backend> Composition<L1, L2> {
             clock: Clock::System,
             label: None,
             timeouts: [None, None],
+            clear_timeout: DEFAULT_CLEAR_TIMEOUT,
         }
     }
 }
@@ -234,6 +244,13 @@ where
         )
     }
 
+    /// Whether `value` predates a clear that is running or failed (see `cleared_before`).
+    #[inline(always)]
+    fn cleared(&self, value: &CacheValue) -> bool {
+        let cleared_before = self.cleared_before.load(Ordering::Relaxed);
+        cleared_before != 0 && value.created_at().as_unix_millis() < cleared_before
+    }
+
     /// A fresh L1 hit answered without awaiting, or what L1's probe told.
     #[inline(always)]
     fn probe_l1(&self, key: &CacheKey) -> L1Probe {
@@ -241,10 +258,12 @@ where
             return L1Probe::Unknown;
         }
         match self.l1.probe(key) {
-            Probe::Fresh(value) => {
+            Probe::Fresh(value) if !self.cleared(&value) => {
                 self.scope().l1.get_hit.increment(1);
                 L1Probe::FreshHit(value)
             }
+            // A value a failed clear should have removed: L2 may hold a newer one.
+            Probe::Fresh(_) => L1Probe::Known(Ok(None)),
             Probe::Stale(value) => L1Probe::Known(Ok(Some(value))),
             Probe::Miss => L1Probe::Known(Ok(None)),
             Probe::Unknown => L1Probe::Unknown,
@@ -275,7 +294,8 @@ where
             }
         };
         let now = self.clock.now();
-        let result = result.map(|found| found.filter(|value| !value.is_expired(now)));
+        let result = result
+            .map(|found| found.filter(|value| !value.is_expired(now) && !self.cleared(value)));
         match &result {
             Ok(Some(_)) => tier.get_hit.increment(1),
             Ok(None) => tier.get_miss.increment(1),
@@ -310,14 +330,15 @@ where
             backend = %tier.label,
             op = %write.name()
         );
-        let result = bounded(
-            self.timeouts[index(layer)],
-            &tier.label,
-            op,
-            self.start(layer, write),
-        )
-        .instrument(span)
-        .await;
+        // A clear walks the whole tier: it has a bound of its own.
+        let limit = if op == Op::Clear {
+            Some(self.clear_timeout)
+        } else {
+            self.timeouts[index(layer)]
+        };
+        let result = bounded(limit, &tier.label, op, self.start(layer, write))
+            .instrument(span)
+            .await;
         if refill {
             tier.refill.record(&result);
         } else {
@@ -666,10 +687,24 @@ where
             }
             None => {
                 let mut clearing = shared.ops.begin_clear();
+                // From now on, what the clear removes is not served from any tier; if it fails
+                // on a tier (or is cancelled), that lasts until a clear succeeds on both.
+                let started = shared.clock.now().as_unix_millis().max(1);
+                let before = shared.cleared_before.fetch_max(started, Ordering::Relaxed);
                 let r2 = shared.tier_write(Layer::L2, Write::Clear).await;
                 let r1 = shared.tier_write(Layer::L1, Write::Clear).await;
                 // Writes that ran when the clear began remove their key again when they end.
                 clearing.settled().await;
+                if r1.is_ok() && r2.is_ok() {
+                    // Every value created before this clear's start is gone from both tiers;
+                    // a mark of an earlier failed clear is settled too.
+                    let _ = shared.cleared_before.compare_exchange(
+                        started.max(before),
+                        0,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 (r1, r2)
             }
         };
@@ -773,6 +808,7 @@ where
             .field("write", &s.write)
             .field("refill", &s.refill)
             .field("timeouts", &s.timeouts)
+            .field("clear_timeout", &s.clear_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -789,7 +825,11 @@ pub struct CompositionBuilder<L1, L2, R = AnyReadPolicy, W = AnyWritePolicy> {
     clock: Clock,
     label: Option<String>,
     timeouts: [Option<Duration>; 2],
+    clear_timeout: Duration,
 }
+
+/// The default bound on a `clear` ([`CompositionBuilder::clear_timeout`]).
+pub const DEFAULT_CLEAR_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<L1, L2, R, W> CompositionBuilder<L1, L2, R, W>
 where
@@ -810,6 +850,7 @@ where
             clock: self.clock,
             label: self.label,
             timeouts: self.timeouts,
+            clear_timeout: self.clear_timeout,
         }
     }
 
@@ -825,6 +866,7 @@ where
             clock: self.clock,
             label: self.label,
             timeouts: self.timeouts,
+            clear_timeout: self.clear_timeout,
         }
     }
 
@@ -870,6 +912,19 @@ where
         self
     }
 
+    /// A bound on each tier's part of a `clear` (it walks the whole tier: a Redis `SCAN`, an
+    /// S3 listing), in place of [`l1_timeout`](Self::l1_timeout) and
+    /// [`l2_timeout`](Self::l2_timeout), which are meant for one key. A clear that takes longer
+    /// fails with [`BackendError::Timeout`]. Default: [`DEFAULT_CLEAR_TIMEOUT`] (60 s).
+    ///
+    /// A clear that fails on either tier (or is cancelled) does not leave a tier serving what
+    /// the other cleared: until a clear succeeds on both tiers, values created before the
+    /// failed clear began are treated as absent, whichever tier holds them.
+    pub fn clear_timeout(mut self, limit: Duration) -> Self {
+        self.clear_timeout = limit;
+        self
+    }
+
     /// The composition.
     pub fn build(self) -> Composition<L1, L2, R, W> {
         let label = self
@@ -889,6 +944,8 @@ where
                 clock: self.clock,
                 label: Arc::from(label),
                 timeouts: self.timeouts,
+                clear_timeout: self.clear_timeout,
+                cleared_before: AtomicU64::new(0),
                 scope: OnceLock::new(),
                 ops: KeyOps::new(),
             }),

@@ -88,7 +88,7 @@ mod refill;
 mod scope;
 mod write;
 
-pub use composition::{Composition, CompositionBuilder};
+pub use composition::{Composition, CompositionBuilder, DEFAULT_CLEAR_TIMEOUT};
 pub use context::{Layer, PolicyContext, TierName, TierOp};
 pub use error::CompositionError;
 pub use read::{

@@ -17,7 +17,9 @@ use tierkit_core::{
     Backend, BackendError, CacheKey, CacheValue, Clock, ErrorKind, ManualClock, Op, Probe,
     SharedBackend, Timestamp,
 };
-use tierkit_policy::{AnyReadPolicy, AnyWritePolicy, Composition, CompositionError, RefillPolicy};
+use tierkit_policy::{
+    AnyReadPolicy, AnyWritePolicy, Composition, CompositionError, Layer, RefillPolicy,
+};
 use tierkit_testkit::logs::capture;
 use tierkit_testkit::{
     CallCounts, Fault, FaultyBackend, ManualOffload, MemoryBackend, injected_error, key, scripted,
@@ -941,6 +943,93 @@ async fn a_read_that_starts_during_a_removal_does_not_refill_the_removed_value()
             "clear={clear}: a value removed before the read returned was refilled into L1"
         );
         assert_eq!(cache.keys_in_flight(), 0);
+    }
+}
+
+/// `clear` walks a whole tier (a Redis SCAN, an S3 listing): the per-operation bounds meant
+/// for a single key do not apply to it; it has a bound of its own.
+#[tokio::test(start_paused = true)]
+async fn a_clear_is_bounded_by_its_own_timeout_not_the_per_operation_ones() {
+    let clock = manual_clock();
+    let l1 = near(&clock);
+    let l2 = FaultyBackend::new(far(&clock));
+    let cache = Composition::builder(l1, l2.clone())
+        .clock(Clock::from(clock.clone()))
+        .l1_timeout(Duration::from_millis(100))
+        .l2_timeout(Duration::from_millis(100))
+        .build();
+    let k = key("k");
+    cache.set(&k, fresh_value("v", &clock)).await.expect("set");
+    // A clear of a large L2 takes 5 s: well within the default clear bound.
+    l2.push(Op::Clear, Fault::Delay(Duration::from_secs(5)));
+    cache.clear().await.expect("a long clear completes");
+    assert_eq!(l2.inner().peek(&k), None);
+
+    // A clear that takes longer than its own bound fails with a timeout.
+    let cache = Composition::builder(near(&clock), l2.clone())
+        .clock(Clock::from(clock.clone()))
+        .clear_timeout(Duration::from_secs(1))
+        .build();
+    l2.push(Op::Clear, Fault::Hang);
+    let error = cache.clear().await.expect_err("the clear hung");
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+}
+
+/// A clear that fails on one tier must not leave that tier serving what the other cleared:
+/// until a clear succeeds on both tiers, values written before the failed clear began are
+/// neither served nor refilled, from any tier.
+#[tokio::test(start_paused = true)]
+async fn a_failed_clear_leaves_no_tier_serving_what_the_other_cleared() {
+    for failing in [Layer::L1, Layer::L2] {
+        let clock = manual_clock();
+        let l1 = FaultyBackend::new(near(&clock));
+        let l2 = FaultyBackend::new(far(&clock));
+        let cache = Composition::builder(l1.clone(), l2.clone())
+            .clock(Clock::from(clock.clone()))
+            .build();
+        let (a, b) = (key("a"), key("b"));
+        cache.set(&a, fresh_value("a1", &clock)).await.expect("set");
+        cache.set(&b, fresh_value("b1", &clock)).await.expect("set");
+        clock.advance(Duration::from_millis(1));
+
+        let faulty = if failing == Layer::L1 { &l1 } else { &l2 };
+        faulty.push(Op::Clear, Fault::Fail(ErrorKind::Connection));
+        cache.clear().await.expect_err("one tier failed to clear");
+        assert_eq!(
+            cache.get(&a).await.expect("read"),
+            None,
+            "{failing:?}: a came back"
+        );
+        assert_eq!(
+            cache.probe(&b),
+            Probe::Unknown,
+            "{failing:?}: b served by the probe"
+        );
+        assert_eq!(
+            cache.get(&b).await.expect("read"),
+            None,
+            "{failing:?}: b came back"
+        );
+        if failing == Layer::L2 {
+            assert_eq!(l1.inner().peek(&a), None, "a refilled into L1");
+        }
+
+        // Values written after the clear began are served as usual.
+        clock.advance(Duration::from_millis(1));
+        let a2 = fresh_value("a2", &clock);
+        cache.set(&a, a2.clone()).await.expect("set");
+        assert_eq!(cache.get(&a).await.expect("read"), Some(a2));
+
+        // A clear that succeeds on both tiers ends it.
+        cache.clear().await.expect("clear");
+        clock.advance(Duration::from_millis(1));
+        let b0 = CacheValue::with_ttl(
+            &b"b0"[..],
+            clock.now().saturating_sub(Duration::from_secs(1)),
+            Duration::from_secs(60),
+        );
+        cache.set(&b, b0.clone()).await.expect("set");
+        assert_eq!(cache.get(&b).await.expect("read"), Some(b0), "{failing:?}");
     }
 }
 
