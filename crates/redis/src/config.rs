@@ -136,6 +136,7 @@ pub struct RedisBackendBuilder {
     label: Arc<str>,
     pool_size: usize,
     reconnect: Option<ReconnectPolicy>,
+    replica_acks: Option<u32>,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -150,6 +151,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("label", &self.label)
             .field("pool_size", &self.pool_size)
             .field("reconnect", &self.reconnect)
+            .field("replica_acks", &self.replica_acks)
             .finish()
     }
 }
@@ -166,6 +168,7 @@ impl RedisBackendBuilder {
             label: Arc::from("redis"),
             pool_size: 1,
             reconnect: None,
+            replica_acks: None,
         }
     }
 
@@ -256,6 +259,41 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// How many replicas must hold a write (`set`, `delete`, each batch of `clear`) before the
+    /// tier acknowledges it.
+    ///
+    /// Redis replicates asynchronously: a primary acknowledges a write before its replicas
+    /// have it. When a sentinel promotes a replica while the old primary still runs (a planned
+    /// `SENTINEL FAILOVER`, a network partition), the old primary keeps acknowledging writes
+    /// until the sentinel demotes it, 10 to 20 seconds later, and then discards them all for a
+    /// copy of the new primary: values written meanwhile are lost, and deleted keys come back.
+    /// With `replica_acks(n)`, each write is followed in the same round trip by
+    /// `WAIT n <half the command timeout>`, and succeeds only when `n` replicas confirmed it;
+    /// otherwise it fails with a transient [`ErrorKind::Connection`] error (the write is on the
+    /// primary and may be lost with it). A promoted replica stops confirming its old primary's
+    /// writes at once, so no write the old primary takes after the promotion is acknowledged.
+    ///
+    /// The cost: every write waits for one round trip from the primary to its replicas (a
+    /// fraction of a millisecond on a LAN), and commands pipelined behind it on the same
+    /// connection wait with it (raise [`pool_size`](Self::pool_size) if writes are most of the
+    /// traffic). While fewer than `n` replicas are connected (a replica restarting), every
+    /// write fails after half the command timeout; reads are not affected.
+    ///
+    /// With one replica, `1` covers every promotion. With several, a write confirmed by one
+    /// replica is lost if the sentinel promotes another that did not have it yet: set `n` to
+    /// the number of replicas to cover that too, at the price of failed writes whenever one of
+    /// them is down.
+    ///
+    /// Default: 1 for a sentinel deployment (a sentinel URL or [`Config`], or a [`Client`] or
+    /// [`Pool`] connected through sentinels), 0 (no confirmation, no `WAIT`) otherwise. Applies
+    /// to standalone, sentinel and cluster deployments (in a cluster, each primary waits for
+    /// its own replicas), except a cluster [`Client`] or [`Pool`] of the application, which
+    /// `build` refuses with a non-zero value ([`RedisError::InvalidConfig`]).
+    pub fn replica_acks(mut self, replicas: u32) -> Self {
+        self.replica_acks = Some(replicas);
+        self
+    }
+
     /// fred's policy for reconnecting after a connection drops. Reconnection is automatic and
     /// in the background; meanwhile operations fail at once (see
     /// [`command_timeout`](Self::command_timeout)). The first connection is not retried:
@@ -334,6 +372,16 @@ impl RedisBackendBuilder {
                 (Connections::fixed(clients, false), false, servers)
             }
         };
+        let replica_acks = match self.replica_acks {
+            Some(replicas) if replicas > 0 && clients.is_application_cluster() => {
+                return Err(invalid_config(
+                    "replica_acks needs the tier's own cluster connections (a cluster URL or \
+                     Config), not a cluster Client or Pool of the application",
+                ));
+            }
+            Some(replicas) => replicas,
+            None => u32::from(clients.is_sentinel()),
+        };
         Ok(RedisBackend::from_parts(Parts {
             connections: clients,
             owned,
@@ -344,6 +392,7 @@ impl RedisBackendBuilder {
             command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,
             max_value_bytes: self.max_value_bytes.min(envelope::MAX_PAYLOAD),
+            replica_acks,
         }))
     }
 }
@@ -597,6 +646,8 @@ mod tests {
         assert_eq!(builder.pool_size, 1);
         // None: the default depends on the deployment, decided at build.
         assert_eq!(builder.reconnect, None);
+        // None: 1 for a sentinel deployment, 0 otherwise, decided at build.
+        assert_eq!(builder.replica_acks, None);
         assert_eq!(
             RedisBackend::default_reconnect_policy(),
             ReconnectPolicy::new_exponential(0, 100, 2_000, 2)

@@ -49,7 +49,10 @@
 //!
 //! The port defaults to 6379 (26379 for sentinels). A cluster URL names one or more seed nodes;
 //! the tier discovers the others. A sentinel URL names the sentinels; the tier asks them for
-//! the current primary and follows failovers. `valkey` works in place of `redis` in every
+//! the current primary whenever it (re)connects, and confirms each write by a replica
+//! ([`replica_acks`](RedisBackendBuilder::replica_acks), `WAIT`), so that a primary the
+//! sentinels replaced cannot acknowledge a write that the failover then loses (see
+//! [`RedisBackend`], "Sentinel failovers"). `valkey` works in place of `redis` in every
 //! scheme. A `rediss` URL without the `tls` feature is refused
 //! ([`RedisError::TlsNotEnabled`]) rather than silently connecting in clear text.
 //!
@@ -135,6 +138,7 @@ mod cluster;
 mod config;
 mod error;
 mod keys;
+mod replication;
 mod stats;
 
 pub use backend::RedisBackend;
