@@ -64,6 +64,10 @@ pub mod env {
     /// URL of a Redis Cluster for tests, in fred's form:
     /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&node=127.0.0.1:P3`.
     pub const REDIS_CLUSTER_URL: &str = "TIERKIT_REDIS_CLUSTER_URL";
+    /// URL of a sentinel deployment for tests (a primary, its replica, one sentinel; see
+    /// [`RedisSentinel`](crate::RedisSentinel)), in fred's form:
+    /// `redis-sentinel://127.0.0.1:PORT?sentinelServiceName=mymaster`.
+    pub const REDIS_SENTINEL_URL: &str = "TIERKIT_REDIS_SENTINEL_URL";
     /// Absolute path of `redis-server`, for tests that start private servers.
     pub const REDIS_SERVER: &str = "TIERKIT_REDIS_SERVER";
     /// Absolute path of `redis-cli`.
