@@ -24,6 +24,7 @@ use crate::config::{RedisBackendBuilder, RedisSource};
 use crate::error::{RedisError, map_error};
 use crate::keys::Namespace;
 use crate::replication::{Confirmation, Write};
+use crate::sentinel::SentinelWatch;
 use crate::stats::{Counters, RedisStats, WRONG_TYPE};
 
 /// The latest expiry written with `PXAT`: 9999-12-31T23:59:59.999Z. A value expiring later is
@@ -234,30 +235,44 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 ///
 /// From a sentinel URL (or a `Config`, `Client` or `Pool` connected through sentinels), fred
 /// asks the sentinels for the primary, and checks with `ROLE` that it is one, each time a
-/// connection is made; it does not ask again while the connection stays up. Redis
-/// replicates asynchronously, and when the sentinels promote the replica while the old
-/// primary still runs (`SENTINEL FAILOVER`, a partition), the old primary keeps answering until
-/// the sentinels demote it, 10 to 20 seconds later; it then drops every write it took
-/// meanwhile for a copy of the new primary, and closes its clients' connections, so the tier
-/// reconnects to the new primary.
+/// connection is made. Redis replicates asynchronously, and when the sentinels promote the
+/// replica while the old primary still runs (`SENTINEL FAILOVER`, a partition), the old
+/// primary keeps answering until the sentinels demote it, 10 to 20 seconds later; it then drops
+/// every write it took meanwhile for a copy of the new primary. Two mechanisms keep the tier
+/// correct through that:
 ///
-/// So a sentinel tier confirms every write by one replica by default
-/// ([`replica_acks`](RedisBackendBuilder::replica_acks)): `SET` (or `UNLINK`) and
-/// `WAIT 1 <half the command timeout>` go in one round trip, and the write is acknowledged
-/// only when the replica has it. A promoted replica stops confirming at once, so from the
-/// promotion to the demotion every write fails with a transient `Connection` error
-/// (`NOREPLICAS`, as Redis' own `min-replicas-to-write`) instead of being acknowledged and
-/// lost; reads keep being served by the old primary meanwhile, with what it held at the
-/// promotion. Measured with a primary, one replica, one sentinel and a write loop through
-/// `SENTINEL FAILOVER`: without confirmation 162,533 of 241,640 acknowledged writes were
-/// lost; with it, 0 of 36,923, and 52 writes failed during the ten seconds before the
-/// demotion. When the primary dies instead, nothing answers after its death; confirmation
-/// also keeps the tier from acknowledging the last writes before it, that the replica had not
-/// received.
+/// * **Writes are confirmed by a replica** ([`replica_acks`](RedisBackendBuilder::replica_acks),
+///   1 by default through sentinels): `SET` (or `UNLINK`) and `WAIT 1 <half the command
+///   timeout>` go in one round trip, and the write is acknowledged only when the replica has
+///   it. A promoted replica stops confirming at once, so no write the old primary takes after
+///   the promotion is acknowledged: it fails with a transient `Connection` error
+///   (`NOREPLICAS`, as Redis' own `min-replicas-to-write`).
+/// * **The tier moves when the failover is announced** (tiers built from a URL or a `Config`):
+///   it subscribes to `+switch-master` on every sentinel it was given, and when one announces a
+///   new primary for its service, it reconnects its clients, which ask the sentinels again
+///   (again every 100 ms, within the connect timeout, while a sentinel that has not heard of
+///   the failover names the old primary). Reads are then served by the new primary within two
+///   seconds of the failover's start (measured: 1.3 to 1.6 s), instead of by the old one, with
+///   what it held at the promotion, until its demotion. An application's `Client` or `Pool` moves when fred
+///   reconnects it (at the latest when the old primary, demoted, closes its connections).
 ///
-/// The cost is one primary-to-replica round trip per write, during which the commands
-/// pipelined behind it on the same connection wait; and while the replica is away, every
-/// write fails after half the command timeout. `replica_acks(0)` turns confirmation off.
+/// Writes succeed again once the new primary has `replica_acks` replicas: with one replica,
+/// when the old primary, demoted, has copied the new one (10 to 20 seconds after the
+/// promotion); with more, as soon as the sentinels have reconfigured the other replicas, during
+/// the failover. Measured with a primary, one replica, one sentinel and a write loop through
+/// `SENTINEL FAILOVER`: without confirmation, 162,533 of 241,640 acknowledged writes were lost;
+/// with both mechanisms, 0 of 32,402, and 52 writes failed, each after half the command
+/// timeout, until the old primary had become the new one's replica. When the primary dies
+/// instead, nothing answers after its death, and confirmation keeps the tier from
+/// acknowledging its last writes that the replica had not received.
+///
+/// The cost of confirmation is one primary-to-replica round trip per write, during which the
+/// commands pipelined behind it on the same connection wait; while fewer than `replica_acks`
+/// replicas are connected, every write fails after half the command timeout (reads are not
+/// affected). `replica_acks(0)` turns confirmation off: writes are then acknowledged by
+/// whichever primary the tier is connected to, and those the old primary takes between the
+/// promotion and the move (about a second) are lost. The subscriptions cost one idle
+/// connection per sentinel.
 ///
 /// # Cluster node failures
 ///
@@ -316,6 +331,7 @@ pub struct RedisBackend {
 /// What `build` hands over.
 pub(crate) struct Parts {
     pub(crate) connections: Connections,
+    pub(crate) watch: Option<SentinelWatch>,
     pub(crate) owned: bool,
     pub(crate) servers: String,
     pub(crate) namespace: Namespace,
@@ -390,6 +406,8 @@ impl Link {
 
 struct Inner {
     connections: Connections,
+    /// Through sentinels: what moves the clients when a failover is announced.
+    watch: Option<SentinelWatch>,
     /// Whether the tier made (and so must close) the clients.
     owned: bool,
     closed: AtomicBool,
@@ -519,6 +537,7 @@ impl RedisBackend {
         RedisBackend {
             inner: Arc::new(Inner {
                 connections: parts.connections,
+                watch: parts.watch,
                 owned: parts.owned,
                 closed: AtomicBool::new(false),
                 clustered,
@@ -665,14 +684,19 @@ impl Inner {
         }
     }
 
-    /// Stops any topology refresh, and returns the clients to close.
+    /// Stops any topology refresh and the watch of the sentinels, and returns the clients to
+    /// close.
     fn close(&self) -> Vec<Client> {
-        match &self.connections {
+        let mut clients = match &self.connections {
             Connections::Fixed { links, .. } => {
                 links.iter().map(|link| link.client.clone()).collect()
             }
             Connections::Routed(router) => router.close(),
+        };
+        if let Some(watch) = &self.watch {
+            clients.extend(watch.close());
         }
+        clients
     }
 
     /// The next of the fixed clients: they are used in turn.

@@ -16,6 +16,7 @@ use crate::backend::{Connections, Parts, RedisBackend};
 use crate::cluster::{ClusterRouter, NodeSettings};
 use crate::error::{RedisError, classify, redact_url, url_wants_tls};
 use crate::keys::Namespace;
+use crate::sentinel::SentinelWatch;
 
 /// Where a [`RedisBackend`] gets its connection: a URL, a fred [`Config`], or a fred [`Client`]
 /// or [`Pool`] the application already runs.
@@ -277,7 +278,9 @@ impl RedisBackendBuilder {
     /// fraction of a millisecond on a LAN), and commands pipelined behind it on the same
     /// connection wait with it (raise [`pool_size`](Self::pool_size) if writes are most of the
     /// traffic). While fewer than `n` replicas are connected (a replica restarting), every
-    /// write fails after half the command timeout; reads are not affected.
+    /// write fails after half the command timeout; reads are not affected. After a failover,
+    /// that lasts until the new primary has `n` replicas again: with a single replica, until
+    /// the old primary, demoted, has copied the new one (10 to 20 seconds after the promotion).
     ///
     /// With one replica, `1` covers every promotion. With several, a write confirmed by one
     /// replica is lost if the sentinel promotes another that did not have it yet: set `n` to
@@ -344,7 +347,7 @@ impl RedisBackendBuilder {
             pool_size: self.pool_size,
             reconnect: self.reconnect,
         };
-        let (clients, owned, servers) = match self.source {
+        let (clients, owned, servers, watch) = match self.source {
             RedisSource::Url(url) => {
                 if url_wants_tls(&url) && !cfg!(feature = "tls") {
                     return Err(RedisError::TlsNotEnabled {
@@ -355,21 +358,26 @@ impl RedisBackendBuilder {
                     url: redact_url(&url),
                     source,
                 })?;
-                let (connections, servers) = connect.owned(config).await?;
-                (connections, true, servers)
+                let (connections, servers, watch) = connect.owned(config).await?;
+                (connections, true, servers, watch)
             }
             RedisSource::Config(config) => {
-                let (connections, servers) = connect.owned(*config).await?;
-                (connections, true, servers)
+                let (connections, servers, watch) = connect.owned(*config).await?;
+                (connections, true, servers, watch)
             }
             RedisSource::Client(client) => {
                 let servers = connect.attach(std::slice::from_ref(&client)).await?;
-                (Connections::fixed(vec![client], false), false, servers)
+                (
+                    Connections::fixed(vec![client], false),
+                    false,
+                    servers,
+                    None,
+                )
             }
             RedisSource::Pool(pool) => {
                 let clients = pool.clients().to_vec();
                 let servers = connect.attach(&clients).await?;
-                (Connections::fixed(clients, false), false, servers)
+                (Connections::fixed(clients, false), false, servers, None)
             }
         };
         let replica_acks = match self.replica_acks {
@@ -384,6 +392,7 @@ impl RedisBackendBuilder {
         };
         Ok(RedisBackend::from_parts(Parts {
             connections: clients,
+            watch,
             owned,
             servers,
             namespace,
@@ -445,8 +454,12 @@ struct Connect {
 
 impl Connect {
     /// Creates and connects `pool_size` clients from `config`, all within the connect timeout;
-    /// for a cluster, one client per primary instead (see [`ClusterRouter`]).
-    async fn owned(&self, mut config: Config) -> Result<(Connections, String), RedisError> {
+    /// for a cluster, one client per primary instead (see [`ClusterRouter`]). Through
+    /// sentinels, also the watch that moves the clients when a failover is announced.
+    async fn owned(
+        &self,
+        mut config: Config,
+    ) -> Result<(Connections, String, Option<SentinelWatch>), RedisError> {
         let servers = describe_servers(&config.server);
         // Report a failed first connection instead of retrying it in the background.
         config.fail_fast = true;
@@ -484,26 +497,34 @@ impl Connect {
                 connect_timeout: self.connect_timeout,
             };
             let router = ClusterRouter::connect(settings, seeds, &servers).await?;
-            return Ok((Connections::Routed(router), servers));
+            return Ok((Connections::Routed(router), servers, None));
         }
+        let reconnect = self
+            .reconnect
+            .clone()
+            .unwrap_or_else(RedisBackend::default_reconnect_policy);
         let clients: Vec<Client> = (0..self.pool_size)
             .map(|_| {
                 Client::new(
                     config.clone(),
                     Some(perf.clone()),
                     Some(connection.clone()),
-                    Some(
-                        self.reconnect
-                            .clone()
-                            .unwrap_or_else(RedisBackend::default_reconnect_policy),
-                    ),
+                    Some(reconnect.clone()),
                 )
             })
             .collect();
         let init = futures_util::future::try_join_all(clients.iter().map(ClientLike::init));
         match tokio::time::timeout(self.connect_timeout, init).await {
             // The handles of fred's connection tasks are not needed: `quit` ends them.
-            Ok(Ok(_handles)) => Ok((Connections::fixed(clients, true), servers)),
+            Ok(Ok(_handles)) => {
+                let watch = SentinelWatch::start(
+                    &config,
+                    &reconnect,
+                    clients.clone(),
+                    self.connect_timeout,
+                );
+                Ok((Connections::fixed(clients, true), servers, watch))
+            }
             Ok(Err(source)) => {
                 abandon(&clients, self.connect_timeout);
                 let (kind, transient) = connect_classify(&source);

@@ -273,3 +273,91 @@ async fn a_write_no_replica_confirms_is_not_acknowledged() {
     confirmed.shutdown().await;
     plain.shutdown().await;
 }
+
+/// `ROLE` of `server`: `master` or `slave`.
+fn role(server: &RedisServer) -> String {
+    server
+        .command(&["ROLE"])
+        .expect("ROLE")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_reads_the_new_primary_once_the_failover_is_announced() {
+    let Some(binaries) = binaries() else {
+        return;
+    };
+    let deployment = Arc::new(
+        tokio::task::spawn_blocking(move || RedisSentinel::start(&binaries))
+            .await
+            .expect("the start does not panic")
+            .expect("the sentinel deployment starts"),
+    );
+    let tier = RedisBackend::builder(deployment.url())
+        .namespace(&unique_namespace("moves"))
+        .command_timeout(COMMAND_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("the tier connects through the sentinel");
+    let value = |payload: &str| {
+        CacheValue::with_ttl(payload.as_bytes().to_vec(), Clock::System.now(), HOUR)
+    };
+    tier.set(&key(0), value("old"))
+        .await
+        .expect("a write before the failover");
+    let [old, new] = deployment.servers() else {
+        panic!("two servers");
+    };
+
+    deployment.failover().expect("SENTINEL FAILOVER");
+    let started = Instant::now();
+    while deployment.primary().expect("the primary") != 1 {
+        assert!(
+            started.elapsed() <= SETTLE_DEADLINE,
+            "no failover within {SETTLE_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another process writes a newer value on the new primary.
+    let newer = value("new");
+    let redis_key = tier.redis_key(&key(0));
+    let envelope = tierkit_core::envelope::encode(&newer, None);
+    assert_eq!(
+        new.command(&[&b"SET"[..], &redis_key[..], &envelope[..]])
+            .expect("SET on the new primary"),
+        "OK"
+    );
+
+    // From the announcement on, the tier must read the new primary, long before the old one
+    // is demoted (10 to 20 s later): until then, the old primary answers with what it held.
+    let mut reads = 0;
+    loop {
+        assert!(
+            started.elapsed() <= SETTLE_DEADLINE,
+            "the tier did not move within {SETTLE_DEADLINE:?}"
+        );
+        assert_eq!(
+            role(old),
+            "master",
+            "the old primary was demoted before the tier read the new one ({reads} reads since \
+             the failover was announced)"
+        );
+        reads += 1;
+        if let Ok(Some(read)) = tier.get(&key(0)).await {
+            if read.payload() == newer.payload() {
+                break;
+            }
+            assert_eq!(&read.payload()[..], b"old", "a value never written");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "read the new primary {:?} after the failover was asked for, after {reads} reads",
+        started.elapsed()
+    );
+    tier.shutdown().await;
+}

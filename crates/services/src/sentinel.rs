@@ -144,8 +144,9 @@ impl RedisSentinel {
     }
 
     /// Waits until the deployment is settled: the server the sentinel names as primary says
-    /// it is one (`ROLE`), every other running server is its replica with the link up, the
-    /// sentinel knows those replicas and sees them healthy, and no failover is in progress.
+    /// it is one (`ROLE`), every other running server is its replica with the link up and
+    /// has acknowledged a replication offset (so `WAIT` counts it), the sentinel
+    /// knows those replicas and sees them healthy, and no failover is in progress.
     ///
     /// After a failover, the sentinel turns the old primary into a replica only once it reads
     /// the old primary's role again (it asks every 10 seconds), then waits 8 seconds more: the
@@ -194,6 +195,7 @@ impl RedisSentinel {
                 primary.addr()
             )));
         }
+        let primary_replication = primary.command(&["INFO", "replication"])?;
         let known = self
             .sentinel
             .query(&["SENTINEL", "REPLICAS", SENTINEL_SERVICE_NAME])?;
@@ -219,6 +221,25 @@ impl RedisSentinel {
                 )));
             }
             let port = server.port().to_string();
+            // The primary counts a replica in `WAIT` once the replica acknowledged an offset,
+            // up to a second after the link is up (the offset reads 0 until then).
+            let acked = primary_replication.lines().any(|line| {
+                let fields: Vec<&str> = line.split([':', ',']).collect();
+                fields.contains(&format!("port={port}").as_str())
+                    && fields.contains(&"state=online")
+                    && fields.iter().any(|field| {
+                        field
+                            .strip_prefix("offset=")
+                            .and_then(|offset| offset.parse::<u64>().ok())
+                            .is_some_and(|offset| offset > 0)
+                    })
+            });
+            if !acked {
+                return Ok(Some(format!(
+                    "the primary has no acknowledgement from {} yet",
+                    server.addr()
+                )));
+            }
             let seen = known.iter().find(|fields| field(fields, "port") == port);
             let healthy = seen.is_some_and(|fields| {
                 field(fields, "flags") == "slave"
