@@ -1,16 +1,21 @@
-//! A sentinel deployment failing over with its old primary alive, on private processes of
-//! `tierkit-services` (a primary, its replica, one sentinel; never the shared test services,
-//! never a fixed port).
+//! Sentinel deployments failing over with their old primary alive, and writes confirmed by
+//! replicas, on private processes of `tierkit-services` (a primary, its replica, one sentinel;
+//! never the shared test services, never a fixed port).
 //!
-//! The tier is built from the sentinel's URL, as an application would. A write loop records
-//! every write the tier acknowledged; `SENTINEL FAILOVER` promotes the replica while the old
-//! primary keeps running (it is demoted 10 to 20 seconds later, when the sentinel reads its
-//! role again, and then drops everything it holds for a copy of the new primary). Afterwards,
-//! every acknowledged write must be on the new primary.
+//! * A write loop through a tier built from the sentinel's URL records every write the tier
+//!   acknowledged; `SENTINEL FAILOVER` promotes the replica while the old primary keeps running
+//!   (it is demoted 10 to 20 seconds later, when the sentinel reads its role again, and then
+//!   drops everything it holds for a copy of the new primary). Afterwards, every acknowledged
+//!   write must be on the new primary.
+//! * Once the failover is announced, the tier reads the new primary, before the old one is
+//!   demoted.
+//! * A write that no replica confirms (no replica, a frozen replica) is not acknowledged, a
+//!   delete that removes nothing included; the commands sent are counted.
 //!
 //! The only waits are bounded polls of the servers' state and of the write loop's progress,
-//! each with a deadline. The test needs `redis-server` (its sentinel mode too): it skips without
-//! it, unless `TIERKIT_REQUIRE_SERVICES` is set (`cargo xtask test` sets it): then it fails.
+//! each with a deadline. The tests need `redis-server` (its sentinel mode too): they skip
+//! without it, unless `TIERKIT_REQUIRE_SERVICES` is set (`cargo xtask test` sets it): then
+//! they fail.
 
 // Helpers outside `#[test]` functions fail the test that calls them with expect and panic,
 // as the tests themselves may (see clippy.toml).
@@ -359,5 +364,52 @@ async fn a_tier_reads_the_new_primary_once_the_failover_is_announced() {
         "read the new primary {:?} after the failover was asked for, after {reads} reads",
         started.elapsed()
     );
+    tier.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delete_that_removes_nothing_is_confirmed_like_any_write() {
+    let Some(binaries) = binaries() else {
+        return;
+    };
+    let deployment = tokio::task::spawn_blocking(move || RedisSentinel::start(&binaries))
+        .await
+        .expect("the start does not panic")
+        .expect("the sentinel deployment starts");
+    let [primary, replica] = deployment.servers() else {
+        panic!("two servers");
+    };
+    // Straight to the primary: the sentinel plays no part here.
+    let tier = RedisBackend::builder(primary.url())
+        .namespace(&unique_namespace("noop-delete"))
+        .command_timeout(COMMAND_TIMEOUT)
+        .replica_acks(1)
+        .build()
+        .await
+        .expect("the tier connects");
+    let value = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), HOUR);
+    tier.set(&key(1), value.clone())
+        .await
+        .expect("the replica confirms a write");
+
+    // A new connection (after a reconnection) has written nothing yet.
+    tier.clients()[0]
+        .force_reconnection()
+        .await
+        .expect("the tier reconnects");
+
+    // The replica stops answering (frozen, or cut off by a partition): the primary still
+    // counts it as connected, with the last offset it acknowledged.
+    replica.pause().expect("SIGSTOP the replica");
+    // The delete goes first: a failed write before it would make the offset to confirm newer.
+    let delete = tier.delete(&key(3)).await;
+    let set = tier.set(&key(2), value).await;
+    replica.resume().expect("SIGCONT the replica");
+    let err = set.expect_err("a write the replica cannot confirm is not acknowledged");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    // `key(3)` does not exist: the UNLINK changes nothing, and is still not acknowledged on
+    // the strength of what the replica acknowledged before it stopped answering.
+    let err = delete.expect_err("a delete the replica cannot confirm is not acknowledged");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
     tier.shutdown().await;
 }
