@@ -253,8 +253,9 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 ///   (again every 100 ms, within the connect timeout, while a sentinel that has not heard of
 ///   the failover names the old primary). Reads are then served by the new primary within two
 ///   seconds of the failover's start (measured: 1.3 to 1.6 s), instead of by the old one, with
-///   what it held at the promotion, until its demotion. An application's `Client` or `Pool` moves when fred
-///   reconnects it (at the latest when the old primary, demoted, closes its connections).
+///   what it held at the promotion, until its demotion. An application's `Client` or `Pool`
+///   moves when fred reconnects it (at the latest when the old primary, demoted, closes its
+///   connections).
 ///
 /// Writes succeed again once the new primary has `replica_acks` replicas: with one replica,
 /// when the old primary, demoted, has copied the new one (10 to 20 seconds after the

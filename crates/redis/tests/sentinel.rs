@@ -10,7 +10,8 @@
 //! * Once the failover is announced, the tier reads the new primary, before the old one is
 //!   demoted.
 //! * A write that no replica confirms (no replica, a frozen replica) is not acknowledged, a
-//!   delete that removes nothing included; the commands sent are counted.
+//!   delete that removes nothing included; the commands sent are counted. Confirmation on an
+//!   application's cluster client, which routes commands itself, is refused.
 //!
 //! The only waits are bounded polls of the servers' state and of the write loop's progress,
 //! each with a deadline. The tests need `redis-server` (its sentinel mode too): they skip
@@ -27,10 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{raw_client, unique_namespace};
+use common::{CLUSTER, raw_client, unique_namespace};
 use tierkit_core::{Backend, CacheKey, CacheValue, Clock, ErrorKind};
-use tierkit_redis::RedisBackend;
 use tierkit_redis::fred::prelude::*;
+use tierkit_redis::{RedisBackend, RedisError};
 use tierkit_services::{
     RedisBinaries, RedisSentinel, RedisServer, RedisServerOptions, calls_since,
 };
@@ -412,4 +413,28 @@ async fn a_delete_that_removes_nothing_is_confirmed_like_any_write() {
     let err = delete.expect_err("a delete the replica cannot confirm is not acknowledged");
     assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
     tier.shutdown().await;
+}
+
+#[tokio::test]
+async fn replica_acks_on_an_application_cluster_client_is_refused() {
+    let url = require_server!(CLUSTER);
+    let client = raw_client(&url).await;
+    assert!(client.is_clustered());
+    let err = RedisBackend::builder(client.clone())
+        .namespace(&unique_namespace("cluster-acks"))
+        .replica_acks(1)
+        .build()
+        .await
+        .expect_err("fred routes an application's cluster client: WAIT could reach another node");
+    assert!(matches!(err, RedisError::InvalidConfig { .. }), "{err:?}");
+    assert!(err.to_string().contains("replica_acks"), "{err}");
+    // Without confirmation (the default for a cluster), the same client is accepted.
+    let tier = RedisBackend::builder(client.clone())
+        .namespace(&unique_namespace("cluster-acks"))
+        .build()
+        .await
+        .expect("the tier attaches");
+    assert_eq!(tier.replica_acks(), 0);
+    drop(tier);
+    client.quit().await.expect("QUIT");
 }

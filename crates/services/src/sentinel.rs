@@ -35,7 +35,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// # fn main() -> Result<(), tierkit_services::ServiceError> {
 /// let binaries = RedisBinaries::locate()?;
 /// let deployment = RedisSentinel::start(&binaries)?;
-/// println!("connect to {}", deployment.url()); // redis-sentinel://127.0.0.1:P?sentinelServiceName=mymaster
+/// // redis-sentinel://127.0.0.1:PORT?sentinelServiceName=mymaster
+/// println!("connect to {}", deployment.url());
 /// assert_eq!(deployment.primary()?, 0);
 /// deployment.failover()?; // SENTINEL FAILOVER mymaster: the replica is promoted
 /// deployment.wait_until_settled(Duration::from_secs(30))?;
