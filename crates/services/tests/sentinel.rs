@@ -1,4 +1,4 @@
-//! A private sentinel deployment: start, a failover with the primary alive, and Drop.
+//! A private sentinel deployment: start, a failover with the old primary alive, and Drop.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ fn process_exists(pid: u32) -> bool {
 }
 
 #[test]
-fn a_failover_promotes_the_replica_and_demotes_the_live_primary() {
+fn a_failover_promotes_the_replica_while_the_old_primary_runs() {
     let Some(binaries) = RedisBinaries::for_tests().unwrap_or_else(|err| panic!("{err}")) else {
         return;
     };
