@@ -174,8 +174,9 @@ SUBCOMMANDS:
 
 REDIS SERVICES:
     The test step (of `ci` and `test`) and `services` start private redis-server processes
-    with the tierkit-services crate: a standalone server and a 3-master cluster without
-    replicas, on free ports of 127.0.0.1 (never a fixed port,
+    with the tierkit-services crate: a standalone server, a 3-master cluster without
+    replicas, and a sentinel deployment (a primary, its replica and one `redis-server
+    --sentinel`, from the same package), on free ports of 127.0.0.1 (never a fixed port,
     never the default 6379), without persistence. They are stopped when the step ends, pass
     or fail, and the pids stopped are printed; processes a killed run left behind are killed
     before the next start. Logs: <cargo target dir>/tierkit-services/. When redis-server or
@@ -301,6 +302,7 @@ mod tests {
         for name in [
             "TIERKIT_REDIS_URL",
             "TIERKIT_REDIS_CLUSTER_URL",
+            "TIERKIT_REDIS_SENTINEL_URL",
             "TIERKIT_REDIS_SERVER",
             "TIERKIT_REDIS_CLI",
             "TIERKIT_REQUIRE_SERVICES",

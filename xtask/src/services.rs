@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use tierkit_services::{RedisBinaries, RedisCluster, RedisServer, RedisServerOptions, env};
+use tierkit_services::{
+    RedisBinaries, RedisCluster, RedisSentinel, RedisServer, RedisServerOptions, env,
+};
 
 use crate::runner::{Cmd, Failure, Workspace, format_duration, shell_quote};
 
@@ -22,6 +24,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         env::REDIS_CLUSTER_URL,
         "a 3-master cluster (fred's form: redis-cluster://127.0.0.1:P1?node=...&node=...)",
+    ),
+    (
+        env::REDIS_SENTINEL_URL,
+        "a primary, its replica and one sentinel \
+         (redis-sentinel://127.0.0.1:PORT?sentinelServiceName=mymaster)",
     ),
     (
         env::REDIS_SERVER,
@@ -189,13 +196,16 @@ pub struct Services {
     binaries: RedisBinaries,
     /// The standalone server.
     standalone: RedisServer,
+    /// The sentinel deployment: a primary, its replica and one sentinel.
+    sentinel: RedisSentinel,
     /// The cluster, if one was asked for.
     cluster: Option<RedisCluster>,
 }
 
 impl Services {
-    /// Cleans up stale processes, then starts a standalone server and, if `with_cluster`, a
-    /// 3-master cluster without replicas. Prints what it started and how long it took.
+    /// Cleans up stale processes, then starts a standalone server, a sentinel deployment (a
+    /// primary, its replica and one sentinel) and, if `with_cluster`, a 3-master cluster
+    /// without replicas. Prints what it started and how long it took.
     pub fn start(binaries: RedisBinaries, with_cluster: bool) -> Result<Self, Failure> {
         let base_dir = tierkit_services::default_base_dir();
         cleanup_stale(&base_dir)?;
@@ -210,6 +220,21 @@ impl Services {
             "started redis-server {} (pid {}) in {}",
             standalone.url(),
             pid_text(&standalone),
+            format_duration(started.elapsed())
+        );
+        let started = Instant::now();
+        let sentinel = RedisSentinel::start(&binaries)
+            .map_err(|err| failure("a Redis sentinel deployment", err))?;
+        let pids: Vec<String> = sentinel
+            .servers()
+            .iter()
+            .chain([sentinel.sentinel()])
+            .map(pid_text)
+            .collect();
+        println!(
+            "started a primary, its replica and a sentinel {} (pids {}) in {}",
+            sentinel.url(),
+            pids.join(", "),
             format_duration(started.elapsed())
         );
         let cluster = if with_cluster {
@@ -231,13 +256,17 @@ impl Services {
         Ok(Self {
             binaries,
             standalone,
+            sentinel,
             cluster,
         })
     }
 
     /// The environment variables that hand these services to the tests.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        let mut vars = vec![(env::REDIS_URL, self.standalone.url())];
+        let mut vars = vec![
+            (env::REDIS_URL, self.standalone.url()),
+            (env::REDIS_SENTINEL_URL, self.sentinel.url()),
+        ];
         if let Some(cluster) = &self.cluster {
             vars.push((env::REDIS_CLUSTER_URL, cluster.url()));
         }
@@ -271,6 +300,8 @@ impl Services {
     /// Stops every process, checks that none is left, and prints the pids stopped.
     pub fn shutdown(self) -> Result<(), Failure> {
         let mut servers = vec![&self.standalone];
+        servers.extend(self.sentinel.servers());
+        servers.push(self.sentinel.sentinel());
         if let Some(cluster) = &self.cluster {
             servers.extend(cluster.nodes());
         }
@@ -421,6 +452,7 @@ mod tests {
             [
                 "TIERKIT_REDIS_URL",
                 "TIERKIT_REDIS_CLUSTER_URL",
+                "TIERKIT_REDIS_SENTINEL_URL",
                 "TIERKIT_REDIS_SERVER",
                 "TIERKIT_REDIS_CLI",
                 "TIERKIT_REQUIRE_SERVICES"

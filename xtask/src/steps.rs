@@ -217,8 +217,9 @@ pub fn test_command(extra: &[String]) -> Cmd {
 }
 
 /// Runs unit, integration and doc tests of the whole workspace; `extra` goes to `cargo test`.
-/// A private standalone Redis server and a 3-master cluster run meanwhile, handed to the tests
-/// through the `TIERKIT_*` environment variables, and are stopped afterwards, pass or fail.
+/// A private standalone Redis server, a 3-master cluster and a sentinel deployment run
+/// meanwhile, handed to the tests through the `TIERKIT_*` environment variables, and are
+/// stopped afterwards, pass or fail.
 pub fn test(extra: &[String]) -> Step {
     let cmd = test_command(extra);
     let rerun = format!("cargo xtask test {}", extra.join(" "))
@@ -227,8 +228,8 @@ pub fn test(extra: &[String]) -> Step {
     Step::custom(
         "test",
         format!(
-            "{}, with a private Redis server and {CLUSTER_MASTERS}-master cluster \
-             (TIERKIT_* env)",
+            "{}, with a private Redis server and {CLUSTER_MASTERS}-master cluster, and a \
+             sentinel deployment (TIERKIT_* env)",
             cmd.display()
         ),
         move |ws| {
@@ -376,8 +377,8 @@ pub fn services() -> Step {
     Step::custom(
         "services",
         format!(
-            "start a Redis server and a {CLUSTER_MASTERS}-master cluster, print their \
-             TIERKIT_* exports, stop them on Enter or end of input"
+            "start a Redis server, a {CLUSTER_MASTERS}-master cluster and a sentinel \
+             deployment, print their TIERKIT_* exports, stop them on Enter or end of input"
         ),
         |ws| {
             let binaries = services::ensure_redis(ws)?;
@@ -539,7 +540,7 @@ mod tests {
         assert_eq!(
             test(&[]).summary,
             "cargo test --workspace --all-features, with a private Redis server and \
-             3-master cluster (TIERKIT_* env)"
+             3-master cluster, and a sentinel deployment (TIERKIT_* env)"
         );
     }
 }

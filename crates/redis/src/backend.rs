@@ -11,7 +11,7 @@ use bytes::Bytes;
 use fred::clients::{Client, WithOptions};
 use fred::error::{Error as FredError, ErrorKind as FredKind};
 use fred::interfaces::{ClientLike, ClusterInterface, KeysInterface};
-use fred::types::config::{Options, ReconnectPolicy, Server};
+use fred::types::config::{Options, ReconnectPolicy, Server, ServerConfig};
 use fred::types::{Expiration, Key, Value};
 use tierkit_core::{
     Backend, BackendError, CacheKey, CacheValue, Clock, ErrorKind, GetFuture, Op, Result,
@@ -23,6 +23,8 @@ use crate::cluster::{self, ClusterRouter};
 use crate::config::{RedisBackendBuilder, RedisSource};
 use crate::error::{RedisError, map_error};
 use crate::keys::Namespace;
+use crate::replication::{Confirmation, Write};
+use crate::sentinel::SentinelWatch;
 use crate::stats::{Counters, RedisStats, WRONG_TYPE};
 
 /// The latest expiry written with `PXAT`: 9999-12-31T23:59:59.999Z. A value expiring later is
@@ -38,6 +40,7 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 /// * [Expiry](#expiry)
 /// * [Corrupt and foreign values](#corrupt-and-foreign-values)
 /// * [Timeouts and reconnection](#timeouts-and-reconnection)
+/// * [Sentinel failovers](#sentinel-failovers)
 /// * [`clear`](#clear)
 ///
 /// Clones share the connections and the counters. The tier is remote: every operation returns
@@ -232,6 +235,50 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 /// after a failover) is closed and reopened, whether or not commands keep coming (for the
 /// tier's own connections; an application's `Client` or `Pool` keeps its own settings).
 ///
+/// # Sentinel failovers
+///
+/// From a sentinel URL (or a `Config`, `Client` or `Pool` connected through sentinels), fred
+/// asks the sentinels for the primary, and checks with `ROLE` that it is one, each time a
+/// connection is made. Redis replicates asynchronously, and when the sentinels promote the
+/// replica while the old primary still runs (`SENTINEL FAILOVER`, a partition), the old
+/// primary keeps answering until the sentinels demote it, 10 to 20 seconds later; it then drops
+/// every write it took meanwhile for a copy of the new primary. Two mechanisms keep the tier
+/// correct through that:
+///
+/// * **Writes are confirmed by a replica** ([`replica_acks`](RedisBackendBuilder::replica_acks),
+///   1 by default through sentinels): `SET` (or `UNLINK`) and `WAIT 1 <half the command
+///   timeout>` go in one round trip, and the write is acknowledged only when the replica has
+///   it. A promoted replica stops confirming at once, so no write the old primary takes after
+///   the promotion is acknowledged: it fails with a transient `Connection` error
+///   (`NOREPLICAS`, as Redis' own `min-replicas-to-write`).
+/// * **The tier moves when the failover is announced** (tiers built from a URL or a `Config`):
+///   it subscribes to `+switch-master` on every sentinel it was given, and when one announces a
+///   new primary for its service, it reconnects its clients, which ask the sentinels again
+///   (again every 100 ms, within the connect timeout, while a sentinel that has not heard of
+///   the failover names the old primary). Reads are then served by the new primary within two
+///   seconds of the failover's start (measured: 1.3 to 1.6 s), instead of by the old one, with
+///   what it held at the promotion, until its demotion. An application's `Client` or `Pool`
+///   moves when fred reconnects it (at the latest when the old primary, demoted, closes its
+///   connections).
+///
+/// Writes succeed again once the new primary has `replica_acks` replicas: with one replica,
+/// when the old primary, demoted, has copied the new one (10 to 20 seconds after the
+/// promotion); with more, as soon as the sentinels have reconfigured the other replicas, during
+/// the failover. Measured with a primary, one replica, one sentinel and a write loop through
+/// `SENTINEL FAILOVER`: without confirmation, 162,533 of 241,640 acknowledged writes were lost;
+/// with both mechanisms, 0 of 32,402, and 52 writes failed, each after half the command
+/// timeout, until the old primary had become the new one's replica. When the primary dies
+/// instead, nothing answers after its death, and confirmation keeps the tier from
+/// acknowledging its last writes that the replica had not received.
+///
+/// The cost of confirmation is one primary-to-replica round trip per write, during which the
+/// commands pipelined behind it on the same connection wait; while fewer than `replica_acks`
+/// replicas are connected, every write fails after half the command timeout (reads are not
+/// affected). `replica_acks(0)` turns confirmation off: writes are then acknowledged by
+/// whichever primary the tier is connected to, and those the old primary takes between the
+/// promotion and the move (about a second) are lost. The subscriptions cost one idle
+/// connection per sentinel.
+///
 /// # Cluster node failures
 ///
 /// From a cluster URL or `Config`, the tier does not use a fred cluster client (fred 10
@@ -290,6 +337,7 @@ pub struct RedisBackend {
 /// What `build` hands over.
 pub(crate) struct Parts {
     pub(crate) connections: Connections,
+    pub(crate) watch: Option<SentinelWatch>,
     pub(crate) owned: bool,
     pub(crate) servers: String,
     pub(crate) namespace: Namespace,
@@ -298,6 +346,7 @@ pub(crate) struct Parts {
     pub(crate) command_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_value_bytes: usize,
+    pub(crate) replica_acks: u32,
 }
 
 /// The connections the tier sends its commands through.
@@ -325,6 +374,21 @@ impl Connections {
             next: AtomicUsize::new(0),
         }
     }
+
+    /// Whether the clients find their primary through sentinels.
+    pub(crate) fn is_sentinel(&self) -> bool {
+        matches!(self, Connections::Fixed { links, .. }
+        if links.first().is_some_and(|link| matches!(
+            link.client.client_config().server,
+            ServerConfig::Sentinel { .. }
+        )))
+    }
+
+    /// Whether these are the application's cluster clients (fred routes their commands).
+    pub(crate) fn is_application_cluster(&self) -> bool {
+        matches!(self, Connections::Fixed { links, .. }
+            if links.first().is_some_and(|link| link.client.is_clustered()))
+    }
 }
 
 /// One client the tier sends commands through, with its watchdog (the tier's own clients).
@@ -348,6 +412,8 @@ impl Link {
 
 struct Inner {
     connections: Connections,
+    /// Through sentinels: what moves the clients when a failover is announced.
+    watch: Option<SentinelWatch>,
     /// Whether the tier made (and so must close) the clients.
     owned: bool,
     closed: AtomicBool,
@@ -361,6 +427,8 @@ struct Inner {
     command_timeout: Duration,
     connect_timeout: Duration,
     max_value_bytes: usize,
+    /// The replicas that must confirm each write.
+    confirmation: Confirmation,
     counters: Counters,
 }
 
@@ -475,6 +543,7 @@ impl RedisBackend {
         RedisBackend {
             inner: Arc::new(Inner {
                 connections: parts.connections,
+                watch: parts.watch,
                 owned: parts.owned,
                 closed: AtomicBool::new(false),
                 clustered,
@@ -486,6 +555,7 @@ impl RedisBackend {
                 command_timeout: parts.command_timeout,
                 connect_timeout: parts.connect_timeout,
                 max_value_bytes: parts.max_value_bytes,
+                confirmation: Confirmation::new(parts.replica_acks, parts.command_timeout),
                 counters: Counters::new(),
             }),
         }
@@ -565,6 +635,13 @@ impl RedisBackend {
         self.inner.max_value_bytes
     }
 
+    /// How many replicas must confirm each write before the tier acknowledges it (see
+    /// [`RedisBackendBuilder::replica_acks`]); 0 when writes are not confirmed.
+    #[must_use]
+    pub fn replica_acks(&self) -> u32 {
+        self.inner.confirmation.replicas()
+    }
+
     /// The clock that decides expiry.
     #[must_use]
     pub fn clock(&self) -> &Clock {
@@ -613,14 +690,19 @@ impl Inner {
         }
     }
 
-    /// Stops any topology refresh, and returns the clients to close.
+    /// Stops any topology refresh and the watch of the sentinels, and returns the clients to
+    /// close.
     fn close(&self) -> Vec<Client> {
-        match &self.connections {
+        let mut clients = match &self.connections {
             Connections::Fixed { links, .. } => {
                 links.iter().map(|link| link.client.clone()).collect()
             }
             Connections::Routed(router) => router.close(),
+        };
+        if let Some(watch) = &self.watch {
+            clients.extend(watch.close());
         }
+        clients
     }
 
     /// The next of the fixed clients: they are used in turn.
@@ -843,32 +925,35 @@ impl Inner {
         if value.is_expired(self.clock.now()) {
             // The newest write says "nothing valid here": drop any older value.
             return self
-                .call(Op::Set, &redis_key, |client| {
-                    let redis_key = redis_key.clone();
-                    async move { client.unlink::<(), _>(redis_key).await }
+                .write(Op::Set, &redis_key, || {
+                    Write::Unlink(vec![Key::from(redis_key.clone())])
                 })
                 .await;
         }
         let expiry = expiration(value.expires_at());
         let bytes = envelope::encode(&value, key);
-        self.call(Op::Set, &redis_key, |client| {
-            let (redis_key, bytes, expiry) = (redis_key.clone(), bytes.clone(), expiry.clone());
-            async move {
-                client
-                    .set::<(), _, _>(redis_key, bytes, expiry, None, false)
-                    .await
-            }
+        self.write(Op::Set, &redis_key, || Write::Set {
+            key: redis_key.clone(),
+            bytes: bytes.clone(),
+            expiry: expiry.clone(),
         })
         .await
     }
 
     async fn delete(&self, key: &CacheKey) -> Result<()> {
         let redis_key = self.namespace.redis_key(key);
-        self.call(Op::Delete, &redis_key, |client| {
-            let redis_key = redis_key.clone();
-            async move { client.unlink::<(), _>(redis_key).await }
+        self.write(Op::Delete, &redis_key, || {
+            Write::Unlink(vec![Key::from(redis_key.clone())])
         })
         .await
+    }
+
+    /// Runs one write for the Redis key `key` (see [`call`](Self::call)), acknowledged once
+    /// the replicas the tier requires confirm it (see [`Confirmation`]).
+    async fn write(&self, op: Op, key: &[u8], write: impl Fn() -> Write) -> Result<()> {
+        let confirmation = self.confirmation;
+        self.call(op, key, |client| confirmation.send(client, write()))
+            .await
     }
 
     async fn clear(&self) -> Result<()> {
@@ -963,10 +1048,7 @@ impl Inner {
     async fn unlink(&self, keys: Vec<Key>) -> Result<()> {
         if !self.clustered {
             return self
-                .call(Op::Clear, &[], |client| {
-                    let keys = keys.clone();
-                    async move { client.unlink::<(), _>(keys).await }
-                })
+                .write(Op::Clear, &[], || Write::Unlink(keys.clone()))
                 .await;
         }
         let mut by_slot: BTreeMap<u16, Vec<Key>> = BTreeMap::new();
@@ -978,11 +1060,8 @@ impl Inner {
                 .first()
                 .map(|key| key.as_bytes().to_vec())
                 .unwrap_or_default();
-            self.call(Op::Clear, &first, |client| {
-                let keys = keys.clone();
-                async move { client.unlink::<(), _>(keys).await }
-            })
-            .await
+            self.write(Op::Clear, &first, || Write::Unlink(keys.clone()))
+                .await
         }))
         .await?;
         Ok(())
@@ -1088,6 +1167,7 @@ impl fmt::Debug for RedisBackend {
             .field("owned", &inner.owned)
             .field("command_timeout", &inner.command_timeout)
             .field("max_value_bytes", &inner.max_value_bytes)
+            .field("replica_acks", &inner.confirmation.replicas())
             .field("clock", &inner.clock)
             .finish_non_exhaustive()
     }

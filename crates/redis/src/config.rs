@@ -16,6 +16,7 @@ use crate::backend::{Connections, Parts, RedisBackend};
 use crate::cluster::{ClusterRouter, NodeSettings};
 use crate::error::{RedisError, classify, url_wants_tls};
 use crate::keys::Namespace;
+use crate::sentinel::SentinelWatch;
 
 /// Where a [`RedisBackend`] gets its connection: a URL, a fred [`Config`], or a fred [`Client`]
 /// or [`Pool`] the application already runs.
@@ -138,6 +139,7 @@ pub struct RedisBackendBuilder {
     label: Arc<str>,
     pool_size: usize,
     reconnect: Option<ReconnectPolicy>,
+    replica_acks: Option<u32>,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -152,6 +154,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("label", &self.label)
             .field("pool_size", &self.pool_size)
             .field("reconnect", &self.reconnect)
+            .field("replica_acks", &self.replica_acks)
             .finish()
     }
 }
@@ -168,6 +171,7 @@ impl RedisBackendBuilder {
             label: Arc::from("redis"),
             pool_size: 1,
             reconnect: None,
+            replica_acks: None,
         }
     }
 
@@ -260,6 +264,43 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// How many replicas must hold a write (`set`, `delete`, each batch of `clear`) before the
+    /// tier acknowledges it.
+    ///
+    /// Redis replicates asynchronously: a primary acknowledges a write before its replicas
+    /// have it. When a sentinel promotes a replica while the old primary still runs (a planned
+    /// `SENTINEL FAILOVER`, a network partition), the old primary keeps acknowledging writes
+    /// until the sentinel demotes it, 10 to 20 seconds later, and then discards them all for a
+    /// copy of the new primary: values written meanwhile are lost, and deleted keys come back.
+    /// With `replica_acks(n)`, each write is followed in the same round trip by
+    /// `WAIT n <half the command timeout>`, and succeeds only when `n` replicas confirmed it;
+    /// otherwise it fails with a transient [`ErrorKind::Connection`] error (the write is on the
+    /// primary and may be lost with it). A promoted replica stops confirming its old primary's
+    /// writes at once, so no write the old primary takes after the promotion is acknowledged.
+    ///
+    /// The cost: every write waits for one round trip from the primary to its replicas (a
+    /// fraction of a millisecond on a LAN), and commands pipelined behind it on the same
+    /// connection wait with it (raise [`pool_size`](Self::pool_size) if writes are most of the
+    /// traffic). While fewer than `n` replicas are connected (a replica restarting), every
+    /// write fails after half the command timeout; reads are not affected. After a failover,
+    /// that lasts until the new primary has `n` replicas again: with a single replica, until
+    /// the old primary, demoted, has copied the new one (10 to 20 seconds after the promotion).
+    ///
+    /// With one replica, `1` covers every promotion. With several, a write confirmed by one
+    /// replica is lost if the sentinel promotes another that did not have it yet: set `n` to
+    /// the number of replicas to cover that too, at the price of failed writes whenever one of
+    /// them is down.
+    ///
+    /// Default: 1 for a sentinel deployment (a sentinel URL or [`Config`], or a [`Client`] or
+    /// [`Pool`] connected through sentinels), 0 (no confirmation, no `WAIT`) otherwise. Applies
+    /// to standalone, sentinel and cluster deployments (in a cluster, each primary waits for
+    /// its own replicas), except a cluster [`Client`] or [`Pool`] of the application, which
+    /// `build` refuses with a non-zero value ([`RedisError::InvalidConfig`]).
+    pub fn replica_acks(mut self, replicas: u32) -> Self {
+        self.replica_acks = Some(replicas);
+        self
+    }
+
     /// fred's policy for reconnecting after a connection drops. Reconnection is automatic and
     /// in the background; meanwhile operations fail at once (see
     /// [`command_timeout`](Self::command_timeout)). The first connection is not retried:
@@ -310,7 +351,7 @@ impl RedisBackendBuilder {
             pool_size: self.pool_size,
             reconnect: self.reconnect,
         };
-        let (clients, owned, servers) = match self.source {
+        let (clients, owned, servers, watch) = match self.source {
             RedisSource::Url(url) => {
                 if url_wants_tls(&url) && !cfg!(feature = "tls") {
                     return Err(RedisError::TlsNotEnabled {
@@ -321,25 +362,41 @@ impl RedisBackendBuilder {
                     url: redact::url(&url),
                     source,
                 })?;
-                let (connections, servers) = connect.owned(config).await?;
-                (connections, true, servers)
+                let (connections, servers, watch) = connect.owned(config).await?;
+                (connections, true, servers, watch)
             }
             RedisSource::Config(config) => {
-                let (connections, servers) = connect.owned(*config).await?;
-                (connections, true, servers)
+                let (connections, servers, watch) = connect.owned(*config).await?;
+                (connections, true, servers, watch)
             }
             RedisSource::Client(client) => {
                 let servers = connect.attach(std::slice::from_ref(&client)).await?;
-                (Connections::fixed(vec![client], false), false, servers)
+                (
+                    Connections::fixed(vec![client], false),
+                    false,
+                    servers,
+                    None,
+                )
             }
             RedisSource::Pool(pool) => {
                 let clients = pool.clients().to_vec();
                 let servers = connect.attach(&clients).await?;
-                (Connections::fixed(clients, false), false, servers)
+                (Connections::fixed(clients, false), false, servers, None)
             }
+        };
+        let replica_acks = match self.replica_acks {
+            Some(replicas) if replicas > 0 && clients.is_application_cluster() => {
+                return Err(invalid_config(
+                    "replica_acks needs the tier's own cluster connections (a cluster URL or \
+                     Config), not a cluster Client or Pool of the application",
+                ));
+            }
+            Some(replicas) => replicas,
+            None => u32::from(clients.is_sentinel()),
         };
         Ok(RedisBackend::from_parts(Parts {
             connections: clients,
+            watch,
             owned,
             servers,
             namespace,
@@ -348,6 +405,7 @@ impl RedisBackendBuilder {
             command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,
             max_value_bytes: self.max_value_bytes.min(envelope::MAX_PAYLOAD),
+            replica_acks,
         }))
     }
 }
@@ -400,8 +458,12 @@ struct Connect {
 
 impl Connect {
     /// Creates and connects `pool_size` clients from `config`, all within the connect timeout;
-    /// for a cluster, one client per primary instead (see [`ClusterRouter`]).
-    async fn owned(&self, mut config: Config) -> Result<(Connections, String), RedisError> {
+    /// for a cluster, one client per primary instead (see [`ClusterRouter`]). Through
+    /// sentinels, also the watch that moves the clients when a failover is announced.
+    async fn owned(
+        &self,
+        mut config: Config,
+    ) -> Result<(Connections, String, Option<SentinelWatch>), RedisError> {
         let servers = describe_servers(&config.server);
         // Report a failed first connection instead of retrying it in the background.
         config.fail_fast = true;
@@ -439,26 +501,34 @@ impl Connect {
                 connect_timeout: self.connect_timeout,
             };
             let router = ClusterRouter::connect(settings, seeds, &servers).await?;
-            return Ok((Connections::Routed(router), servers));
+            return Ok((Connections::Routed(router), servers, None));
         }
+        let reconnect = self
+            .reconnect
+            .clone()
+            .unwrap_or_else(RedisBackend::default_reconnect_policy);
         let clients: Vec<Client> = (0..self.pool_size)
             .map(|_| {
                 Client::new(
                     config.clone(),
                     Some(perf.clone()),
                     Some(connection.clone()),
-                    Some(
-                        self.reconnect
-                            .clone()
-                            .unwrap_or_else(RedisBackend::default_reconnect_policy),
-                    ),
+                    Some(reconnect.clone()),
                 )
             })
             .collect();
         let init = futures_util::future::try_join_all(clients.iter().map(ClientLike::init));
         match tokio::time::timeout(self.connect_timeout, init).await {
             // The handles of fred's connection tasks are not needed: `quit` ends them.
-            Ok(Ok(_handles)) => Ok((Connections::fixed(clients, true), servers)),
+            Ok(Ok(_handles)) => {
+                let watch = SentinelWatch::start(
+                    &config,
+                    &reconnect,
+                    clients.clone(),
+                    self.connect_timeout,
+                );
+                Ok((Connections::fixed(clients, true), servers, watch))
+            }
             Ok(Err(source)) => {
                 abandon(&clients, self.connect_timeout);
                 let (kind, transient) = connect_classify(&source);
@@ -601,6 +671,8 @@ mod tests {
         assert_eq!(builder.pool_size, 1);
         // None: the default depends on the deployment, decided at build.
         assert_eq!(builder.reconnect, None);
+        // None: 1 for a sentinel deployment, 0 otherwise, decided at build.
+        assert_eq!(builder.replica_acks, None);
         assert_eq!(
             RedisBackend::default_reconnect_policy(),
             ReconnectPolicy::new_exponential(0, 100, 2_000, 2)

@@ -49,7 +49,11 @@
 //!
 //! The port defaults to 6379 (26379 for sentinels). A cluster URL names one or more seed nodes;
 //! the tier discovers the others. A sentinel URL names the sentinels; the tier asks them for
-//! the current primary and follows failovers. `valkey` works in place of `redis` in every
+//! the current primary whenever it connects, moves to the new primary when one of them
+//! announces a failover (`+switch-master`), and confirms each write by a replica
+//! ([`replica_acks`](RedisBackendBuilder::replica_acks), `WAIT`), so that a primary the
+//! sentinels replaced cannot acknowledge a write that the failover then loses (see
+//! [`RedisBackend`], "Sentinel failovers"). `valkey` works in place of `redis` in every
 //! scheme. A `rediss` URL without the `tls` feature is refused
 //! ([`RedisError::TlsNotEnabled`]) rather than silently connecting in clear text.
 //!
@@ -119,9 +123,9 @@
 //! |---|---|---|
 //! | `tls` | no | `rediss://` (and `rediss-cluster://`, `rediss-sentinel://`) URLs: TLS through rustls with the *ring* provider and the platform's root certificates (fred's `enable-rustls-ring`) |
 //!
-//! The tier enables only the fred interfaces it uses (`i-keys`, `i-cluster`); fred itself is
-//! re-exported as [`fred`] so that your `Config`, `Client` and `Pool` come from the same
-//! version.
+//! The tier enables only the fred interfaces it uses (`i-keys`, `i-cluster`, `i-pubsub`);
+//! fred itself is re-exported as [`fred`] so that your `Config`, `Client` and `Pool` come from
+//! the same version.
 //!
 //! # Minimum supported Rust version
 //!
@@ -137,6 +141,8 @@ mod cluster;
 mod config;
 mod error;
 mod keys;
+mod replication;
+mod sentinel;
 mod stats;
 
 pub use backend::RedisBackend;

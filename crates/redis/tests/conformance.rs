@@ -3,6 +3,8 @@
 //!
 //! * `redis_standalone`: a [`RedisBackend`] on `TIERKIT_REDIS_URL`;
 //! * `redis_cluster`: a [`RedisBackend`] on the cluster of `TIERKIT_REDIS_CLUSTER_URL`;
+//! * `redis_sentinel`: a [`RedisBackend`] through the sentinel of `TIERKIT_REDIS_SENTINEL_URL`,
+//!   every write confirmed by the replica (`WAIT`);
 //! * `moka_over_redis`: a composition of a moka L1 over the standalone tier.
 //!
 //! Each case uses the context's namespace and clock. Without the variables the cases are
@@ -12,7 +14,7 @@
 
 mod common;
 
-use common::{CLUSTER, STANDALONE, conformance_tier};
+use common::{CLUSTER, SENTINEL, STANDALONE, conformance_tier};
 use tierkit_core::BackendError;
 use tierkit_moka::MokaBackend;
 use tierkit_policy::Composition;
@@ -29,6 +31,16 @@ async fn cluster(ctx: ConformanceContext) -> Result<RedisBackend, BackendError> 
     Ok(tier)
 }
 
+async fn sentinel(ctx: ConformanceContext) -> Result<RedisBackend, BackendError> {
+    let tier = conformance_tier(SENTINEL, &ctx).await?;
+    assert_eq!(
+        tier.replica_acks(),
+        1,
+        "a sentinel tier confirms its writes"
+    );
+    Ok(tier)
+}
+
 async fn composed(
     ctx: ConformanceContext,
 ) -> Result<Composition<MokaBackend, RedisBackend>, BackendError> {
@@ -39,4 +51,5 @@ async fn composed(
 
 tierkit_testkit::conformance!(redis_standalone, standalone);
 tierkit_testkit::conformance!(redis_cluster, cluster);
+tierkit_testkit::conformance!(redis_sentinel, sentinel);
 tierkit_testkit::conformance!(moka_over_redis, composed);

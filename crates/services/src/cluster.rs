@@ -377,7 +377,7 @@ fn start_nodes(
 }
 
 /// The first element of the `ROLE` reply of `node`: `master`, `slave` or `sentinel`.
-fn role(node: &RedisServer) -> Result<String, ServiceError> {
+pub(crate) fn role(node: &RedisServer) -> Result<String, ServiceError> {
     match node.query(&["ROLE"])? {
         Reply::Array(items) => Ok(items.first().map(Reply::to_text).unwrap_or_default()),
         other => Err(ServiceError::Protocol {
@@ -388,7 +388,7 @@ fn role(node: &RedisServer) -> Result<String, ServiceError> {
 }
 
 /// The value of `field` in an `INFO`-style `field:value` text.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+pub(crate) fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .map(str::trim)

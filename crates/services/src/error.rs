@@ -116,6 +116,15 @@ pub enum ServiceError {
         /// What was still wrong at the end.
         problem: String,
     },
+    /// A sentinel deployment did not reach the state waited for in time.
+    SentinelTimeout {
+        /// What was waited for.
+        waited_for: String,
+        /// How long we waited.
+        waited: Duration,
+        /// What was still wrong at the end.
+        problem: String,
+    },
     /// A stale `redis-server` of ours did not exit after `SIGKILL`.
     StaleProcess {
         /// Its process id.
@@ -259,6 +268,15 @@ impl fmt::Display for ServiceError {
                 "the Redis cluster was not healthy after {waited:?}: {problem}\nCheck that \
                  the machine is not overloaded; the nodes' logs (RedisServer::log_tail) tell \
                  why they do not agree"
+            ),
+            Self::SentinelTimeout {
+                waited_for,
+                waited,
+                problem,
+            } => write!(
+                f,
+                "the sentinel deployment was not {waited_for} after {waited:?}: {problem}\nThe \
+                 sentinel's log (RedisSentinel::sentinel, RedisServer::log_tail) tells what it did"
             ),
             Self::StaleProcess { pid, dir } => write!(
                 f,

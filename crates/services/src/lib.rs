@@ -8,6 +8,7 @@
 //!   waits until it answers `PING`. It can be stopped and restarted on the same port, and
 //!   answers simple commands through [`RedisServer::command`]. Dropping it kills the process.
 //! - [`RedisCluster::start`] runs a Redis Cluster of such servers.
+//! - [`RedisSentinel::start`] runs a primary, its replica and a Redis Sentinel watching them.
 //! - [`cleanup_stale`] kills the servers a killed run left behind (only those, only ours).
 //!
 //! The machine may run a Redis of its own on the default port 6379: this crate never uses a
@@ -41,6 +42,7 @@ mod commandstats;
 mod dirs;
 mod error;
 mod resp;
+mod sentinel;
 mod server;
 
 pub use binaries::{RedisBinaries, install_command, running_as_root, services_required};
@@ -49,6 +51,9 @@ pub use commandstats::{CommandCalls, calls_since, parse_command_calls};
 pub use dirs::{CleanupReport, cleanup_stale, default_base_dir, target_dir};
 pub use error::ServiceError;
 pub use resp::Reply;
+pub use sentinel::{
+    RedisSentinel, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_SERVICE_NAME,
+};
 pub use server::{CLUSTER_NODE_TIMEOUT_MS, RedisServer, RedisServerOptions};
 
 /// The environment variables through which `cargo xtask` hands the services it started to
@@ -59,6 +64,10 @@ pub mod env {
     /// URL of a Redis Cluster for tests, in fred's form:
     /// `redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&node=127.0.0.1:P3`.
     pub const REDIS_CLUSTER_URL: &str = "TIERKIT_REDIS_CLUSTER_URL";
+    /// URL of a sentinel deployment for tests (a primary, its replica, one sentinel; see
+    /// [`RedisSentinel`](crate::RedisSentinel)), in fred's form:
+    /// `redis-sentinel://127.0.0.1:PORT?sentinelServiceName=mymaster`.
+    pub const REDIS_SENTINEL_URL: &str = "TIERKIT_REDIS_SENTINEL_URL";
     /// Absolute path of `redis-server`, for tests that start private servers.
     pub const REDIS_SERVER: &str = "TIERKIT_REDIS_SERVER";
     /// Absolute path of `redis-cli`.

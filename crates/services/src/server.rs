@@ -26,6 +26,10 @@ const START_ATTEMPTS: usize = 5;
 /// How many times [`RedisServer::restart`] retries when its port is briefly taken.
 const RESTART_ATTEMPTS: usize = 3;
 
+/// The configuration file of a sentinel, in the instance directory: Sentinel needs one it can
+/// rewrite with what it learns (replicas, other sentinels, failovers).
+const SENTINEL_CONFIG_FILE: &str = "sentinel.conf";
+
 /// Lines of the log quoted in errors.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -45,6 +49,8 @@ pub const CLUSTER_NODE_TIMEOUT_MS: u32 = 2000;
 pub struct RedisServerOptions {
     /// Whether to start in cluster mode.
     cluster: bool,
+    /// The initial `sentinel.conf` when started as a Redis Sentinel.
+    sentinel: Option<String>,
     /// Arguments appended to the command line.
     extra_args: Vec<String>,
     /// Where the instance directory is created; `None` for [`crate::default_base_dir`].
@@ -57,6 +63,7 @@ impl Default for RedisServerOptions {
     fn default() -> Self {
         Self {
             cluster: false,
+            sentinel: None,
             extra_args: Vec::new(),
             base_dir: None,
             startup_timeout: Duration::from_secs(10),
@@ -76,6 +83,17 @@ impl RedisServerOptions {
     #[must_use]
     pub fn cluster(mut self, enabled: bool) -> Self {
         self.cluster = enabled;
+        self
+    }
+
+    /// Starts a Redis Sentinel instead of a server (`redis-server sentinel.conf --sentinel`):
+    /// `config` is the initial content of its configuration file, for instance
+    /// `sentinel monitor NAME 127.0.0.1 PORT 1`. The file is written once, in the instance
+    /// directory, and Sentinel rewrites it with what it learns, so a restarted sentinel keeps
+    /// its state. A sentinel answers `PING`, `INFO` and `SENTINEL ...` commands.
+    #[must_use]
+    pub fn sentinel(mut self, config: impl Into<String>) -> Self {
+        self.sentinel = Some(config.into());
         self
     }
 
@@ -116,6 +134,12 @@ impl RedisServerOptions {
     #[must_use]
     pub fn is_cluster(&self) -> bool {
         self.cluster
+    }
+
+    /// Whether the process is a Redis Sentinel (see [`RedisServerOptions::sentinel`]).
+    #[must_use]
+    pub fn is_sentinel(&self) -> bool {
+        self.sentinel.is_some()
     }
 }
 
@@ -167,6 +191,11 @@ impl RedisServer {
                     "it is Redis {}, and cluster mode with --cluster-port needs Redis 7 or newer",
                     binaries.version()
                 ),
+            });
+        }
+        if options.cluster && options.sentinel.is_some() {
+            return Err(ServiceError::InvalidArgument {
+                detail: "a process is either a cluster node or a sentinel, not both".to_owned(),
             });
         }
         let base = options
@@ -448,6 +477,12 @@ impl Instance {
     /// The `redis-server` command line.
     fn command_line(&self) -> Command {
         let mut command = Command::new(&self.binary);
+        if self.options.sentinel.is_some() {
+            // The configuration file must come first.
+            command
+                .arg(self.dir.join(SENTINEL_CONFIG_FILE))
+                .arg("--sentinel");
+        }
         command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--daemonize", "no"])
@@ -477,6 +512,13 @@ impl Instance {
 
     /// Spawns the process and waits until it answers `PING`; kills it on failure.
     fn launch(&self) -> Result<Child, ServiceError> {
+        if let Some(config) = &self.options.sentinel {
+            let path = self.dir.join(SENTINEL_CONFIG_FILE);
+            // Written once: a restarted sentinel keeps what it rewrote there.
+            if !path.exists() {
+                dirs::write_file(&path, config)?;
+            }
+        }
         let stdio_path = self.dir.join(STDIO_FILE);
         let stdio = OpenOptions::new()
             .create(true)

@@ -3,7 +3,8 @@
 //! clients, and a fake server that stops answering after the handshake.
 //!
 //! The servers come only from environment variables, set by `cargo xtask test` / `ci`:
-//! `TIERKIT_REDIS_URL` (standalone), `TIERKIT_REDIS_CLUSTER_URL` (cluster), and
+//! `TIERKIT_REDIS_URL` (standalone), `TIERKIT_REDIS_CLUSTER_URL` (cluster),
+//! `TIERKIT_REDIS_SENTINEL_URL` (a primary, its replica and a sentinel), and
 //! `TIERKIT_REQUIRE_SERVICES=1` to make a missing variable a failure instead of a skip.
 #![allow(dead_code)]
 
@@ -22,6 +23,8 @@ use tokio::net::TcpListener;
 pub const STANDALONE: &str = "TIERKIT_REDIS_URL";
 /// The cluster.
 pub const CLUSTER: &str = "TIERKIT_REDIS_CLUSTER_URL";
+/// The sentinel deployment.
+pub const SENTINEL: &str = "TIERKIT_REDIS_SENTINEL_URL";
 /// Set (to anything but `0`) in CI: a missing server is then a failure, not a skip.
 pub const REQUIRE: &str = "TIERKIT_REQUIRE_SERVICES";
 
