@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tierkit_core::{
@@ -17,7 +17,7 @@ use crate::error::CompositionError;
 use crate::keyops::{Effect, KeyOps};
 use crate::read::{AnyReadPolicy, ReadPolicy, TierRead};
 use crate::refill::RefillPolicy;
-use crate::scope::{Scope, TierScope};
+use crate::scope::{Bindings, Scope, TierScope};
 use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 
 /// Two tiers read, written and refilled under explicit policies, usable wherever a single
@@ -74,7 +74,9 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 /// Every operation that is not an L1 hit runs each tier call inside a `debug` span
 /// `tierkit.tier` with fields `tier` (its path: `l1`, `l2.l1`, ...), `backend` (its label) and
 /// `op`, and counts it (see the crate docs for metric names). A composition learns its path
-/// the first time it is used or bound into a larger stack ([`Backend::bind`]).
+/// the first time it is used or bound into a larger stack ([`Backend::bind`]); one used on its
+/// own and nested later moves to its new path when the outer composition binds it, so two
+/// tiers of a stack never count into one series.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -122,7 +124,7 @@ struct Shared<L1, L2, R, W> {
     /// clear's start (Unix milliseconds; 0 when none). Values created before it are treated as
     /// absent, whichever tier holds them, so no tier serves what another cleared.
     cleared_before: AtomicU64,
-    scope: OnceLock<Scope>,
+    scope: Bindings,
     ops: KeyOps,
 }
 
@@ -209,11 +211,11 @@ where
     R: ReadPolicy,
     W: WritePolicy,
 {
-    /// The scope, bound as the root of a stack on first use if no outer composition bound it.
+    /// The scope where the composition is bound now: the root of a stack on first use if no
+    /// outer composition bound it.
     #[inline]
     fn scope(&self) -> &Scope {
-        self.scope
-            .get_or_init(|| self.make_scope(&TierPath::root()))
+        self.scope.current(|path| self.make_scope(path))
     }
 
     fn make_scope(&self, path: &TierPath) -> Scope {
@@ -776,18 +778,9 @@ where
     }
 
     fn bind(&self, path: &TierPath) {
-        let mut bound_here = false;
-        let _ = self.shared.scope.get_or_init(|| {
-            bound_here = true;
-            self.shared.make_scope(path)
-        });
-        if !bound_here {
-            tracing::debug!(
-                label = %self.shared.label,
-                path = %path,
-                "composition already bound (used before being nested); keeping its first path"
-            );
-        }
+        self.shared
+            .scope
+            .bind(path, |path| self.shared.make_scope(path));
     }
 }
 
@@ -946,7 +939,7 @@ where
                 timeouts: self.timeouts,
                 clear_timeout: self.clear_timeout,
                 cleared_before: AtomicU64::new(0),
-                scope: OnceLock::new(),
+                scope: Bindings::default(),
                 ops: KeyOps::new(),
             }),
         }

@@ -5,7 +5,7 @@
 //! no operation pays for a registry lookup. Install the recorder before a cache's first
 //! operation; handles resolved before any recorder is installed record nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use metrics::Counter;
 use tierkit_core::{BackendError, Op, TierPath};
@@ -114,4 +114,69 @@ impl TierScope {
 pub(crate) struct Scope {
     pub(crate) l1: TierScope,
     pub(crate) l2: TierScope,
+}
+
+/// Where a composition sits in a stack, and its scope there: bound as the root on first use
+/// unless an outer composition bound it first, and bound again when it is nested later (a
+/// composition used on its own before it is nested), so that every tier of a stack counts
+/// under its own path whatever was called first.
+///
+/// The bindings form a chain, newest last; reading the current scope follows it (one atomic
+/// load per link, and a composition is rebound at most a few times in its life). Older
+/// scopes stay alive: an operation still running may use their handles. The chain is bounded
+/// ([`Bindings::MAX`]); past that, the last binding stays.
+#[derive(Debug, Default)]
+pub(crate) struct Bindings {
+    first: OnceLock<Box<Binding>>,
+}
+
+#[derive(Debug)]
+struct Binding {
+    at: TierPath,
+    scope: Scope,
+    next: OnceLock<Box<Binding>>,
+}
+
+impl Bindings {
+    /// The most bindings a composition keeps.
+    pub(crate) const MAX: usize = 16;
+
+    /// The current scope; `make` builds the root scope if nothing bound the composition yet.
+    #[inline(always)]
+    pub(crate) fn current(&self, make: impl Fn(&TierPath) -> Scope) -> &Scope {
+        let mut binding = self.first.get_or_init(|| bound(&TierPath::root(), &make));
+        while let Some(next) = binding.next.get() {
+            binding = next;
+        }
+        &binding.scope
+    }
+
+    /// Binds the composition at `path` (its scope built there by `make`), unless it is bound
+    /// there already.
+    pub(crate) fn bind(&self, path: &TierPath, make: impl Fn(&TierPath) -> Scope) {
+        let mut slot = &self.first;
+        for _ in 0..Self::MAX {
+            let mut bound_here = false;
+            let binding = slot.get_or_init(|| {
+                bound_here = true;
+                bound(path, &make)
+            });
+            if bound_here || binding.next.get().is_none() && binding.at == *path {
+                return;
+            }
+            slot = &binding.next;
+        }
+        tracing::warn!(
+            path = %path,
+            "a composition was bound at too many places in a stack; keeping its last path"
+        );
+    }
+}
+
+fn bound(at: &TierPath, make: &impl Fn(&TierPath) -> Scope) -> Box<Binding> {
+    Box::new(Binding {
+        at: at.clone(),
+        scope: make(at),
+        next: OnceLock::new(),
+    })
 }

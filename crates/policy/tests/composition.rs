@@ -809,10 +809,10 @@ async fn nested_tiers_spans_carry_their_paths() {
     }
 }
 
-/// A composition used on its own before it is nested keeps its first (root) paths, as
-/// documented on `Composition::bind`.
+/// A composition used on its own before it is nested moves to its nested paths once the outer
+/// composition binds it: its spans name `l2.l1` and `l2.l2` from then on.
 #[tokio::test]
-async fn a_composition_used_before_nesting_keeps_its_root_paths() {
+async fn a_composition_used_before_nesting_moves_to_its_nested_paths() {
     let logs = capture(Level::DEBUG);
     let clock = manual_clock();
     let memory = |label: &str| {
@@ -828,8 +828,8 @@ async fn a_composition_used_before_nesting_keeps_its_root_paths() {
         .clock(Clock::from(clock.clone()))
         .build();
     cache.delete(&key("k")).await.expect("nested");
-    logs.assert_line(&["composition already bound"]);
-    logs.assert_no_line("tier=l2.l1");
+    logs.assert_line(&["tier=l2.l1", "backend=b"]);
+    logs.assert_line(&["tier=l2.l2", "backend=c"]);
 }
 
 // ---------------------------------------------------------------------------------------------

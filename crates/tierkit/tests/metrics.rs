@@ -150,3 +150,53 @@ fn every_tier_is_counted_under_its_own_path() {
     .collect();
     assert_eq!(counts, expected);
 }
+
+/// A composition used on its own first (bound as the root of its stack) and then nested under
+/// another counts under its new paths from then on: its tiers never share a series with the
+/// outer composition's.
+#[test]
+fn a_composition_used_before_nesting_counts_under_its_nested_paths() {
+    let recorder = CountingRecorder::default();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let key = CacheKey::new("k").unwrap();
+            let inner = Composition::new(MokaBackend::new(100), MokaBackend::new(100));
+            inner.get(&key).await.unwrap(); // used alone: misses at l1 and l2
+            let stack = Composition::new(MokaBackend::new(100), inner);
+            stack.get(&key).await.unwrap(); // misses at l1, l2, l2.l1, l2.l2
+        });
+    });
+
+    let counts = recorder.snapshot();
+    let expected: BTreeMap<String, u64> = [
+        // The inner composition alone, then the outer's L1 and its inner composition at l2.
+        (
+            "tierkit_tier_get_total{tier=l1,backend=moka,result=miss}",
+            2,
+        ),
+        (
+            "tierkit_tier_get_total{tier=l2,backend=moka,result=miss}",
+            1,
+        ),
+        (
+            "tierkit_tier_get_total{tier=l2,backend=moka+moka,result=miss}",
+            1,
+        ),
+        (
+            "tierkit_tier_get_total{tier=l2.l1,backend=moka,result=miss}",
+            1,
+        ),
+        (
+            "tierkit_tier_get_total{tier=l2.l2,backend=moka,result=miss}",
+            1,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, count)| (name.to_owned(), count))
+    .collect();
+    assert_eq!(counts, expected);
+}
