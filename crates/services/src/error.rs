@@ -187,7 +187,7 @@ impl fmt::Display for ServiceError {
                  executable Redis 7 binary, or unset it to search PATH",
                 path.display()
             ),
-            Self::Io { action, source } => write!(f, "{action} failed: {source}"),
+            Self::Io { action, .. } => write!(f, "{action} failed"),
             Self::NoFreePort { reason } => write!(
                 f,
                 "could not reserve a free port on 127.0.0.1: {reason}. Check that the \
@@ -276,5 +276,25 @@ impl std::error::Error for ServiceError {
             Self::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceError;
+
+    #[test]
+    fn a_report_chain_prints_each_message_once() {
+        let err = ServiceError::io(
+            "creating directory /x",
+            std::io::Error::other("no space left"),
+        );
+        let chain: Vec<String> =
+            std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |&e| {
+                e.source()
+            })
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(chain, ["creating directory /x failed", "no space left"]);
     }
 }
