@@ -83,6 +83,15 @@ pub enum S3ServerError {
         dir: PathBuf,
     },
 
+    /// The use of the S3 endpoint of the environment could not be recorded for the count of
+    /// `cargo xtask` ([`tierkit_services::record_use`]).
+    #[error("recording a test's use of the S3 endpoint failed")]
+    RecordUse {
+        /// Why.
+        #[source]
+        source: tierkit_services::ServiceError,
+    },
+
     /// An environment variable of [`crate::env`] is set but unusable.
     #[error("environment variable {var} is {problem}; {advice}")]
     BadEnv {

@@ -116,6 +116,12 @@ pub enum ServiceError {
         /// What was still wrong at the end.
         problem: String,
     },
+    /// A test needs a service that the environment variable `var` should name, but it is not
+    /// set, and [`env::REQUIRE_SERVICES`](crate::env::REQUIRE_SERVICES) is.
+    NotConfigured {
+        /// The environment variable.
+        var: &'static str,
+    },
     /// A stale `redis-server` of ours did not exit after `SIGKILL`.
     StaleProcess {
         /// Its process id.
@@ -259,6 +265,13 @@ impl fmt::Display for ServiceError {
                 "the Redis cluster was not healthy after {waited:?}: {problem}\nCheck that \
                  the machine is not overloaded; the nodes' logs (RedisServer::log_tail) tell \
                  why they do not agree"
+            ),
+            Self::NotConfigured { var } => write!(
+                f,
+                "{var} is not set, but {} is: a test that needs this service may not skip. \
+                 Run the tests through `cargo xtask test` (or paste the export lines of \
+                 `cargo xtask services`)",
+                crate::env::REQUIRE_SERVICES
             ),
             Self::StaleProcess { pid, dir } => write!(
                 f,
