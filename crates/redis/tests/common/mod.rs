@@ -59,6 +59,28 @@ macro_rules! require_server {
     };
 }
 
+/// The `host:port` of `url` when it is a plain `redis://host:port` URL without credentials,
+/// for a test that builds URLs of its own (with credentials, with TLS). For another form, the
+/// test skips (`None`, after printing `skipped: ...`), unless `TIERKIT_REQUIRE_SERVICES` is
+/// set: `cargo xtask` hands out plain URLs, so the test then fails instead.
+///
+/// # Panics
+///
+/// When `url` is not plain and `TIERKIT_REQUIRE_SERVICES` is set.
+pub fn plain_address(url: &str) -> Option<&str> {
+    let problem = match url.strip_prefix("redis://") {
+        Some(address) if !address.contains('@') => return Some(address),
+        Some(_) => "already carries credentials",
+        None => "is not a plain redis:// URL",
+    };
+    assert!(
+        !tierkit_services::services_required(),
+        "{STANDALONE} {problem}, and TIERKIT_REQUIRE_SERVICES is set: this test cannot run"
+    );
+    eprintln!("skipped: {STANDALONE} {problem}");
+    None
+}
+
 /// A namespace no other test (or run) uses.
 pub fn unique_namespace(name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
