@@ -14,6 +14,7 @@ mod runner;
 mod s3compat;
 mod services;
 mod steps;
+mod uses;
 
 use std::process::ExitCode;
 
@@ -121,8 +122,9 @@ SUBCOMMANDS:
     lint      Only the fmt, clippy and deps steps of `ci` (fast: no build, tests or docs).
 
     test      Only the test step of `ci`: cargo test --workspace --all-features [ARGS...],
-              with the Redis services below running. Extra arguments go to `cargo test`;
-              with -p/--package, --workspace is dropped.
+              with the Redis services below running; then how many tests ran against each
+              service. Extra arguments go to `cargo test`; with -p/--package, --workspace is
+              dropped.
               Example: cargo xtask test -p tierkit-core -- --nocapture
 
     demo [ARGS...]
@@ -145,14 +147,16 @@ SUBCOMMANDS:
                 1. moto    reuse moto[server] {MOTO} in target/s3-compat-venv, else create
                            that virtual environment (python3 -m venv) and pip install it
                            (about a minute)
-                2. compat  build the tests, start moto_server -H 127.0.0.1 -p <free port>,
+                2. compat  build the tests, start the Redis services below (for the
+                           three-tier tests) and moto_server -H 127.0.0.1 -p <free port>,
                            create bucket `tierkit` (an unsigned PUT /tierkit), then run,
-                           with the TIERKIT_S3_* variables below set:
+                           with the TIERKIT_S3_* variables below and the Redis ones set:
                              cargo test -p tierkit-s3-server --all-features --test compat
                              cargo test -p tierkit-s3 --all-features --test NAME
                                (for each crates/s3/tests/NAME.rs)
-                           then stop moto (pass or fail) and print a summary: each
-                           command's result and time, and the requests moto served.
+                           then stop moto and Redis (pass or fail) and print a summary:
+                           each command's result and time, the requests moto served,
+                           and how many tests ran against each service.
               Extra arguments go to each `cargo test`, for instance: -- --nocapture.
               moto's log: target/s3-compat/moto-PORT.log, kept until the next run (which
               also kills a moto_server that a killed run left behind). Tests that need the
@@ -173,10 +177,11 @@ SUBCOMMANDS:
     help      Print this text (also -h, --help, or no subcommand).
 
 REDIS SERVICES:
-    The test step (of `ci` and `test`) and `services` start private redis-server processes
-    with the tierkit-services crate: a standalone server, a 3-master cluster without
-    replicas, and a sentinel deployment (a primary, its replica and one `redis-server
-    --sentinel`, from the same package), on free ports of 127.0.0.1 (never a fixed port,
+    The test step (of `ci` and `test`), `s3-compat` and `services` start private
+    redis-server processes with the tierkit-services crate: a standalone server, a 3-master
+    cluster without replicas, and (test step and `services`) a sentinel deployment (a
+    primary, its replica and one `redis-server --sentinel`, from the same package), on free
+    ports of 127.0.0.1 (never a fixed port,
     never the default 6379), without persistence. They are stopped when the step ends, pass
     or fail, and the pids stopped are printed; processes a killed run left behind are killed
     before the next start. Logs: <cargo target dir>/tierkit-services/. When redis-server or
@@ -190,8 +195,12 @@ REDIS SERVICES:
         text.push_str(&format!("      {name:<26} {meaning}\n"));
     }
     text.push_str(
-        "    Without TIERKIT_REQUIRE_SERVICES (a plain `cargo test`), a test whose service is
-    missing prints `skipped: <reason>` and passes. TIERKIT_REDIS_SERVER and TIERKIT_REDIS_CLI,
+        "    Wherever the xtask starts the services, it sets TIERKIT_REQUIRE_SERVICES: a test whose
+    service is missing then fails. Without it (a plain `cargo test`), such a test prints
+    `skipped: <reason>` and passes. Every test that runs against a service appends a line to
+    the file TIERKIT_SERVICE_USES names; the xtask names a fresh one per run and prints, after
+    the tests, how many ran against each service (redis, redis-cluster, redis-server for the
+    private servers tests start, s3 for the endpoint of TIERKIT_S3_ENDPOINT). TIERKIT_REDIS_SERVER and TIERKIT_REDIS_CLI,
     when set, also choose the binaries the xtask runs.
 
 S3 ENDPOINT:

@@ -163,6 +163,16 @@ impl Cmd {
     }
 }
 
+/// `err` and every cause of its [`source()`](std::error::Error::source) chain, joined by `: `,
+/// for a one-line message (each error's own message says only what failed at its level).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    for cause in std::iter::successors(err.source(), |&e| e.source()) {
+        let _ = write!(line, ": {cause}");
+    }
+    line
+}
+
 /// Quotes `arg` for a POSIX shell if it contains anything but plain characters.
 pub fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
@@ -332,7 +342,7 @@ pub fn format_duration(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cmd, format_duration, shell_quote};
+    use super::{Cmd, error_chain, format_duration, shell_quote};
     use std::time::Duration;
 
     #[test]
@@ -341,6 +351,28 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(12_340)), "12.3s");
         assert_eq!(format_duration(Duration::from_millis(59_960)), "1m 00.0s");
         assert_eq!(format_duration(Duration::from_millis(245_200)), "4m 05.2s");
+    }
+
+    #[test]
+    fn error_chains_print_every_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("starting the server failed")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Outer(std::io::Error::other("no space left"));
+        assert_eq!(
+            error_chain(&err),
+            "starting the server failed: no space left"
+        );
+        assert_eq!(error_chain(&err.0), "no space left");
     }
 
     #[test]

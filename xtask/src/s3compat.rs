@@ -1,5 +1,6 @@
 //! `cargo xtask s3-compat`: the S3 tests once more, against moto, an independent S3
-//! implementation (from PyPI, in a virtual environment under `target/`).
+//! implementation (from PyPI, in a virtual environment under `target/`), with private Redis
+//! servers for the three-tier tests.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -10,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::runner::{Cmd, Failure, Step, Workspace, format_duration, shell_quote};
+use crate::services::{self, CLUSTER_MASTERS, Services};
 use crate::steps;
+use crate::uses::UseRecord;
 
 /// The moto release installed (`moto[server]`, which brings `moto_server`).
 pub const MOTO_VERSION: &str = "5.2.5";
@@ -577,9 +580,15 @@ fn tier_tests(ws: &Workspace) -> Result<Vec<String>, Failure> {
     Ok(names)
 }
 
-/// Starts moto, creates the bucket, runs the S3 tests against it with the `TIERKIT_S3_*`
-/// variables set, stops moto (pass or fail) and prints a summary. `extra` goes to each
-/// `cargo test`.
+/// The services the tests run against here, as their uses are recorded: moto, and the Redis
+/// servers of the three-tier tests.
+const COMPAT_SERVICES: &[&str] = &["s3", "redis", "redis-cluster"];
+
+/// Starts a private Redis server and cluster (as the test step does) and moto, creates the
+/// bucket, runs the S3 tests against moto with the `TIERKIT_S3_*` variables and the Redis
+/// variables set (`TIERKIT_REQUIRE_SERVICES` included, so no test skips), stops the services
+/// (pass or fail) and prints a summary, with how many tests ran against each service. `extra`
+/// goes to each `cargo test`.
 pub fn compat(extra: &[String]) -> Step {
     let extra = extra.to_vec();
     let shown = test_commands(
@@ -590,8 +599,9 @@ pub fn compat(extra: &[String]) -> Step {
     Step::custom(
         "compat",
         format!(
-            "start moto_server -H 127.0.0.1 -p <free port>, PUT /{BUCKET}, then with \
-             TIERKIT_S3_* set: {}; stop moto",
+            "start a private Redis server and {CLUSTER_MASTERS}-master cluster and \
+             moto_server -H 127.0.0.1 -p <free port>, PUT /{BUCKET}, then with TIERKIT_S3_* \
+             and the Redis TIERKIT_* set: {}; stop them",
             shown
                 .iter()
                 .map(Cmd::display)
@@ -606,6 +616,10 @@ pub fn compat(extra: &[String]) -> Step {
                 println!("--> {}", build.display());
                 build.run(ws)?;
             }
+            // The three-tier tests (moka over Redis over S3) need Redis: the same private
+            // servers as the test step, with TIERKIT_REQUIRE_SERVICES, so none skips.
+            let running = Services::start(services::ensure_redis(ws)?, true)?;
+            let uses = UseRecord::fresh("s3-compat")?;
             let started = Instant::now();
             let moto = Moto::start(ws)?;
             let moto_start = started.elapsed();
@@ -625,11 +639,13 @@ pub fn compat(extra: &[String]) -> Step {
             for (name, value) in &env {
                 println!("export {name}={}", shell_quote(value));
             }
+            print!("{}", running.export_lines());
             let mut results = Vec::new();
             for cmd in &commands {
                 let with_env = env
                     .iter()
                     .fold(cmd.clone(), |cmd, (name, value)| cmd.env(name, value));
+                let with_env = uses.apply(running.apply(with_env));
                 println!("--> {}", cmd.display());
                 let started = Instant::now();
                 let result = with_env.run(ws);
@@ -638,6 +654,7 @@ pub fn compat(extra: &[String]) -> Step {
             let log = moto.log.clone();
             let port = moto.port;
             let stopped = moto.stop();
+            let redis_stopped = running.shutdown();
             let served = Served::parse(&std::fs::read_to_string(&log).unwrap_or_default());
 
             println!();
@@ -654,6 +671,9 @@ pub fn compat(extra: &[String]) -> Step {
             match &stopped {
                 Ok(pid) => println!("  moto_server (pid {pid}) stopped; log: {}", log.display()),
                 Err(err) => println!("  {}", err.reason),
+            }
+            for line in uses.summary(COMPAT_SERVICES).lines() {
+                println!("  {line}");
             }
             let failed: Vec<&String> = results
                 .iter()
@@ -672,7 +692,8 @@ pub fn compat(extra: &[String]) -> Step {
                     ),
                 });
             }
-            stopped.map(|_| ())
+            stopped?;
+            redis_stopped
         },
     )
 }

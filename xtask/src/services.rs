@@ -7,7 +7,7 @@ use tierkit_services::{
     RedisBinaries, RedisCluster, RedisSentinel, RedisServer, RedisServerOptions, env,
 };
 
-use crate::runner::{Cmd, Failure, Workspace, format_duration, shell_quote};
+use crate::runner::{Cmd, Failure, Workspace, error_chain, format_duration, shell_quote};
 
 /// Masters of the cluster started for the tests (no replicas).
 pub const CLUSTER_MASTERS: usize = 3;
@@ -117,7 +117,7 @@ fn ensure_redis_with(
         Err(err) => {
             return Err(Failure {
                 command: format!("unset {} {}", env::REDIS_SERVER, env::REDIS_CLI),
-                reason: err.to_string(),
+                reason: error_chain(&err),
             });
         }
     };
@@ -149,7 +149,10 @@ fn ensure_redis_with(
     }
     let binaries = locate().map_err(|err| Failure {
         command: tierkit_services::install_command(true),
-        reason: format!("{REDIS_PACKAGE} was installed but Redis still cannot be found: {err}"),
+        reason: format!(
+            "{REDIS_PACKAGE} was installed but Redis still cannot be found: {}",
+            error_chain(&err)
+        ),
     })?;
     println!("installed:");
     report_found(&binaries);
@@ -171,7 +174,10 @@ fn report_found(binaries: &RedisBinaries) {
 fn cleanup_stale(base_dir: &Path) -> Result<(), Failure> {
     let report = tierkit_services::cleanup_stale(base_dir).map_err(|err| Failure {
         command: format!("ls {}", shell_quote(&base_dir.display().to_string())),
-        reason: format!("cleaning up stale Redis processes failed: {err}"),
+        reason: format!(
+            "cleaning up stale Redis processes failed: {}",
+            error_chain(&err)
+        ),
     })?;
     if !report.killed.is_empty() {
         println!(
@@ -211,7 +217,7 @@ impl Services {
         cleanup_stale(&base_dir)?;
         let failure = |what: &str, err: tierkit_services::ServiceError| Failure {
             command: "cargo xtask services".to_owned(),
-            reason: format!("starting {what} failed: {err}"),
+            reason: format!("starting {what} failed: {}", error_chain(&err)),
         };
         let started = Instant::now();
         let standalone = RedisServer::start(&binaries, RedisServerOptions::new())

@@ -3,6 +3,7 @@
 use crate::json;
 use crate::runner::{Cmd, Failure, Step};
 use crate::services::{self, CLUSTER_MASTERS, Services};
+use crate::uses::UseRecord;
 
 /// The cargo-deny release that is installed when it is missing; `deny.toml` uses its format.
 /// (0.20.2 builds with rustc 1.95; its MSRV is 1.88.)
@@ -216,10 +217,16 @@ pub fn test_command(extra: &[String]) -> Cmd {
     Cmd::cargo(args)
 }
 
+/// The services the tests of the test step run against, as their uses are recorded: the
+/// standalone server, the cluster, the sentinel deployment, and the private servers tests
+/// start themselves.
+const TEST_SERVICES: &[&str] = &["redis", "redis-cluster", "redis-sentinel", "redis-server"];
+
 /// Runs unit, integration and doc tests of the whole workspace; `extra` goes to `cargo test`.
 /// A private standalone Redis server, a 3-master cluster and a sentinel deployment run
-/// meanwhile, handed to the tests through the `TIERKIT_*` environment variables, and are
-/// stopped afterwards, pass or fail.
+/// meanwhile, handed to the tests through the `TIERKIT_*` environment variables (with
+/// `TIERKIT_REQUIRE_SERVICES`, so a test that needs a service runs or fails), and are stopped
+/// afterwards, pass or fail. Then it prints how many tests ran against each service.
 pub fn test(extra: &[String]) -> Step {
     let cmd = test_command(extra);
     let rerun = format!("cargo xtask test {}", extra.join(" "))
@@ -235,14 +242,16 @@ pub fn test(extra: &[String]) -> Step {
         move |ws| {
             let binaries = services::ensure_redis(ws)?;
             let running = Services::start(binaries, true)?;
+            let uses = UseRecord::fresh("test")?;
             println!(
                 "test environment (to reproduce one test by hand, keep `cargo xtask services`"
             );
             println!("running in another terminal and paste the lines it prints instead):");
             print!("{}", running.export_lines());
-            let with_env = running.apply(cmd.clone());
+            let with_env = uses.apply(running.apply(cmd.clone()));
             println!("--> {}", with_env.display());
             let tested = with_env.run(ws);
+            println!("{}", uses.summary(TEST_SERVICES));
             let stopped = running.shutdown();
             match tested {
                 Err(err) => Err(Failure {

@@ -1348,7 +1348,7 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 tracing::warn!(
                     cache = %self.label,
                     tier = remote.source.as_str(),
-                    %error,
+                    error = error as &dyn std::error::Error,
                     "a remote write failed"
                 );
             }

@@ -15,6 +15,43 @@ use crate::hit::Source;
 /// Cloning shares one allocation, so a failure reaching a thousand waiters is one error
 /// ([`LoaderError::ptr_eq`]). The original type is recovered with
 /// [`downcast_ref`](LoaderError::downcast_ref), whatever error type each caller's loader had.
+///
+/// It is one link of the error chain: its [`Display`](fmt::Display) says only that the loader
+/// failed, and [`source()`](StdError::source) is the loader's own error, so a report that walks
+/// the chain prints the loader's message once and a downcast along the chain finds its type:
+///
+/// ```
+/// use std::error::Error;
+///
+/// use tierkit_cache::{CacheError, LoaderError};
+///
+/// #[derive(Debug)]
+/// struct OriginDown;
+///
+/// impl std::fmt::Display for OriginDown {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("the origin is down")
+///     }
+/// }
+///
+/// impl Error for OriginDown {}
+///
+/// let err = CacheError::Loader(LoaderError::new(OriginDown));
+/// let chain: Vec<String> = std::iter::successors(Some(&err as &dyn Error), |&e| e.source())
+///     .map(ToString::to_string)
+///     .collect();
+/// assert_eq!(
+///     chain,
+///     [
+///         "the cache could not load the value",
+///         "the loader returned an error",
+///         "the origin is down",
+///     ]
+/// );
+/// let origin = std::iter::successors(Some(&err as &dyn Error), |&e| e.source())
+///     .find_map(|e| e.downcast_ref::<OriginDown>());
+/// assert!(origin.is_some());
+/// ```
 #[derive(Clone)]
 pub struct LoaderError(Arc<dyn StdError + Send + Sync + 'static>);
 
@@ -34,7 +71,7 @@ impl LoaderError {
         Arc::ptr_eq(&a.0, &b.0)
     }
 
-    /// The error itself.
+    /// The loader's own error (also the [`source()`](StdError::source) of this one).
     pub fn get(&self) -> &(dyn StdError + Send + Sync + 'static) {
         &*self.0
     }
@@ -48,13 +85,14 @@ impl fmt::Debug for LoaderError {
 
 impl fmt::Display for LoaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
+        f.write_str("the loader returned an error")
     }
 }
 
 impl StdError for LoaderError {
+    /// The loader's own error.
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source()
+        Some(&*self.0)
     }
 }
 
@@ -84,16 +122,21 @@ impl fmt::Display for TimeoutKind {
 ///
 /// Cheap to clone (every variant holds shared data), because one flight's failure is delivered
 /// to every caller waiting on it.
+///
+/// The [`Display`](fmt::Display) form says what failed at the level of the cache and never
+/// repeats the cause: the cause (a tier's [`BackendError`], a [`FrameError`], a
+/// [`CodecError`](crate::codec::CodecError), a [`LoaderError`] and the loader's own error below
+/// it) is the [`source()`](StdError::source), so walk the chain to report it.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {
     /// The key cannot be a cache key (empty, or longer than
     /// [`CacheKey::MAX_LEN`](tierkit_core::CacheKey::MAX_LEN)). Never a silent bypass of the
     /// cache.
-    #[error("invalid cache key: {0}")]
+    #[error("invalid cache key")]
     InvalidKey(#[source] BackendError),
     /// The loader returned an error. Shared by every waiter of the flight; nothing was stored.
-    #[error("the loader failed: {0}")]
+    #[error("the cache could not load the value")]
     Loader(#[source] LoaderError),
     /// The loader panicked (while building its future or while running it). The panic was
     /// caught in the flight: no caller's task unwinds. Nothing was stored.
@@ -120,7 +163,7 @@ pub enum CacheError {
     NotFound,
     /// A remote tier failed while [`strict_tiers`](crate::FetchOptions::strict_tiers) was on
     /// (otherwise a tier failure is a counted miss), or a write the caller waited for failed.
-    #[error("the {tier} tier failed: {source}")]
+    #[error("the {tier} tier failed")]
     Tier {
         /// The tier.
         tier: Source,
@@ -130,7 +173,7 @@ pub enum CacheError {
     },
     /// An entry could not be decoded while [`strict_decode`](crate::FetchOptions::strict_decode)
     /// was on (otherwise it is a counted miss).
-    #[error("the {tier} tier holds an entry that cannot be decoded: {source}")]
+    #[error("the {tier} tier holds an entry that cannot be decoded")]
     Decode {
         /// The tier.
         tier: Source,
@@ -139,7 +182,7 @@ pub enum CacheError {
         source: FrameError,
     },
     /// A value given to `set` could not be encoded for the remote tiers (it is in L1 only).
-    #[error("the value could not be encoded: {0}")]
+    #[error("the value could not be encoded")]
     Encode(#[source] crate::codec::CodecError),
     /// The background executor refused the work (it is full or shutting down).
     #[error("the background executor refused the write: {0}")]

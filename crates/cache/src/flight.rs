@@ -651,7 +651,11 @@ async fn work<V: Send + Sync + 'static>(
             Ok(Ok(found)) => found,
             Ok(Err(error)) => {
                 shared.stats.record_tier_error(tier);
-                tracing::debug!(tier = remote.source.as_str(), %error, "a remote tier read failed; counted as a miss");
+                tracing::debug!(
+                    tier = remote.source.as_str(),
+                    error = &error as &dyn std::error::Error,
+                    "a remote tier read failed; counted as a miss"
+                );
                 if options.strict_tiers {
                     return Ending::Failed {
                         error: CacheError::Tier {
@@ -821,7 +825,11 @@ async fn load<V: Send + Sync + 'static>(
         Ok(Ok(fetched)) => fetched,
         Ok(Err(error)) => {
             shared.stats.record_loader_error();
-            tracing::debug!(flight_id = flight.id, %error, "the loader failed");
+            tracing::debug!(
+                flight_id = flight.id,
+                error = &error as &dyn std::error::Error,
+                "the loader failed"
+            );
             return Ending::failed(CacheError::Loader(error));
         }
         Err(panic) => {
@@ -934,7 +942,11 @@ async fn finish<V: Send + Sync + 'static>(
             // A failed refresh keeps the value and backs off; callers that joined it fall
             // back on the value themselves (fail-safe), or get the error.
             shared.stats.record_refresh_failed();
-            tracing::debug!(flight_id = flight.id, %error, "a background refresh failed");
+            tracing::debug!(
+                flight_id = flight.id,
+                error = &error as &dyn std::error::Error,
+                "a background refresh failed"
+            );
             (
                 backed_off(shared, key, flight),
                 [None, None],
@@ -956,7 +968,7 @@ async fn finish<V: Send + Sync + 'static>(
                         cache = %shared.label,
                         flight_id = flight.id,
                         cause = cause.as_str(),
-                        %error,
+                        error = &error as &dyn std::error::Error,
                         "fail-safe: serving a stale value"
                     );
                     let local = shared.throttled_entry(&stale, cause, options, now);

@@ -158,8 +158,8 @@ async fn b11_errors_are_not_cached() {
         !LoaderError::ptr_eq(&first, &second),
         "two flights, two errors"
     );
-    assert_eq!(first.to_string(), "failure 1");
-    assert_eq!(second.to_string(), "failure 2");
+    assert_eq!(first.get().to_string(), "failure 1");
+    assert_eq!(second.get().to_string(), "failure 2");
     assert_eq!(loader_counts(&cache.stats()), (2, 0, 2, 2));
     settle().await;
     assert_nothing_stored(&stack, "k");
@@ -227,12 +227,17 @@ async fn b12_loaders_with_different_error_types_coalesce_and_downcast() {
         );
         assert!(error.downcast_ref::<std::io::Error>().is_none());
         assert!(error.downcast_ref::<NeverSeen>().is_none());
-        assert_eq!(error.to_string(), "upstream answered 503");
+        assert_eq!(error.get().to_string(), "upstream answered 503");
     }
-    // The erased error is also reachable through the std source chain of the CacheError.
+    // The erased error is also reachable through the std source chain of the CacheError:
+    // CacheError -> LoaderError -> the starter's own error.
     let cache_error = CacheError::Loader(errors[1].clone());
     let source = std::error::Error::source(&cache_error).unwrap();
     assert!(source.downcast_ref::<LoaderError>().is_some());
+    let own = source
+        .source()
+        .and_then(|s| s.downcast_ref::<UpstreamDown>());
+    assert_eq!(own, Some(&UpstreamDown { status: 503 }));
     assert_eq!(cache.stats().loader_calls, 1);
     assert_eq!(cache.flights_in_progress(), 0);
 }

@@ -254,8 +254,9 @@ pub enum BackendError {
 
     /// A failure that combines the failures of several tiers, raised by a composition of tiers.
     /// The source is the composing crate's own error (for `tierkit-policy`, a
-    /// `CompositionError`), reachable with [`BackendError::composite_source`].
-    #[error("{}", .source)]
+    /// `CompositionError`, which names each tier's failure), reachable with
+    /// [`BackendError::composite_source`] or by walking the chain.
+    #[error("a composition of tiers failed ({kind})")]
     Composite {
         /// The classification, derived from the combined failures.
         kind: ErrorKind,
@@ -454,9 +455,40 @@ mod tests {
     fn composite_source_downcasts() {
         let err = BackendError::composite(ErrorKind::Connection, true, Inner);
         assert!(err.composite_source::<Inner>().is_some());
-        assert_eq!(err.to_string(), "inner");
+        assert_eq!(
+            err.source().map(ToString::to_string).as_deref(),
+            Some("inner")
+        );
         assert!(err.is_transient());
         assert_eq!(err.tier_label(), None);
+    }
+
+    /// The messages of `error` and of every error of its source chain, outermost first.
+    fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        std::iter::successors(Some(error), |&e| e.source())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_report_chain_prints_each_message_once() {
+        let cases = [
+            (
+                BackendError::connection("redis", Op::Get, Inner),
+                ["redis: get failed: connection error", "inner"],
+            ),
+            (
+                BackendError::tier("s3", Op::Set, ErrorKind::PermissionDenied, false, Inner),
+                ["s3: set failed (permission_denied)", "inner"],
+            ),
+            (
+                BackendError::composite(ErrorKind::Connection, true, Inner),
+                ["a composition of tiers failed (connection)", "inner"],
+            ),
+        ];
+        for (err, expected) in cases {
+            assert_eq!(chain(&err), expected);
+        }
     }
 
     #[test]

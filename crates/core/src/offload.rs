@@ -330,7 +330,11 @@ impl Offload for TokioOffload {
             match task.future.await {
                 Ok(()) => guard.succeeded = true,
                 Err(error) => {
-                    tracing::debug!(task = guard.name, %error, "offload task failed");
+                    tracing::debug!(
+                        task = guard.name,
+                        error = &error as &dyn std::error::Error,
+                        "offload task failed"
+                    );
                 }
             }
             drop(guard);

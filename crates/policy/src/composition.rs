@@ -369,7 +369,7 @@ where
         // A refill promises nothing to its read: it does not wait for the tier to settle.
         finish.run().await;
         if let Err(error) = result {
-            tracing::warn!(tier = %tier.name(), %error, "refill failed; the read is served anyway");
+            tracing::warn!(tier = %tier.name(), error = &error as &dyn std::error::Error, "refill failed; the read is served anyway");
         }
     }
 
@@ -420,7 +420,7 @@ where
                 if let Err(error) = result {
                     tracing::warn!(
                         tier = %tier.name(),
-                        %error,
+                        error = &error as &dyn std::error::Error,
                         "could not remove the previous value after a failed write"
                     );
                 }
@@ -444,7 +444,7 @@ where
         if let Err(error) = result {
             tracing::warn!(
                 tier = %tier.name(),
-                %error,
+                error = &error as &dyn std::error::Error,
                 "could not apply the newest operation again after overlapping operations"
             );
         }
@@ -714,19 +714,19 @@ where
         match (r1, r2) {
             (Ok(()), Ok(())) => Ok(()),
             (Err(error), Ok(())) => {
-                tracing::warn!(tier = %scope.l1.name(), %error, %op, "removal failed on one tier");
+                tracing::warn!(tier = %scope.l1.name(), error = &error as &dyn std::error::Error, %op, "removal failed on one tier");
                 Err(error)
             }
             (Ok(()), Err(error)) => {
-                tracing::warn!(tier = %scope.l2.name(), %error, %op, "removal failed on one tier");
+                tracing::warn!(tier = %scope.l2.name(), error = &error as &dyn std::error::Error, %op, "removal failed on one tier");
                 Err(error)
             }
             (Err(l1), Err(l2)) => {
                 tracing::error!(
                     l1 = %scope.l1.name(),
-                    l1_error = %l1,
+                    l1_error = &l1 as &dyn std::error::Error,
                     l2 = %scope.l2.name(),
-                    l2_error = %l2,
+                    l2_error = &l2 as &dyn std::error::Error,
                     %op,
                     "removal failed on both tiers"
                 );

@@ -97,15 +97,19 @@ impl ReadOutcome {
                 Ok(ReadOutcome::found(Layer::L2, v2, true))
             }
             (Ok(None), Err(e2)) => {
-                tracing::warn!(tier = %cx.l2(), error = %e2, "read failed on one tier and the other missed");
+                tracing::warn!(tier = %cx.l2(), error = &e2 as &dyn std::error::Error, "read failed on one tier and the other missed");
                 Err(e2)
             }
             (Err(e1), Ok(None)) => {
-                tracing::warn!(tier = %cx.l1(), error = %e1, "read failed on one tier and the other missed");
+                tracing::warn!(tier = %cx.l1(), error = &e1 as &dyn std::error::Error, "read failed on one tier and the other missed");
                 Err(e1)
             }
             (Err(l1), Err(l2)) => {
-                tracing::error!(l1 = %l1, l2 = %l2, "read failed on both tiers");
+                tracing::error!(
+                    l1 = &l1 as &dyn std::error::Error,
+                    l2 = &l2 as &dyn std::error::Error,
+                    "read failed on both tiers"
+                );
                 Err(CompositionError::BothLayersFailed { l1, l2 }.into())
             }
         }
@@ -146,7 +150,7 @@ fn better(candidate: &CacheValue, incumbent: &CacheValue, now: Timestamp) -> boo
 fn warn_partial(cx: &PolicyContext<'_>, failed: Layer, error: &BackendError) {
     tracing::warn!(
         tier = %cx.name(failed),
-        error = %error,
+        error = error as &dyn std::error::Error,
         "read failed on one tier; served from the other"
     );
 }

@@ -111,7 +111,7 @@ fn settle(
 fn warn_partial(cx: &PolicyContext<'_>, failed: Layer, error: &BackendError) {
     tracing::warn!(
         tier = %cx.name(failed),
-        error = %error,
+        error = error as &dyn std::error::Error,
         "write failed on one tier; the other tier holds the value"
     );
 }
@@ -119,9 +119,9 @@ fn warn_partial(cx: &PolicyContext<'_>, failed: Layer, error: &BackendError) {
 fn both_failed(cx: &PolicyContext<'_>, l1: BackendError, l2: BackendError) -> BackendError {
     tracing::error!(
         l1 = %cx.l1(),
-        l1_error = %l1,
+        l1_error = &l1 as &dyn std::error::Error,
         l2 = %cx.l2(),
-        l2_error = %l2,
+        l2_error = &l2 as &dyn std::error::Error,
         "write failed on both tiers"
     );
     CompositionError::BothLayersFailed { l1, l2 }.into()
@@ -213,7 +213,7 @@ impl RaceWritePolicy {
             if let Err(error) = &result {
                 tracing::warn!(
                     tier = %tier,
-                    error = %error,
+                    error = error as &dyn std::error::Error,
                     "write failed on one tier after the race was decided; the other tier holds the value"
                 );
             }

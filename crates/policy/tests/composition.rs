@@ -520,6 +520,39 @@ async fn removal_failures() {
     }
 }
 
+/// A failure of both tiers is one chain: the composite says a composition failed, its source
+/// (the `CompositionError`) names each tier's failure, and no message repeats the one below it.
+#[tokio::test(start_paused = true)]
+async fn a_failure_of_both_tiers_reports_each_message_once() {
+    let clock = manual_clock();
+    let (l1, l2) = (
+        FaultyBackend::new(near(&clock)),
+        FaultyBackend::new(far(&clock)),
+    );
+    let cache = Composition::builder(l1.clone(), l2.clone())
+        .clock(Clock::from(clock.clone()))
+        .build();
+    l1.push(Op::Delete, Fault::Fail(ErrorKind::PermissionDenied));
+    l2.push(Op::Delete, Fault::Fail(ErrorKind::Connection));
+    let err = cache.delete(&key("k")).await.expect_err("both failed");
+
+    let chain: Vec<&(dyn std::error::Error + 'static)> =
+        std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |&e| {
+            e.source()
+        })
+        .collect();
+    let messages: Vec<String> = chain.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "a composition of tiers failed (connection)",
+            "both tiers failed: l1: memory: delete failed (permission_denied); \
+             l2: remote: delete failed: connection error",
+        ]
+    );
+    assert!(chain[1].downcast_ref::<CompositionError>().is_some());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timeouts (tokio's paused time: no real waiting)
 

@@ -63,14 +63,22 @@ impl fmt::Debug for S3ClientConfig {
 impl S3ClientConfig {
     /// The endpoint named by the [`mod@env`] variables, or `None` when [`env::ENDPOINT`] is unset
     /// or empty (then tests start an in-process [`S3Server`](crate::S3Server)). Variables left
-    /// unset take the defaults of [`S3ServerOptions`](crate::S3ServerOptions).
+    /// unset take the defaults of [`S3ServerOptions`](crate::S3ServerOptions). The calling test
+    /// is recorded as running against the endpoint (service `s3`, see
+    /// [`tierkit_services::record_use`]), for `cargo xtask` to count.
     ///
     /// # Errors
     ///
     /// [`S3ServerError::BadEnv`] when a variable is not UTF-8, the endpoint is not an
-    /// `http://` or `https://` URL, or another variable is set but empty.
+    /// `http://` or `https://` URL, or another variable is set but empty;
+    /// [`S3ServerError::RecordUse`] when the use cannot be recorded.
     pub fn from_env() -> Result<Option<Self>, S3ServerError> {
-        Self::from_lookup(|name| std::env::var_os(name))
+        let config = Self::from_lookup(|name| std::env::var_os(name))?;
+        if config.is_some() {
+            tierkit_services::record_use(tierkit_services::service_name(env::ENDPOINT))
+                .map_err(|source| S3ServerError::RecordUse { source })?;
+        }
+        Ok(config)
     }
 
     /// [`S3ClientConfig::from_env`] over any source of variables, for tests.

@@ -18,7 +18,7 @@ pub enum S3ServerError {
     NoRuntime,
 
     /// An operating-system call failed.
-    #[error("{action} failed: {source}")]
+    #[error("{action} failed")]
     Io {
         /// What was being done, for instance `creating directory /x/y`.
         action: String,
@@ -83,6 +83,15 @@ pub enum S3ServerError {
         dir: PathBuf,
     },
 
+    /// The use of the S3 endpoint of the environment could not be recorded for the count of
+    /// `cargo xtask` ([`tierkit_services::record_use`]).
+    #[error("recording a test's use of the S3 endpoint failed")]
+    RecordUse {
+        /// Why.
+        #[source]
+        source: tierkit_services::ServiceError,
+    },
+
     /// An environment variable of [`crate::env`] is set but unusable.
     #[error("environment variable {var} is {problem}; {advice}")]
     BadEnv {
@@ -110,6 +119,21 @@ mod tests {
     use super::S3ServerError;
 
     #[test]
+    fn a_report_chain_prints_each_message_once() {
+        let err = S3ServerError::io(
+            "creating directory /x",
+            std::io::Error::other("no space left"),
+        );
+        let chain: Vec<String> =
+            std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |&e| {
+                e.source()
+            })
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(chain, ["creating directory /x failed", "no space left"]);
+    }
+
+    #[test]
     fn messages_say_what_to_do() {
         let err = S3ServerError::PortInUse { port: 4242 };
         assert!(err.to_string().contains("127.0.0.1:4242"));
@@ -118,10 +142,7 @@ mod tests {
             "creating directory /x",
             std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         );
-        assert!(
-            err.to_string()
-                .starts_with("creating directory /x failed: ")
-        );
+        assert_eq!(err.to_string(), "creating directory /x failed");
         assert!(
             S3ServerError::NoRuntime
                 .to_string()

@@ -572,7 +572,10 @@ impl Inner {
                     Ok(()) => inner.counters.expired_deleted(),
                     Err(err) => {
                         inner.counters.expired_delete_failed();
-                        tracing::debug!(error = %err, "the background delete of an expired object failed");
+                        tracing::debug!(
+                            error = err as &dyn std::error::Error,
+                            "the background delete of an expired object failed"
+                        );
                     }
                 }
                 result

@@ -70,14 +70,19 @@ impl RedisBinaries {
     /// For tests: the binaries, or `Ok(None)` after printing `skipped: <reason>` when they
     /// are missing and [`env::REQUIRE_SERVICES`] is not set. With [`env::REQUIRE_SERVICES`]
     /// set (as `cargo xtask test` and CI do), a missing binary is an error, so the test fails
-    /// instead of passing silently.
+    /// instead of passing silently. A test that gets them is recorded as running against the
+    /// service `redis-server` ([`record_use`](crate::record_use)).
     ///
     /// # Errors
     ///
-    /// The error of [`RedisBinaries::locate`], when services are required.
+    /// The error of [`RedisBinaries::locate`], when services are required; the error of
+    /// [`record_use`](crate::record_use).
     pub fn for_tests() -> Result<Option<Self>, ServiceError> {
         match Self::locate() {
-            Ok(binaries) => Ok(Some(binaries)),
+            Ok(binaries) => {
+                crate::record_use("redis-server")?;
+                Ok(Some(binaries))
+            }
             Err(err) if !services_required() => {
                 eprintln!("skipped: {err}");
                 Ok(None)

@@ -125,6 +125,12 @@ pub enum ServiceError {
         /// What was still wrong at the end.
         problem: String,
     },
+    /// A test needs a service that the environment variable `var` should name, but it is not
+    /// set, and [`env::REQUIRE_SERVICES`](crate::env::REQUIRE_SERVICES) is.
+    NotConfigured {
+        /// The environment variable.
+        var: &'static str,
+    },
     /// A stale `redis-server` of ours did not exit after `SIGKILL`.
     StaleProcess {
         /// Its process id.
@@ -196,7 +202,7 @@ impl fmt::Display for ServiceError {
                  executable Redis 7 binary, or unset it to search PATH",
                 path.display()
             ),
-            Self::Io { action, source } => write!(f, "{action} failed: {source}"),
+            Self::Io { action, .. } => write!(f, "{action} failed"),
             Self::NoFreePort { reason } => write!(
                 f,
                 "could not reserve a free port on 127.0.0.1: {reason}. Check that the \
@@ -278,6 +284,13 @@ impl fmt::Display for ServiceError {
                 "the sentinel deployment was not {waited_for} after {waited:?}: {problem}\nThe \
                  sentinel's log (RedisSentinel::sentinel, RedisServer::log_tail) tells what it did"
             ),
+            Self::NotConfigured { var } => write!(
+                f,
+                "{var} is not set, but {} is: a test that needs this service may not skip. \
+                 Run the tests through `cargo xtask test` (or paste the export lines of \
+                 `cargo xtask services`)",
+                crate::env::REQUIRE_SERVICES
+            ),
             Self::StaleProcess { pid, dir } => write!(
                 f,
                 "stale redis-server {pid} (directory {}) did not exit after SIGKILL; check \
@@ -294,5 +307,25 @@ impl std::error::Error for ServiceError {
             Self::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceError;
+
+    #[test]
+    fn a_report_chain_prints_each_message_once() {
+        let err = ServiceError::io(
+            "creating directory /x",
+            std::io::Error::other("no space left"),
+        );
+        let chain: Vec<String> =
+            std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |&e| {
+                e.source()
+            })
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(chain, ["creating directory /x failed", "no space left"]);
     }
 }

@@ -10,6 +10,9 @@
 //! - [`RedisCluster::start`] runs a Redis Cluster of such servers.
 //! - [`RedisSentinel::start`] runs a primary, its replica and a Redis Sentinel watching them.
 //! - [`cleanup_stale`] kills the servers a killed run left behind (only those, only ours).
+//! - [`service_for_tests`] and [`RedisBinaries::for_tests`] decide, for a test, whether it
+//!   runs, skips or fails for lack of a service, and record each test that runs against one
+//!   ([`record_use`]), for `cargo xtask` to count ([`count_uses`]).
 //!
 //! The machine may run a Redis of its own on the default port 6379: this crate never uses a
 //! fixed port and never talks to a server it did not start.
@@ -44,6 +47,7 @@ mod error;
 mod resp;
 mod sentinel;
 mod server;
+mod uses;
 
 pub use binaries::{RedisBinaries, install_command, running_as_root, services_required};
 pub use cluster::{RedisCluster, SLOT_COUNT, key_slot};
@@ -55,6 +59,7 @@ pub use sentinel::{
     RedisSentinel, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_SERVICE_NAME,
 };
 pub use server::{CLUSTER_NODE_TIMEOUT_MS, RedisServer, RedisServerOptions};
+pub use uses::{count_uses, record_use, service_for_tests, service_name};
 
 /// The environment variables through which `cargo xtask` hands the services it started to
 /// the tests (see `cargo xtask --help`).
@@ -75,4 +80,7 @@ pub mod env {
     /// When set (to anything but an empty string or `0`), tests must fail, not skip, when a
     /// service is missing.
     pub const REQUIRE_SERVICES: &str = "TIERKIT_REQUIRE_SERVICES";
+    /// Path of a file to which every test that runs against a service appends a line (see
+    /// [`record_use`](crate::record_use)); `cargo xtask` counts them after the run.
+    pub const SERVICE_USES: &str = "TIERKIT_SERVICE_USES";
 }

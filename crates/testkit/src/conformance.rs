@@ -126,7 +126,10 @@ where
 ///
 /// # Panics
 ///
-/// When the runtime cannot be built, and whenever the case fails.
+/// When the runtime cannot be built, and whenever the case fails. A case whose factory
+/// [skips](skip) passes (printing `skipped: <reason>`) only when services are optional: with
+/// `TIERKIT_REQUIRE_SERVICES` set, as `cargo xtask` sets it wherever it starts the services,
+/// it fails.
 pub fn run<F, Fut, B, C, CFut>(factory: F, case: C)
 where
     F: Fn(ConformanceContext) -> Fut,
@@ -145,6 +148,12 @@ where
     }));
     if let Err(payload) = outcome {
         match payload.downcast::<SkipCase>() {
+            Ok(skip) if tierkit_services::services_required() => panic!(
+                "the case cannot run ({}), and {} is set: a case whose service is missing \
+                 fails instead of skipping",
+                skip.0,
+                tierkit_services::env::REQUIRE_SERVICES
+            ),
             Ok(skip) => eprintln!("skipped: {}", skip.0),
             Err(payload) => std::panic::resume_unwind(payload),
         }
@@ -161,8 +170,9 @@ where
 /// assert!(tierkit_testkit::conformance::is_skip(&err));
 /// ```
 ///
-/// The case then prints `skipped: <reason>` and passes. Never skip in CI: a factory should
-/// skip only when its environment says the service is optional.
+/// The case then prints `skipped: <reason>` and passes, unless `TIERKIT_REQUIRE_SERVICES` is
+/// set (to anything but an empty string or `0`): then [`run`] fails it, so a run that
+/// promises its services (CI, `cargo xtask test`) never passes a case that did not run.
 pub fn skip(reason: impl Into<String>) -> tierkit_core::BackendError {
     tierkit_core::BackendError::tier(
         "conformance",

@@ -71,7 +71,8 @@
 //!   expect `clear` on one backend to leave the other's keys alone;
 //! * may fail (`Err`), which fails the case with the error, or return
 //!   [`conformance::skip`]`(reason)` to skip the case (it then prints `skipped: reason`): for a
-//!   server that is optional on a developer's machine, never in CI.
+//!   server that is optional on a developer's machine. With `TIERKIT_REQUIRE_SERVICES` set (CI,
+//!   `cargo xtask`), a skip fails the case instead.
 //!
 //! The cases are also `pub async fn`s in [`mod@conformance`], to call from a test of your own.
 //! The suite covers: exact round trips (payload and timestamps), misses, overwrite, delete,

@@ -1,5 +1,6 @@
 //! The conformance suite against the reference tier, answering synchronously and like a remote
 //! tier.
+#![allow(clippy::unwrap_used)] // tests
 
 use tierkit_testkit::{ConformanceContext, MemoryBackend};
 
@@ -124,11 +125,62 @@ fn every_read_is_checked_against_a_probe() {
     );
 }
 
-tierkit_testkit::conformance!(
-    skipped_when_the_service_is_optional,
-    |_ctx: ConformanceContext| async move {
-        Err::<MemoryBackend, _>(tierkit_testkit::conformance::skip(
-            "a demonstration: this backend is never available",
-        ))
+/// A case whose factory always skips. It runs only in a child process of the two tests below,
+/// which choose its environment.
+#[test]
+#[ignore = "run in a child process, with a chosen environment, by the skip tests"]
+fn a_case_whose_service_is_never_there() {
+    tierkit_testkit::conformance::run(
+        |_ctx: ConformanceContext| async move {
+            Err::<MemoryBackend, _>(tierkit_testkit::conformance::skip(
+                "this backend is never available",
+            ))
+        },
+        tierkit_testkit::conformance::round_trip,
+    );
+}
+
+/// Runs [`a_case_whose_service_is_never_there`] in a child process of this test binary, with
+/// `TIERKIT_REQUIRE_SERVICES` set to `require` (or unset).
+fn run_the_skipping_case(require: Option<&str>) -> std::process::Output {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args([
+        "--ignored",
+        "--exact",
+        "a_case_whose_service_is_never_there",
+        "--nocapture",
+    ]);
+    child.env_remove("TIERKIT_REQUIRE_SERVICES");
+    if let Some(require) = require {
+        child.env("TIERKIT_REQUIRE_SERVICES", require);
     }
-);
+    child.output().unwrap()
+}
+
+#[test]
+fn a_case_skips_when_services_are_optional() {
+    for require in [None, Some("0"), Some("")] {
+        let output = run_the_skipping_case(require);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{require:?}: {stderr}");
+        assert!(
+            stderr.contains("skipped: this backend is never available"),
+            "{require:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_case_fails_instead_of_skipping_when_services_are_required() {
+    let output = run_the_skipping_case(Some("1"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the case passed: {stderr}");
+    assert!(
+        stderr.contains(
+            "the case cannot run (this backend is never available), and \
+             TIERKIT_REQUIRE_SERVICES is set"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("skipped:"), "{stderr}");
+}

@@ -129,7 +129,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if let Ok(hit) = &served
         && let Some(error) = hit.suppressed_error()
     {
-        println!("   hidden error: {error}");
+        println!("   hidden error: {}", chain(error));
     }
 
     step("3. 10 s later, within the throttle: served stale without calling the origin");
@@ -196,8 +196,21 @@ fn report(result: &Result<Hit<Price>, CacheError>, start: Timestamp, origin: &Or
                 origin.calls()
             );
         }
-        Err(error) => println!("   error: {error}; origin calls so far: {}", origin.calls()),
+        Err(error) => println!(
+            "   error: {}; origin calls so far: {}",
+            chain(error),
+            origin.calls()
+        ),
     }
+}
+
+/// An error and its causes on one line: each error of the chain says what failed at its own
+/// level, and the causes are its sources.
+fn chain(error: &CacheError) -> String {
+    std::iter::successors(Some(error as &dyn Error), |&e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn step(title: &str) {

@@ -5,7 +5,9 @@
 //! The servers come only from environment variables, set by `cargo xtask test` / `ci`:
 //! `TIERKIT_REDIS_URL` (standalone), `TIERKIT_REDIS_CLUSTER_URL` (cluster),
 //! `TIERKIT_REDIS_SENTINEL_URL` (a primary, its replica and a sentinel), and
-//! `TIERKIT_REQUIRE_SERVICES=1` to make a missing variable a failure instead of a skip.
+//! `TIERKIT_REQUIRE_SERVICES=1` to make a missing variable a failure instead of a skip
+//! (decided by `tierkit_services::service_for_tests`, which also records each test that runs
+//! against a server, for `cargo xtask` to count).
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,33 +27,24 @@ pub const STANDALONE: &str = "TIERKIT_REDIS_URL";
 pub const CLUSTER: &str = "TIERKIT_REDIS_CLUSTER_URL";
 /// The sentinel deployment.
 pub const SENTINEL: &str = "TIERKIT_REDIS_SENTINEL_URL";
-/// Set (to anything but `0`) in CI: a missing server is then a failure, not a skip.
-pub const REQUIRE: &str = "TIERKIT_REQUIRE_SERVICES";
 
 /// A command timeout generous enough for 16 MiB values on a loaded two-core CI machine; the
 /// default (1 s) is checked by the unit tests and by the timeout tests below.
 pub const TEST_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn required() -> bool {
-    std::env::var(REQUIRE).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0")
-}
-
 /// The URL in `var`, or the error that skips a conformance case when it is unset (and the
-/// services are not required).
+/// services are not required). The test is recorded as running against the server.
 ///
 /// # Panics
 ///
 /// When `var` is unset and `TIERKIT_REQUIRE_SERVICES` is set.
-pub fn server_url(var: &str) -> Result<String, BackendError> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Ok(url),
-        _ if required() => panic!(
-            "{var} is not set, but {REQUIRE} is: the Redis servers were not started \
-             (run the tests through `cargo xtask test`)"
-        ),
-        _ => Err(skip(format!(
+pub fn server_url(var: &'static str) -> Result<String, BackendError> {
+    match tierkit_services::service_for_tests(var) {
+        Ok(Some(url)) => Ok(url),
+        Ok(None) => Err(skip(format!(
             "{var} is not set; run the tests through `cargo xtask test` to start Redis"
         ))),
+        Err(err) => panic!("{err}"),
     }
 }
 
@@ -67,6 +60,28 @@ macro_rules! require_server {
             }
         }
     };
+}
+
+/// The `host:port` of `url` when it is a plain `redis://host:port` URL without credentials,
+/// for a test that builds URLs of its own (with credentials, with TLS). For another form, the
+/// test skips (`None`, after printing `skipped: ...`), unless `TIERKIT_REQUIRE_SERVICES` is
+/// set: `cargo xtask` hands out plain URLs, so the test then fails instead.
+///
+/// # Panics
+///
+/// When `url` is not plain and `TIERKIT_REQUIRE_SERVICES` is set.
+pub fn plain_address(url: &str) -> Option<&str> {
+    let problem = match url.strip_prefix("redis://") {
+        Some(address) if !address.contains('@') => return Some(address),
+        Some(_) => "already carries credentials",
+        None => "is not a plain redis:// URL",
+    };
+    assert!(
+        !tierkit_services::services_required(),
+        "{STANDALONE} {problem}, and TIERKIT_REQUIRE_SERVICES is set: this test cannot run"
+    );
+    eprintln!("skipped: {STANDALONE} {problem}");
+    None
 }
 
 /// A namespace no other test (or run) uses.
@@ -88,7 +103,7 @@ pub fn builder(url: &str, namespace: &str) -> RedisBackendBuilder {
 
 /// The tier a conformance case asks for: the context's namespace and clock.
 pub async fn conformance_tier(
-    var: &str,
+    var: &'static str,
     ctx: &ConformanceContext,
 ) -> Result<RedisBackend, BackendError> {
     let url = server_url(var)?;

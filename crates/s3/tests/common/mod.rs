@@ -8,7 +8,8 @@
 //!   Tests that need to control the server (stop it, count its requests, plant files) always
 //!   start their own.
 //! * `TIERKIT_REDIS_URL`: the Redis server of the three-tier tests, which skip without it
-//!   unless `TIERKIT_REQUIRE_SERVICES` is set.
+//!   unless `TIERKIT_REQUIRE_SERVICES` is set (then they fail), as
+//!   `tierkit_services::service_for_tests` decides.
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use std::cell::RefCell;
@@ -28,8 +29,6 @@ use tierkit_testkit::conformance::skip;
 
 /// The Redis server of the three-tier tests.
 pub const REDIS: &str = "TIERKIT_REDIS_URL";
-/// Set (to anything but `0`) in CI: a missing server is then a failure, not a skip.
-pub const REQUIRE: &str = "TIERKIT_REQUIRE_SERVICES";
 
 /// An operation timeout generous enough for 16 MiB values on a loaded two-core machine; the
 /// default (5 s) is checked by the unit tests, short ones by the fault tests.
@@ -260,26 +259,19 @@ impl<B: Backend> Backend for Served<B> {
     }
 }
 
-fn required() -> bool {
-    std::env::var(REQUIRE).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0")
-}
-
 /// The Redis URL, or the error that skips a conformance case when it is unset (and the
-/// services are not required).
+/// services are not required). The test is recorded as running against the server.
 ///
 /// # Panics
 ///
 /// When the variable is unset and `TIERKIT_REQUIRE_SERVICES` is set.
 pub fn redis_url() -> Result<String, BackendError> {
-    match std::env::var(REDIS) {
-        Ok(url) if !url.trim().is_empty() => Ok(url),
-        _ if required() => panic!(
-            "{REDIS} is not set, but {REQUIRE} is: the Redis server was not started \
-             (run the tests through `cargo xtask test`)"
-        ),
-        _ => Err(skip(format!(
+    match tierkit_services::service_for_tests(REDIS) {
+        Ok(Some(url)) => Ok(url),
+        Ok(None) => Err(skip(format!(
             "{REDIS} is not set; run the tests through `cargo xtask test` to start Redis"
         ))),
+        Err(err) => panic!("{err}"),
     }
 }
 
