@@ -23,7 +23,7 @@ use crate::fetched::Fetched;
 use crate::flight::{
     self, BoxLoader, Candidate, Fallbacks, FetchContext, Flight, Published, Waiter, box_loader,
 };
-use crate::frame::{Compression, encode_absent_frame, encode_frame};
+use crate::frame::{Compression, announced_decoded_len, encode_absent_frame, encode_frame};
 use crate::future::FetchFuture;
 use crate::hit::{FailSafeCause, Hit, HitFreshness, Source, StaleCause};
 use crate::jitter::{JitterSource, RandomJitter};
@@ -1241,6 +1241,19 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 size = frame.len(),
                 max_payload = options.max_payload,
                 "a value is larger than max_payload; it is kept in L1 only"
+            );
+            return (removals, None);
+        }
+        // Never write what the readers refuse: a frame that decodes past their bound.
+        let decoded = announced_decoded_len(&frame);
+        let bound = self.compression.decoded_bound(options.max_payload);
+        if decoded > bound {
+            self.stats.record_oversize();
+            tracing::debug!(
+                cache = %self.label,
+                decoded,
+                max_decoded = bound,
+                "a value decodes to more than readers accept; it is kept in L1 only"
             );
             return (removals, None);
         }

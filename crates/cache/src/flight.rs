@@ -695,7 +695,11 @@ async fn work<V: Send + Sync + 'static>(
         if !(fresh || options.fail_safe || options.allow_stale) {
             continue;
         }
-        match decode_frame_entry(key, &*shared.codec, &shared.compression, stored.payload()) {
+        // The readers' bound follows the payload cap of this read.
+        let compression = shared
+            .compression
+            .max_decoded(shared.compression.decoded_bound(options.max_payload));
+        match decode_frame_entry(key, &*shared.codec, &compression, stored.payload()) {
             Ok(value) => {
                 shared.stats.record_decode(tier);
                 let meta = EntryMeta::of(&stored);

@@ -96,7 +96,7 @@ struct Metrics {
     fail_safe: [Counter; 3],
     throttled_serves: Counter,
     soft_timeouts: Counter,
-    decode_errors: [Counter; 2],
+    decode_errors: [[Counter; FRAME_ERROR_REASONS.len()]; 2],
     write_errors: [Counter; 2],
 }
 
@@ -117,8 +117,16 @@ impl Metrics {
                 .map(|cause| labelled("tierkit_cache_fail_safe_total", "cause", cause)),
             throttled_serves: counter("tierkit_cache_throttled_serves_total"),
             soft_timeouts: counter("tierkit_cache_soft_timeouts_total"),
-            decode_errors: ["l2", "l3"]
-                .map(|tier| labelled("tierkit_cache_decode_errors_total", "tier", tier)),
+            decode_errors: ["l2", "l3"].map(|tier| {
+                FRAME_ERROR_REASONS.map(|reason| {
+                    metrics::counter!(
+                        "tierkit_cache_decode_errors_total",
+                        "cache" => cache.clone(),
+                        "tier" => tier,
+                        "reason" => reason
+                    )
+                })
+            }),
             write_errors: ["l2", "l3"]
                 .map(|tier| labelled("tierkit_cache_write_errors_total", "tier", tier)),
         }
@@ -233,7 +241,7 @@ impl Stats {
     }
     pub(crate) fn record_decode_error(&self, tier: usize, reason: FrameErrorReason) {
         bump(&self.decode_errors[tier][reason.index()]);
-        self.metrics.decode_errors[tier].increment(1);
+        self.metrics.decode_errors[tier][reason.index()].increment(1);
     }
     pub(crate) fn record_tier_error(&self, tier: usize) {
         bump(&self.tier_errors[tier]);
