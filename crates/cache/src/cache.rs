@@ -1125,7 +1125,9 @@ impl<V: Send + Sync + 'static> Shared<V> {
             .min(meta.expires_at());
         let eager = options.eager_refresh.map(|threshold| {
             let ttl = meta.stale_at().saturating_duration_since(meta.created_at());
-            meta.created_at().saturating_add(ttl.mul_f64(threshold))
+            // `threshold` is in (0, 1): the product is at most `ttl` (saturating on rounding).
+            let after = Duration::try_from_secs_f64(ttl.as_secs_f64() * threshold).unwrap_or(ttl);
+            meta.created_at().saturating_add(after)
         });
         let refresh_at = match eager {
             Some(at) => at,

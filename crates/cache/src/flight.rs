@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tierkit_core::{BackendError, BoxFuture, CacheKey, CacheValue, Op, Timestamp};
@@ -368,9 +369,12 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
                 stale.serve(HitFreshness::Stale(StaleCause::SoftTimeout), None),
             ))
         };
-        match tokio::time::timeout_at(arrival + soft, receiver.wait_for(Option::is_some)).await {
-            Ok(result) => return settle(shared, flight, options, fallbacks, result),
-            Err(_elapsed) => {
+        tokio::select! {
+            biased;
+            result = receiver.wait_for(Option::is_some) => {
+                return settle(shared, flight, options, fallbacks, result);
+            }
+            () = sleep_until(deadline(arrival, soft)) => {
                 if let Some(stale) = fallbacks.best(flight, shared.clock.now()) {
                     return serve_stale(stale);
                 }
@@ -378,7 +382,7 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
         }
         // Past the soft deadline with nothing stale yet: the first stale value the flight
         // finds is served as soon as it is found, unless the result comes first.
-        let deadline = tokio::time::sleep_until(arrival + options.hard_timeout);
+        let deadline = sleep_until(deadline(arrival, options.hard_timeout));
         tokio::pin!(deadline);
         let mut watching = true;
         loop {
@@ -396,10 +400,14 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
             }
         }
     }
-    let deadline = arrival + options.hard_timeout;
-    match tokio::time::timeout_at(deadline, receiver.wait_for(Option::is_some)).await {
-        Ok(result) => settle(shared, flight, options, fallbacks, result),
-        Err(_elapsed) => {
+    let result = tokio::select! {
+        biased;
+        result = receiver.wait_for(Option::is_some) => Some(result),
+        () = sleep_until(deadline(arrival, options.hard_timeout)) => None,
+    };
+    match result {
+        Some(result) => settle(shared, flight, options, fallbacks, result),
+        None => {
             let error = CacheError::Timeout {
                 kind: TimeoutKind::Hard,
                 after: options.hard_timeout,
@@ -414,6 +422,26 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
                 None => Err(error),
             }
         }
+    }
+}
+
+/// The longest wait that has a deadline: a longer one (up to `Duration::MAX`) never ends, as
+/// it would not in practice, and `arrival + after` never overflows the clock.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// The deadline `after` a caller's `arrival`, or none for a wait of [`FOREVER`] or more.
+fn deadline(arrival: tokio::time::Instant, after: Duration) -> Option<tokio::time::Instant> {
+    if after >= FOREVER {
+        return None;
+    }
+    arrival.checked_add(after)
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

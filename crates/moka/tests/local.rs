@@ -435,3 +435,55 @@ async fn l1_hit_through_get_or_fetch() {
     assert_eq!(codec.encodes(), 1);
     assert_eq!(cache.stats().flights, 1);
 }
+
+/// Every capacity and idle time is accepted, from zero to the largest: the tier builds and a
+/// `Cache` over it answers `get_or_fetch`, `set` and `remove` (a zero capacity or idle time
+/// holds nothing, which is a miss), and a `MokaBackend` answers its calls.
+#[tokio::test]
+async fn every_capacity_and_idle_time_is_accepted() {
+    use tierkit_core::{Backend, CacheValue};
+    use tierkit_moka::MokaBackend;
+    let idles = [None, Some(Duration::ZERO), Some(Duration::MAX)];
+    for capacity in [0, 1, u64::MAX] {
+        for idle in idles {
+            let mut builder = MokaLocal::<String>::builder().max_capacity(capacity);
+            if let Some(idle) = idle {
+                builder = builder.time_to_idle(idle);
+            }
+            let cache: Cache<String> = Cache::builder(builder.build(), Postcard).build();
+            let hit = cache
+                .get_or_fetch("k", || async { Ok::<_, std::io::Error>("v".to_owned()) })
+                .await
+                .unwrap();
+            assert_eq!(hit.as_str(), "v", "capacity {capacity}, idle {idle:?}");
+            cache.set("k", "w".to_owned()).await.unwrap();
+            cache.remove("k").await.unwrap();
+
+            let weighed = MokaLocal::<String>::builder()
+                .max_capacity(capacity)
+                .weigher(|_, value: &String| u32::try_from(value.len()).unwrap_or(u32::MAX))
+                .build();
+            weighed.insert(
+                &key("k"),
+                entry("v".to_owned(), Clock::System.now(), MINUTE, MINUTE),
+            );
+
+            for bytes in [false, true] {
+                let mut builder = MokaBackend::builder();
+                builder = if bytes {
+                    builder.max_bytes(capacity)
+                } else {
+                    builder.max_capacity(capacity)
+                };
+                if let Some(idle) = idle {
+                    builder = builder.time_to_idle(idle);
+                }
+                let tier = builder.build();
+                let value = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), MINUTE);
+                let _ = tier.set(&key("k"), value).await;
+                let _ = tier.get(&key("k")).await.unwrap();
+                tier.delete(&key("k")).await.unwrap();
+            }
+        }
+    }
+}
