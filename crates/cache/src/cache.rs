@@ -14,7 +14,7 @@ use tierkit_core::{
     TokioOffload,
 };
 use tierkit_policy::{AnyWritePolicy, PolicyContext, TierName, WritePolicy};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument as _;
 
 use crate::codec::Codec;
@@ -103,6 +103,10 @@ pub(crate) struct Shared<V> {
     next_flight: AtomicU64,
     warned: Mutex<HashSet<Adjustment>>,
     pub(crate) jitter: Arc<dyn JitterSource>,
+    /// One permit per loader call that may run at once, all keys together.
+    pub(crate) loader_slots: Semaphore,
+    /// The number of permits of `loader_slots`.
+    loader_slot_count: usize,
 }
 
 /// A typed read-through cache over an in-process tier of decoded values (L1) and up to two
@@ -198,6 +202,7 @@ pub struct CacheBuilder<V> {
     runtime: Option<tokio::runtime::Handle>,
     write_policy: AnyWritePolicy,
     jitter: Arc<dyn JitterSource>,
+    max_concurrent_loads: usize,
 }
 
 impl<V> fmt::Debug for CacheBuilder<V> {
@@ -286,10 +291,29 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// The most loader calls the cache runs at once, all keys together (refreshes included).
+    /// Default [`DEFAULT_MAX_CONCURRENT_LOADS`](crate::DEFAULT_MAX_CONCURRENT_LOADS) (512);
+    /// 0 counts as 1, and values above tokio's semaphore limit (`usize::MAX >> 3`) as that
+    /// limit.
+    ///
+    /// A flight that is ready to call its loader while the bound is reached waits for a slot
+    /// (first come, first served), at most its hard timeout from the moment it starts waiting;
+    /// then it ends with [`CacheError::Timeout`] of kind
+    /// [`LoaderSlot`](crate::TimeoutKind::LoaderSlot) without calling the loader (fail-safe
+    /// serves a stale value instead, as for any timeout). Counted: `stats().loader_queued`,
+    /// `stats().loader_slot_timeouts`. So an origin that hangs sees at most this many calls
+    /// from the cache, however many distinct keys miss.
+    #[must_use]
+    pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
+        self.max_concurrent_loads = loads;
+        self
+    }
+
     /// The cache.
     pub fn build(self) -> Cache<V> {
         let (resolved_defaults, adjustments) = self.defaults.resolve();
         let label = self.label;
+        let loader_slot_count = self.max_concurrent_loads.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Shared {
             label: Arc::clone(&label),
             l1: self.l1,
@@ -318,6 +342,8 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             next_flight: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
             jitter: self.jitter,
+            loader_slots: Semaphore::new(loader_slot_count),
+            loader_slot_count,
         };
         shared.warn_once(&adjustments);
         Cache {
@@ -341,6 +367,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             runtime: None,
             write_policy: AnyWritePolicy::default(),
             jitter: Arc::new(RandomJitter),
+            max_concurrent_loads: crate::options::DEFAULT_MAX_CONCURRENT_LOADS,
         }
     }
 
@@ -659,6 +686,14 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// residue.
     pub fn flights_in_progress(&self) -> usize {
         self.shared.table.flights()
+    }
+
+    /// Loader calls running now, all keys together: at most the bound set with
+    /// [`CacheBuilder::max_concurrent_loads`]. Zero once every flight finished.
+    pub fn loads_in_progress(&self) -> usize {
+        self.shared
+            .loader_slot_count
+            .saturating_sub(self.shared.loader_slots.available_permits())
     }
 
     /// Keys with a flight or a remote write in progress. Zero once everything finished.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tierkit_core::{BackendError, BoxFuture, CacheKey, CacheValue, Op, Timestamp};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{SemaphorePermit, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -816,6 +816,13 @@ async fn load<V: Send + Sync + 'static>(
             None => Ending::NotFound,
         };
     };
+    // The cache-wide bound on loader calls: the slot is held until the loader's answer.
+    let Some(_slot) = loader_slot(shared, options).await else {
+        return Ending::failed(CacheError::Timeout {
+            kind: TimeoutKind::LoaderSlot,
+            after: options.hard_timeout,
+        });
+    };
     shared.stats.record_loader_call();
     let stale = flight.candidate();
     let context = FetchContext {
@@ -891,6 +898,38 @@ async fn load<V: Send + Sync + 'static>(
         store_local: store,
         writes,
     }
+}
+
+/// A slot to call the loader in: at once when one is free, else the first one freed within the
+/// hard timeout (counted); `None` when none was.
+async fn loader_slot<'a, V: Send + Sync + 'static>(
+    shared: &'a Shared<V>,
+    options: &Resolved,
+) -> Option<SemaphorePermit<'a>> {
+    if let Ok(slot) = shared.loader_slots.try_acquire() {
+        return Some(slot);
+    }
+    shared.stats.record_loader_queued();
+    tracing::debug!(
+        cache = %shared.label,
+        "every loader slot is taken; the flight waits for one"
+    );
+    let acquire = shared.loader_slots.acquire();
+    let slot = match deadline(tokio::time::Instant::now(), options.hard_timeout) {
+        Some(at) => tokio::time::timeout_at(at, acquire).await.ok(),
+        None => Some(acquire.await),
+    };
+    // The semaphore is never closed: an error cannot happen.
+    let slot = slot.and_then(Result::ok);
+    if slot.is_none() {
+        shared.stats.record_loader_slot_timeout();
+        tracing::warn!(
+            cache = %shared.label,
+            after = ?options.hard_timeout,
+            "no loader slot freed within the hard timeout: the loader was not called"
+        );
+    }
+    slot
 }
 
 /// Stores (if the flight is still the key's flight) and publishes the ending.

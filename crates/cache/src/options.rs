@@ -370,6 +370,9 @@ pub const DEFAULT_FAIL_SAFE_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
 /// The built-in wait after a failed background refresh.
 pub const DEFAULT_REFRESH_BACKOFF: Duration = Duration::from_secs(10);
+/// The built-in bound on the loader calls a cache runs at once, all keys together (see
+/// [`CacheBuilder::max_concurrent_loads`](crate::CacheBuilder::max_concurrent_loads)).
+pub const DEFAULT_MAX_CONCURRENT_LOADS: usize = 512;
 /// The built-in L1 jitter is the TTL divided by this (5%).
 pub const DEFAULT_JITTER_DIVISOR: u32 = 20;
 
