@@ -31,6 +31,7 @@ use crate::local::{EntryMeta, LocalEntry, LocalState, LocalTier};
 use crate::options::{AbandonPolicy, Adjustment, FetchOptions, Resolved};
 use crate::stats::{CacheStats, Stats};
 use crate::table::{Effect, FlightSlot, KeyTable};
+use crate::throttle::Throttles;
 
 /// The options of the calls that take none: every option inherits the cache's defaults.
 static NO_OPTIONS: FetchOptions = FetchOptions::new();
@@ -103,6 +104,8 @@ pub(crate) struct Shared<V> {
     next_flight: AtomicU64,
     warned: Mutex<HashSet<Adjustment>>,
     pub(crate) jitter: Arc<dyn JitterSource>,
+    /// The fail-safe throttles, apart from L1 (which may evict them).
+    pub(crate) throttles: Throttles,
     /// One permit per loader call that may run at once, all keys together.
     pub(crate) loader_slots: Semaphore,
     /// The number of permits of `loader_slots`.
@@ -203,6 +206,7 @@ pub struct CacheBuilder<V> {
     write_policy: AnyWritePolicy,
     jitter: Arc<dyn JitterSource>,
     max_concurrent_loads: usize,
+    throttle_capacity: usize,
 }
 
 impl<V> fmt::Debug for CacheBuilder<V> {
@@ -309,6 +313,25 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// How many keys' fail-safe throttles the cache remembers apart from L1. Default
+    /// [`DEFAULT_THROTTLE_CAPACITY`](crate::DEFAULT_THROTTLE_CAPACITY) (4,096).
+    ///
+    /// After a fail-safe activation a key is served its stale value without calling the loader
+    /// for [`fail_safe_throttle`](FetchOptions::fail_safe_throttle). L1 holds the throttle in
+    /// the key's entry, and this table holds it too, so a key L1 evicted meanwhile is still
+    /// served its stale value (read again from L2 or L3) instead of calling a failing origin:
+    /// the origin sees at most one call per key per window, whatever L1 evicts. When more keys
+    /// are throttled at once than the table holds, the throttle ending first is evicted and its
+    /// end becomes a floor: until then, every stale value written no later than the evicted one
+    /// is throttled too (so no eviction reopens the origin to a key within its window, and a
+    /// stale key that did not fail may be served stale for up to one window). 0 keeps only the
+    /// floor.
+    #[must_use]
+    pub fn fail_safe_throttles(mut self, capacity: usize) -> Self {
+        self.throttle_capacity = capacity;
+        self
+    }
+
     /// The cache.
     pub fn build(self) -> Cache<V> {
         let (resolved_defaults, adjustments) = self.defaults.resolve();
@@ -342,6 +365,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             next_flight: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
             jitter: self.jitter,
+            throttles: Throttles::new(self.throttle_capacity),
             loader_slots: Semaphore::new(loader_slot_count),
             loader_slot_count,
         };
@@ -368,6 +392,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             write_policy: AnyWritePolicy::default(),
             jitter: Arc::new(RandomJitter),
             max_concurrent_loads: crate::options::DEFAULT_MAX_CONCURRENT_LOADS,
+            throttle_capacity: crate::options::DEFAULT_THROTTLE_CAPACITY,
         }
     }
 
@@ -1182,14 +1207,25 @@ impl<V: Send + Sync + 'static> Shared<V> {
         )
     }
 
-    /// The L1 entry of a fail-safe activation: the stale value, timestamps unchanged, served
-    /// without the loader until the throttle ends (never past `expires_at`).
+    /// The end of a throttle starting at `now` for a stale value: after the throttle window,
+    /// never past the value's `expires_at`.
+    pub(crate) fn throttle_end(
+        &self,
+        stale: &Candidate<V>,
+        options: &Resolved,
+        now: Timestamp,
+    ) -> Timestamp {
+        now.saturating_add(options.fail_safe_throttle)
+            .min(stale.meta.expires_at())
+    }
+
+    /// The L1 entry of a fail-safe throttle: the stale value, timestamps unchanged, served
+    /// without the loader until `until`.
     pub(crate) fn throttled_entry(
         &self,
         stale: &Candidate<V>,
         cause: FailSafeCause,
-        options: &Resolved,
-        now: Timestamp,
+        until: Timestamp,
     ) -> LocalEntry<V> {
         let meta = stale.meta;
         LocalEntry::with_state(
@@ -1199,9 +1235,7 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 fresh_until: meta.stale_at(),
                 revalidate_until: meta.stale_at(),
                 refresh_at: Timestamp::MAX,
-                throttle_until: now
-                    .saturating_add(options.fail_safe_throttle)
-                    .min(meta.expires_at()),
+                throttle_until: until,
                 fail_safe: Some(cause),
             },
         )

@@ -23,6 +23,7 @@ use crate::hit::{FailSafeCause, HitFreshness, Source, StaleCause};
 use crate::local::EntryMeta;
 use crate::options::{AbandonPolicy, Resolved, WriteMode};
 use crate::table::Effect;
+use crate::throttle::Throttle;
 
 /// What a loader gets: the key, a cancellation token, the flight's id, and the stale value
 /// the cache still holds for the key, if any.
@@ -542,6 +543,13 @@ enum Ending<V> {
     },
     /// No tier has the key and no loader was handed to the flight.
     NotFound,
+    /// The key is inside a fail-safe throttle: its stale value, served without the loader
+    /// until `until` (stored in L1 again, as throttled).
+    Throttled {
+        stale: Candidate<V>,
+        cause: FailSafeCause,
+        until: Timestamp,
+    },
     /// Shared with every waiter (or hidden by fail-safe when it has a `cause`); nothing is
     /// stored.
     Failed {
@@ -816,6 +824,23 @@ async fn load<V: Send + Sync + 'static>(
             None => Ending::NotFound,
         };
     };
+    // A key inside a fail-safe throttle is served its stale value, whatever L1 evicted.
+    if options.fail_safe
+        && flight.refreshing.is_none()
+        && let Some(stale) = flight.candidate()
+    {
+        let now = shared.clock.now();
+        if !stale.meta.is_expired(now)
+            && let Some((cause, until)) = shared.throttles.get(key, stale.meta.created_at(), now)
+        {
+            shared.stats.record_throttled();
+            return Ending::Throttled {
+                until: until.min(stale.meta.expires_at()),
+                stale,
+                cause,
+            };
+        }
+    }
     // The cache-wide bound on loader calls: the slot is held until the loader's answer.
     let Some(_slot) = loader_slot(shared, options).await else {
         return Ending::failed(CacheError::Timeout {
@@ -958,6 +983,21 @@ async fn finish<V: Send + Sync + 'static>(
                 .map(|meta| shared.local_entry(None, meta, options));
             (local, writes, Ok(None), false)
         }
+        Ending::Throttled {
+            stale,
+            cause,
+            until,
+        } => {
+            let local = shared.throttled_entry(&stale, cause, until);
+            let published = stale.serve(
+                HitFreshness::Stale(StaleCause::FailSafe {
+                    cause,
+                    throttled: true,
+                }),
+                None,
+            );
+            (Some(local), [None, None], Ok(Some(published)), false)
+        }
         Ending::NotFound => (
             backed_off(shared, key, flight),
             [None, None],
@@ -993,7 +1033,17 @@ async fn finish<V: Send + Sync + 'static>(
                         %error,
                         "fail-safe: serving a stale value"
                     );
-                    let local = shared.throttled_entry(&stale, cause, options, now);
+                    let until = shared.throttle_end(&stale, options, now);
+                    shared.throttles.record(
+                        key,
+                        Throttle {
+                            until,
+                            cause,
+                            reserve: stale.meta.created_at(),
+                        },
+                        now,
+                    );
+                    let local = shared.throttled_entry(&stale, cause, until);
                     let published = stale.serve(
                         HitFreshness::Stale(StaleCause::FailSafe {
                             cause,

@@ -373,6 +373,9 @@ pub const DEFAULT_REFRESH_BACKOFF: Duration = Duration::from_secs(10);
 /// The built-in bound on the loader calls a cache runs at once, all keys together (see
 /// [`CacheBuilder::max_concurrent_loads`](crate::CacheBuilder::max_concurrent_loads)).
 pub const DEFAULT_MAX_CONCURRENT_LOADS: usize = 512;
+/// The built-in number of keys whose fail-safe throttles a cache remembers apart from L1 (see
+/// [`CacheBuilder::fail_safe_throttles`](crate::CacheBuilder::fail_safe_throttles)).
+pub const DEFAULT_THROTTLE_CAPACITY: usize = 4096;
 /// The built-in L1 jitter is the TTL divided by this (5%).
 pub const DEFAULT_JITTER_DIVISOR: u32 = 20;
 
