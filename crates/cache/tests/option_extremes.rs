@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use support::{Calls, Stack, counting, key};
-use tierkit_cache::{AbandonPolicy, Cache, Compression, FetchOptions, Source, WriteMode};
+use tierkit_cache::{AbandonPolicy, Cache, Compression, FetchOptions, Fetched, Source, WriteMode};
 
 /// A loader that fails at once.
 fn failing() -> std::future::Ready<Result<String, std::io::Error>> {
@@ -221,6 +221,7 @@ async fn every_call(
     stack: &Stack<String>,
     call: &FetchOptions,
     advance: Duration,
+    loader_ttl: Duration,
 ) {
     let k = key("k");
     let _ = cache
@@ -242,6 +243,15 @@ async fn every_call(
     let _ = cache.get_with(&k, call).await;
     let _ = cache.try_get_local(&k);
     let _ = cache.remove(&k).await;
+    // A loader's own TTL.
+    let _ = cache
+        .get_or_fetch_with(&k, call, move |_| {
+            std::future::ready(Ok::<_, std::io::Error>(
+                Fetched::value("v5".to_owned()).ttl(loader_ttl),
+            ))
+        })
+        .await;
+    stack.clock.advance(advance);
     let _ = cache.get_or_fetch("k", failing).await;
     let _ = cache
         .get_or_fetch_with(&k, call, |_| {
@@ -261,7 +271,8 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Whatever the options (the cache's defaults, a call's own, the compression bounds), every
+    /// Whatever the options (the cache's defaults, a call's own, a loader's TTL, the compression
+/// bounds, the bounds on concurrent loads and on remembered throttles), every
     /// call answers without a panic, and no flight's task dies of one (a flight that panicked
     /// outside its loader would be counted as aborted).
     #[test]
@@ -270,7 +281,10 @@ proptest! {
         call in options(),
         min_size in size(),
         max_decoded in proptest::option::of(size()),
+        loads in size(),
+        throttles in size(),
         advance in duration(),
+        loader_ttl in duration(),
     ) {
         let runtime = paused_runtime();
         runtime.block_on(async {
@@ -283,8 +297,10 @@ proptest! {
                 .tiered_builder()
                 .compression(compression)
                 .defaults(defaults)
+                .max_concurrent_loads(loads)
+                .fail_safe_throttles(throttles)
                 .build();
-            Box::pin(every_call(&cache, &stack, &call, advance)).await;
+            Box::pin(every_call(&cache, &stack, &call, advance, loader_ttl)).await;
             prop_assert_eq!(cache.stats().flights_aborted, 0);
             Ok(())
         })?;
