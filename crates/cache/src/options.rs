@@ -33,7 +33,9 @@ pub enum WriteMode {
 }
 
 /// Options of a call or of a cache: every field is optional, and a call's `Some` overrides the
-/// cache's defaults, which override the built-in defaults (given on each setter).
+/// cache's defaults, which override the built-in defaults (given on each setter). Every value
+/// of every field is accepted: durations up to `Duration::MAX` saturate, incoherent ones are
+/// normalised (below), and no value makes a call panic.
 ///
 /// ```
 /// use std::time::Duration;
@@ -119,7 +121,8 @@ options! {
     /// How long a caller waits for a value, counted from its own arrival (also when it joins a
     /// flight started earlier). After it the caller gets [`CacheError::Timeout`]; the flight
     /// may go on (see [`background_completion`](FetchOptions::background_completion)).
-    /// Default 30 seconds.
+    /// Default 30 seconds. Any length is accepted, up to `Duration::MAX`: 30 years or more
+    /// means no deadline.
     ///
     /// [`CacheError::Timeout`]: crate::CacheError::Timeout
     hard_timeout / get_hard_timeout: Duration;
