@@ -174,6 +174,7 @@ async fn run(args: Args, warnings: Arc<Warnings>) -> Result<ExitCode, Box<dyn Er
         keys: workload::keys(args.keys),
         stop: Arc::new(AtomicBool::new(false)),
         writes: Arc::new(AtomicU64::new(0)),
+        read_keys: Arc::new(workload::ReadKeys::new(args.keys as usize)),
     };
     let current = Arc::new(Mutex::new(String::from("starting")));
     let live = tokio::spawn(

@@ -34,6 +34,8 @@ pub struct Workload {
     pub stop: Arc<AtomicBool>,
     /// Versions of written values.
     pub writes: Arc<AtomicU64>,
+    /// The keys read since an act cleared them.
+    pub read_keys: Arc<ReadKeys>,
 }
 
 impl Workload {
@@ -91,6 +93,7 @@ impl Workload {
             })
             .await;
         let elapsed = began.elapsed();
+        self.read_keys.mark(rank);
         match result {
             Ok(hit) => self.recorder.read(
                 Served::from_source(hit.source()),
@@ -109,6 +112,35 @@ impl Workload {
             .set(self.key(rank), Product::new(rank as u64, version))
             .await;
         self.recorder.write(written.is_ok());
+    }
+}
+
+/// Which keys were read since the last [`take`](ReadKeys::take): one bit per key.
+pub struct ReadKeys {
+    bits: Box<[AtomicU64]>,
+}
+
+impl ReadKeys {
+    /// No key of `count` read yet.
+    pub fn new(count: usize) -> Self {
+        ReadKeys {
+            bits: (0..count.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Key `rank` was read.
+    pub fn mark(&self, rank: usize) {
+        if let Some(word) = self.bits.get(rank / 64) {
+            word.fetch_or(1 << (rank % 64), Relaxed);
+        }
+    }
+
+    /// How many keys were read since the last call; none from now on.
+    pub fn take(&self) -> u64 {
+        self.bits
+            .iter()
+            .map(|word| u64::from(word.swap(0, Relaxed).count_ones()))
+            .sum()
     }
 }
 

@@ -14,7 +14,7 @@ use tierkit_core::{
     Timestamp, TokioOffload,
 };
 use tierkit_policy::{AnyWritePolicy, PolicyContext, TierName, WritePolicy};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument as _;
 
 use crate::codec::Codec;
@@ -23,7 +23,7 @@ use crate::fetched::Fetched;
 use crate::flight::{
     self, BoxLoader, Candidate, Fallbacks, FetchContext, Flight, Published, Waiter, box_loader,
 };
-use crate::frame::{Compression, encode_absent_frame, encode_frame};
+use crate::frame::{Compression, announced_decoded_len, encode_absent_frame, encode_frame};
 use crate::future::FetchFuture;
 use crate::hit::{FailSafeCause, Hit, HitFreshness, Source, StaleCause};
 use crate::jitter::{JitterSource, RandomJitter};
@@ -31,6 +31,7 @@ use crate::local::{EntryMeta, LocalEntry, LocalState, LocalTier};
 use crate::options::{AbandonPolicy, Adjustment, FetchOptions, Resolved};
 use crate::stats::{CacheStats, Stats};
 use crate::table::{Effect, FlightSlot, KeyTable};
+use crate::throttle::Throttles;
 
 /// The options of the calls that take none: every option inherits the cache's defaults.
 static NO_OPTIONS: FetchOptions = FetchOptions::new();
@@ -103,6 +104,12 @@ pub(crate) struct Shared<V> {
     next_flight: AtomicU64,
     warned: Mutex<HashSet<Adjustment>>,
     pub(crate) jitter: Arc<dyn JitterSource>,
+    /// The fail-safe throttles, apart from L1 (which may evict them).
+    pub(crate) throttles: Throttles,
+    /// One permit per loader call that may run at once, all keys together.
+    pub(crate) loader_slots: Semaphore,
+    /// The number of permits of `loader_slots`.
+    loader_slot_count: usize,
 }
 
 /// A typed read-through cache over an in-process tier of decoded values (L1) and up to two
@@ -198,6 +205,8 @@ pub struct CacheBuilder<V> {
     runtime: Option<tokio::runtime::Handle>,
     write_policy: AnyWritePolicy,
     jitter: Arc<dyn JitterSource>,
+    max_concurrent_loads: usize,
+    throttle_capacity: usize,
 }
 
 impl<V> fmt::Debug for CacheBuilder<V> {
@@ -286,10 +295,48 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// The most loader calls the cache runs at once, all keys together (refreshes included).
+    /// Default [`DEFAULT_MAX_CONCURRENT_LOADS`](crate::DEFAULT_MAX_CONCURRENT_LOADS) (512);
+    /// 0 counts as 1, and values above tokio's semaphore limit (`usize::MAX >> 3`) as that
+    /// limit.
+    ///
+    /// A flight that is ready to call its loader while the bound is reached waits for a slot
+    /// (first come, first served), at most its hard timeout from the moment it starts waiting;
+    /// then it ends with [`CacheError::Timeout`] of kind
+    /// [`LoaderSlot`](crate::TimeoutKind::LoaderSlot) without calling the loader (fail-safe
+    /// serves a stale value instead, as for any timeout). Counted: `stats().loader_queued`,
+    /// `stats().loader_slot_timeouts`. So an origin that hangs sees at most this many calls
+    /// from the cache, however many distinct keys miss.
+    #[must_use]
+    pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
+        self.max_concurrent_loads = loads;
+        self
+    }
+
+    /// How many keys' fail-safe throttles the cache remembers apart from L1. Default
+    /// [`DEFAULT_THROTTLE_CAPACITY`](crate::DEFAULT_THROTTLE_CAPACITY) (4,096).
+    ///
+    /// After a fail-safe activation a key is served its stale value without calling the loader
+    /// for [`fail_safe_throttle`](FetchOptions::fail_safe_throttle). L1 holds the throttle in
+    /// the key's entry, and this table holds it too, so a key L1 evicted meanwhile is still
+    /// served its stale value (read again from L2 or L3) instead of calling a failing origin:
+    /// the origin sees at most one call per key per window, whatever L1 evicts. When more keys
+    /// are throttled at once than the table holds, the throttle ending first is evicted and its
+    /// end becomes a floor: until then, every stale value written no later than the evicted one
+    /// is throttled too (so no eviction reopens the origin to a key within its window, and a
+    /// stale key that did not fail may be served stale for up to one window). 0 keeps only the
+    /// floor.
+    #[must_use]
+    pub fn fail_safe_throttles(mut self, capacity: usize) -> Self {
+        self.throttle_capacity = capacity;
+        self
+    }
+
     /// The cache.
     pub fn build(self) -> Cache<V> {
         let (resolved_defaults, adjustments) = self.defaults.resolve();
         let label = self.label;
+        let loader_slot_count = self.max_concurrent_loads.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Shared {
             label: Arc::clone(&label),
             l1: self.l1,
@@ -318,6 +365,9 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             next_flight: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
             jitter: self.jitter,
+            throttles: Throttles::new(self.throttle_capacity),
+            loader_slots: Semaphore::new(loader_slot_count),
+            loader_slot_count,
         };
         shared.warn_once(&adjustments);
         Cache {
@@ -341,6 +391,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
             runtime: None,
             write_policy: AnyWritePolicy::default(),
             jitter: Arc::new(RandomJitter),
+            max_concurrent_loads: crate::options::DEFAULT_MAX_CONCURRENT_LOADS,
+            throttle_capacity: crate::options::DEFAULT_THROTTLE_CAPACITY,
         }
     }
 
@@ -660,6 +712,14 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// residue.
     pub fn flights_in_progress(&self) -> usize {
         self.shared.table.flights()
+    }
+
+    /// Loader calls running now, all keys together: at most the bound set with
+    /// [`CacheBuilder::max_concurrent_loads`]. Zero once every flight finished.
+    pub fn loads_in_progress(&self) -> usize {
+        self.shared
+            .loader_slot_count
+            .saturating_sub(self.shared.loader_slots.available_permits())
     }
 
     /// Keys with a flight or a remote write in progress. Zero once everything finished, also
@@ -1138,7 +1198,9 @@ impl<V: Send + Sync + 'static> Shared<V> {
             .min(meta.expires_at());
         let eager = options.eager_refresh.map(|threshold| {
             let ttl = meta.stale_at().saturating_duration_since(meta.created_at());
-            meta.created_at().saturating_add(ttl.mul_f64(threshold))
+            // `threshold` is in (0, 1): the product is at most `ttl` (saturating on rounding).
+            let after = Duration::try_from_secs_f64(ttl.as_secs_f64() * threshold).unwrap_or(ttl);
+            meta.created_at().saturating_add(after)
         });
         let refresh_at = match eager {
             Some(at) => at,
@@ -1158,14 +1220,25 @@ impl<V: Send + Sync + 'static> Shared<V> {
         )
     }
 
-    /// The L1 entry of a fail-safe activation: the stale value, timestamps unchanged, served
-    /// without the loader until the throttle ends (never past `expires_at`).
+    /// The end of a throttle starting at `now` for a stale value: after the throttle window,
+    /// never past the value's `expires_at`.
+    pub(crate) fn throttle_end(
+        &self,
+        stale: &Candidate<V>,
+        options: &Resolved,
+        now: Timestamp,
+    ) -> Timestamp {
+        now.saturating_add(options.fail_safe_throttle)
+            .min(stale.meta.expires_at())
+    }
+
+    /// The L1 entry of a fail-safe throttle: the stale value, timestamps unchanged, served
+    /// without the loader until `until`.
     pub(crate) fn throttled_entry(
         &self,
         stale: &Candidate<V>,
         cause: FailSafeCause,
-        options: &Resolved,
-        now: Timestamp,
+        until: Timestamp,
     ) -> LocalEntry<V> {
         let meta = stale.meta;
         LocalEntry::with_state(
@@ -1175,9 +1248,7 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 fresh_until: meta.stale_at(),
                 revalidate_until: meta.stale_at(),
                 refresh_at: Timestamp::MAX,
-                throttle_until: now
-                    .saturating_add(options.fail_safe_throttle)
-                    .min(meta.expires_at()),
+                throttle_until: until,
                 fail_safe: Some(cause),
             },
         )
@@ -1260,6 +1331,19 @@ impl<V: Send + Sync + 'static> Shared<V> {
                 size = frame.len(),
                 max_payload = options.max_payload,
                 "a value is larger than max_payload; it is kept in L1 only"
+            );
+            return (removals, None);
+        }
+        // Never write what the readers refuse: a frame that decodes past their bound.
+        let decoded = announced_decoded_len(&frame);
+        let bound = self.compression.decoded_bound(options.max_payload);
+        if decoded > bound {
+            self.stats.record_oversize();
+            tracing::debug!(
+                cache = %self.label,
+                decoded,
+                max_decoded = bound,
+                "a value decodes to more than readers accept; it is kept in L1 only"
             );
             return (removals, None);
         }

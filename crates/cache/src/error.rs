@@ -107,6 +107,10 @@ pub enum TimeoutKind {
     /// ([`FetchOptions::background_cap`](crate::FetchOptions::background_cap)): the loader was
     /// cancelled and nothing was stored.
     BackgroundCap,
+    /// The flight waited its hard timeout for a loader slot (the cache-wide bound,
+    /// [`CacheBuilder::max_concurrent_loads`](crate::CacheBuilder::max_concurrent_loads), was
+    /// reached): the loader was never called and nothing was stored.
+    LoaderSlot,
 }
 
 impl fmt::Display for TimeoutKind {
@@ -114,6 +118,7 @@ impl fmt::Display for TimeoutKind {
         f.write_str(match self {
             TimeoutKind::Hard => "hard timeout",
             TimeoutKind::BackgroundCap => "background cap",
+            TimeoutKind::LoaderSlot => "wait for a loader slot",
         })
     }
 }

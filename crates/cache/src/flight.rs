@@ -6,10 +6,11 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use tierkit_core::{BackendError, BoxFuture, CacheKey, CacheValue, Op, Timestamp};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{SemaphorePermit, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -22,6 +23,7 @@ use crate::hit::{FailSafeCause, HitFreshness, Source, StaleCause};
 use crate::local::EntryMeta;
 use crate::options::{AbandonPolicy, Resolved, WriteMode};
 use crate::table::Effect;
+use crate::throttle::Throttle;
 
 /// What a loader gets: the key, a cancellation token, the flight's id, and the stale value
 /// the cache still holds for the key, if any.
@@ -368,9 +370,12 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
                 stale.serve(HitFreshness::Stale(StaleCause::SoftTimeout), None),
             ))
         };
-        match tokio::time::timeout_at(arrival + soft, receiver.wait_for(Option::is_some)).await {
-            Ok(result) => return settle(shared, flight, options, fallbacks, result),
-            Err(_elapsed) => {
+        tokio::select! {
+            biased;
+            result = receiver.wait_for(Option::is_some) => {
+                return settle(shared, flight, options, fallbacks, result);
+            }
+            () = sleep_until(deadline(arrival, soft)) => {
                 if let Some(stale) = fallbacks.best(flight, shared.clock.now()) {
                     return serve_stale(stale);
                 }
@@ -378,7 +383,7 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
         }
         // Past the soft deadline with nothing stale yet: the first stale value the flight
         // finds is served as soon as it is found, unless the result comes first.
-        let deadline = tokio::time::sleep_until(arrival + options.hard_timeout);
+        let deadline = sleep_until(deadline(arrival, options.hard_timeout));
         tokio::pin!(deadline);
         let mut watching = true;
         loop {
@@ -396,10 +401,14 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
             }
         }
     }
-    let deadline = arrival + options.hard_timeout;
-    match tokio::time::timeout_at(deadline, receiver.wait_for(Option::is_some)).await {
-        Ok(result) => settle(shared, flight, options, fallbacks, result),
-        Err(_elapsed) => {
+    let result = tokio::select! {
+        biased;
+        result = receiver.wait_for(Option::is_some) => Some(result),
+        () = sleep_until(deadline(arrival, options.hard_timeout)) => None,
+    };
+    match result {
+        Some(result) => settle(shared, flight, options, fallbacks, result),
+        None => {
             let error = CacheError::Timeout {
                 kind: TimeoutKind::Hard,
                 after: options.hard_timeout,
@@ -414,6 +423,26 @@ pub(crate) async fn wait<V: Send + Sync + 'static>(
                 None => Err(error),
             }
         }
+    }
+}
+
+/// The longest wait that has a deadline: a longer one (up to `Duration::MAX`) never ends, as
+/// it would not in practice, and `arrival + after` never overflows the clock.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// The deadline `after` a caller's `arrival`, or none for a wait of [`FOREVER`] or more.
+fn deadline(arrival: tokio::time::Instant, after: Duration) -> Option<tokio::time::Instant> {
+    if after >= FOREVER {
+        return None;
+    }
+    arrival.checked_add(after)
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -516,6 +545,13 @@ enum Ending<V> {
     /// `current`, for a refresh: the value it refreshes, which a tier still holds fresh (what
     /// the callers that joined the refresh get).
     NotFound { current: Option<Published<V>> },
+    /// The key is inside a fail-safe throttle: its stale value, served without the loader
+    /// until `until` (stored in L1 again, as throttled).
+    Throttled {
+        stale: Candidate<V>,
+        cause: FailSafeCause,
+        until: Timestamp,
+    },
     /// Shared with every waiter (or hidden by fail-safe when it has a `cause`); nothing is
     /// stored.
     Failed {
@@ -706,7 +742,11 @@ async fn work<V: Send + Sync + 'static>(
         if !(fresh || options.fail_safe || options.allow_stale) {
             continue;
         }
-        match decode_frame_entry(key, &*shared.codec, &shared.compression, stored.payload()) {
+        // The readers' bound follows the payload cap of this read.
+        let compression = shared
+            .compression
+            .max_decoded(shared.compression.decoded_bound(options.max_payload));
+        match decode_frame_entry(key, &*shared.codec, &compression, stored.payload()) {
             Ok(value) => {
                 shared.stats.record_decode(tier);
                 let meta = EntryMeta::of(&stored);
@@ -809,6 +849,30 @@ async fn load<V: Send + Sync + 'static>(
             None => Ending::NotFound { current: None },
         };
     };
+    // A key inside a fail-safe throttle is served its stale value, whatever L1 evicted.
+    if options.fail_safe
+        && flight.refreshing.is_none()
+        && let Some(stale) = flight.candidate()
+    {
+        let now = shared.clock.now();
+        if !stale.meta.is_expired(now)
+            && let Some((cause, until)) = shared.throttles.get(key, stale.meta.created_at(), now)
+        {
+            shared.stats.record_throttled();
+            return Ending::Throttled {
+                until: until.min(stale.meta.expires_at()),
+                stale,
+                cause,
+            };
+        }
+    }
+    // The cache-wide bound on loader calls: the slot is held until the loader's answer.
+    let Some(_slot) = loader_slot(shared, options).await else {
+        return Ending::failed(CacheError::Timeout {
+            kind: TimeoutKind::LoaderSlot,
+            after: options.hard_timeout,
+        });
+    };
     shared.stats.record_loader_call();
     let stale = flight.candidate();
     let context = FetchContext {
@@ -890,6 +954,38 @@ async fn load<V: Send + Sync + 'static>(
     }
 }
 
+/// A slot to call the loader in: at once when one is free, else the first one freed within the
+/// hard timeout (counted); `None` when none was.
+async fn loader_slot<'a, V: Send + Sync + 'static>(
+    shared: &'a Shared<V>,
+    options: &Resolved,
+) -> Option<SemaphorePermit<'a>> {
+    if let Ok(slot) = shared.loader_slots.try_acquire() {
+        return Some(slot);
+    }
+    shared.stats.record_loader_queued();
+    tracing::debug!(
+        cache = %shared.label,
+        "every loader slot is taken; the flight waits for one"
+    );
+    let acquire = shared.loader_slots.acquire();
+    let slot = match deadline(tokio::time::Instant::now(), options.hard_timeout) {
+        Some(at) => tokio::time::timeout_at(at, acquire).await.ok(),
+        None => Some(acquire.await),
+    };
+    // The semaphore is never closed: an error cannot happen.
+    let slot = slot.and_then(Result::ok);
+    if slot.is_none() {
+        shared.stats.record_loader_slot_timeout();
+        tracing::warn!(
+            cache = %shared.label,
+            after = ?options.hard_timeout,
+            "no loader slot freed within the hard timeout: the loader was not called"
+        );
+    }
+    slot
+}
+
 /// Stores (if the flight is still the key's flight) and publishes the ending.
 async fn finish<V: Send + Sync + 'static>(
     shared: &Arc<Shared<V>>,
@@ -932,6 +1028,21 @@ async fn finish<V: Send + Sync + 'static>(
             };
             (local, writes, Ok(None), false)
         }
+        Ending::Throttled {
+            stale,
+            cause,
+            until,
+        } => {
+            let local = shared.throttled_entry(&stale, cause, until);
+            let published = stale.serve(
+                HitFreshness::Stale(StaleCause::FailSafe {
+                    cause,
+                    throttled: true,
+                }),
+                None,
+            );
+            (Some(local), [None, None], Ok(Some(published)), false)
+        }
         Ending::NotFound { current } => (
             backed_off(shared, key, flight),
             [None, None],
@@ -971,7 +1082,17 @@ async fn finish<V: Send + Sync + 'static>(
                         error = &error as &dyn std::error::Error,
                         "fail-safe: serving a stale value"
                     );
-                    let local = shared.throttled_entry(&stale, cause, options, now);
+                    let until = shared.throttle_end(&stale, options, now);
+                    shared.throttles.record(
+                        key,
+                        Throttle {
+                            until,
+                            cause,
+                            reserve: stale.meta.created_at(),
+                        },
+                        now,
+                    );
+                    let local = shared.throttled_entry(&stale, cause, until);
                     let published = stale.serve(
                         HitFreshness::Stale(StaleCause::FailSafe {
                             cause,

@@ -44,8 +44,9 @@
 //! because of compression.
 //!
 //! A reader decodes every algorithm it has compiled in, whatever algorithm its own
-//! [`Compression`] writes with: only its [`max_decoded_bytes`](Compression::max_decoded_bytes)
-//! applies. A frame compressed with an algorithm this build lacks is
+//! [`Compression`] writes with: only its bound on the decoded size applies
+//! ([`decoded_bound`](Compression::decoded_bound): by default [`DEFAULT_DECODED_FACTOR`] times the
+//! payload cap). A frame compressed with an algorithm this build lacks is
 //! [`FrameErrorReason::CompressionUnavailable`].
 //!
 //! # What decoding checks, in order
@@ -99,8 +100,13 @@ pub const MAX_BODY_LEN: usize = u32::MAX as usize;
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// The default of [`Compression::min_size`]: 1 KiB.
 pub const DEFAULT_MIN_SIZE: usize = 1024;
-/// The default of [`Compression::max_decoded`]: 64 MiB.
-pub const DEFAULT_MAX_DECODED: usize = 64 << 20;
+/// A reader's default bound on a decoded body is this many times the largest payload it writes
+/// ([`FetchOptions::max_payload`](crate::FetchOptions::max_payload)): see
+/// [`Compression::decoded_bound`].
+pub const DEFAULT_DECODED_FACTOR: usize = 4;
+/// The bound of [`Compression::max_decoded_bytes`] when [`Compression::max_decoded`] is not
+/// set: [`DEFAULT_DECODED_FACTOR`] times the default `max_payload` (1 MiB), 4 MiB.
+pub const DEFAULT_MAX_DECODED: usize = DEFAULT_DECODED_FACTOR * crate::options::DEFAULT_MAX_PAYLOAD;
 
 const COMPRESSION_NONE: u8 = 0;
 const COMPRESSION_ZSTD: u8 = 1;
@@ -176,20 +182,24 @@ impl fmt::Display for CompressionAlgorithm {
 ///
 /// ```
 /// # use tierkit_cache::Compression;
-/// let compression = Compression::zstd(3).min_size(4096).max_decoded(8 << 20);
+/// let compression = Compression::zstd(3).min_size(4096);
 /// assert_eq!(compression.min_size_bytes(), 4096);
+/// // By default the decoded bound follows the payload cap: four times it.
+/// assert_eq!(compression.decoded_bound(1 << 20), 4 << 20);
+/// assert_eq!(compression.max_decoded(8 << 20).decoded_bound(1 << 20), 8 << 20);
 /// assert_eq!(Compression::default(), Compression::none());
 /// ```
 ///
 /// A writer compresses a body only when it is at least [`min_size_bytes`](Self::min_size_bytes)
 /// long, the algorithm is available, and the result is strictly smaller; otherwise it stores the
 /// body raw. A reader decodes any algorithm it has compiled in, and rejects a frame whose decoded
-/// body would be longer than [`max_decoded_bytes`](Self::max_decoded_bytes).
+/// body would be longer than its [`decoded_bound`](Self::decoded_bound).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Compression {
     algorithm: CompressionAlgorithm,
     min_size: usize,
-    max_decoded: usize,
+    /// `None`: [`DEFAULT_DECODED_FACTOR`] times the read's `max_payload`.
+    max_decoded: Option<usize>,
 }
 
 impl Default for Compression {
@@ -200,13 +210,14 @@ impl Default for Compression {
 
 impl Compression {
     /// Compression with `algorithm`, a minimum size of [`DEFAULT_MIN_SIZE`] and a maximum
-    /// decoded size of [`DEFAULT_MAX_DECODED`].
+    /// decoded size of [`DEFAULT_DECODED_FACTOR`] times the payload cap (see
+    /// [`decoded_bound`](Self::decoded_bound)).
     #[must_use]
     pub const fn new(algorithm: CompressionAlgorithm) -> Self {
         Self {
             algorithm,
             min_size: DEFAULT_MIN_SIZE,
-            max_decoded: DEFAULT_MAX_DECODED,
+            max_decoded: None,
         }
     }
 
@@ -237,15 +248,16 @@ impl Compression {
         self
     }
 
-    /// Rejects frames whose decoded body is longer than `bytes` (default
-    /// [`DEFAULT_MAX_DECODED`]), before decompressing them, with reason
-    /// [`TooLarge`](FrameErrorReason::TooLarge). Decompression never writes more than the
-    /// decoded length the header announces, so this also bounds what a reader allocates for one
-    /// frame. Writers do not check it: a value encoded longer than the readers' bound is stored,
-    /// and every read of it is a miss.
+    /// Rejects frames whose decoded body is longer than `bytes`, before decompressing them,
+    /// with reason [`TooLarge`](FrameErrorReason::TooLarge), whatever the payload cap. Default:
+    /// [`DEFAULT_DECODED_FACTOR`] times the cap (see [`decoded_bound`](Self::decoded_bound)).
+    /// Decompression never writes more than the decoded length the header announces, so this
+    /// also bounds what a reader allocates for one frame. A [`Cache`](crate::Cache) does not
+    /// write what its own readers would reject: a value whose decoded body is above the bound
+    /// is kept in L1 only and counted as `oversize`, like a frame above `max_payload`.
     #[must_use]
     pub const fn max_decoded(mut self, bytes: usize) -> Self {
-        self.max_decoded = bytes;
+        self.max_decoded = Some(bytes);
         self
     }
 
@@ -261,10 +273,25 @@ impl Compression {
         self.min_size
     }
 
-    /// The longest decoded body that readers accept.
+    /// The longest decoded body that readers accept with the default payload cap: the bound set
+    /// with [`max_decoded`](Self::max_decoded), else [`DEFAULT_MAX_DECODED`]. This is the bound
+    /// of [`decode_frame`] and [`decode_frame_entry`].
     #[must_use]
     pub const fn max_decoded_bytes(&self) -> usize {
-        self.max_decoded
+        self.decoded_bound(crate::options::DEFAULT_MAX_PAYLOAD)
+    }
+
+    /// The longest decoded body that a reader whose payload cap is `max_payload` accepts: the
+    /// bound set with [`max_decoded`](Self::max_decoded), else `max_payload` times
+    /// [`DEFAULT_DECODED_FACTOR`] (saturating). A [`Cache`](crate::Cache) reads and writes with
+    /// the bound of the call's `max_payload`, so a ~2 KB compressed frame cannot make a read
+    /// allocate more than a few payloads.
+    #[must_use]
+    pub const fn decoded_bound(&self, max_payload: usize) -> usize {
+        match self.max_decoded {
+            Some(bytes) => bytes,
+            None => max_payload.saturating_mul(DEFAULT_DECODED_FACTOR),
+        }
     }
 }
 
@@ -486,6 +513,12 @@ pub fn encode_absent_frame(key: &CacheKey) -> Result<Bytes, CodecError> {
     ))
 }
 
+/// The decoded body length a frame announces (0 for bytes that are not a frame): what a
+/// reader's bound is checked against.
+pub(crate) fn announced_decoded_len(frame: &[u8]) -> usize {
+    Header::parse(frame).map_or(0, |header| header.decoded_len)
+}
+
 /// Lays out a frame: the header, the key, the CRC of both and of the body, the body.
 fn write_frame(
     key: &[u8],
@@ -560,8 +593,9 @@ pub fn decode_frame_entry<V: 'static>(
 /// Decodes the value of `key` from `frame` with `codec`.
 ///
 /// `compression` gives only the bound on the decoded size
-/// ([`max_decoded_bytes`](Compression::max_decoded_bytes)): a frame compressed with any
-/// algorithm compiled in is read, whatever algorithm `compression` writes with.
+/// ([`max_decoded_bytes`](Compression::max_decoded_bytes); a cache passes the bound of the
+/// read's payload cap, [`decoded_bound`](Compression::decoded_bound)): a frame compressed with
+/// any algorithm compiled in is read, whatever algorithm `compression` writes with.
 ///
 /// # Errors
 ///

@@ -80,6 +80,7 @@ mod local;
 mod options;
 mod stats;
 mod table;
+mod throttle;
 
 pub use cache::{AsCacheKey, Cache, CacheBuilder};
 pub use error::{CacheError, LoaderError, TimeoutKind};
@@ -94,8 +95,9 @@ pub use jitter::{JitterSource, NoJitter, RandomJitter};
 pub use local::{EntryMeta, LocalEntry, LocalState, LocalTier};
 pub use options::{
     AbandonPolicy, DEFAULT_CAP_FACTOR, DEFAULT_FAIL_SAFE_MAX, DEFAULT_FAIL_SAFE_THROTTLE,
-    DEFAULT_HARD_TIMEOUT, DEFAULT_JITTER_DIVISOR, DEFAULT_MAX_PAYLOAD, DEFAULT_REFRESH_BACKOFF,
-    DEFAULT_TIER_TIMEOUT, DEFAULT_TTL, FetchOptions, WriteMode,
+    DEFAULT_HARD_TIMEOUT, DEFAULT_JITTER_DIVISOR, DEFAULT_MAX_CONCURRENT_LOADS,
+    DEFAULT_MAX_PAYLOAD, DEFAULT_REFRESH_BACKOFF, DEFAULT_THROTTLE_CAPACITY, DEFAULT_TIER_TIMEOUT,
+    DEFAULT_TTL, FetchOptions, WriteMode,
 };
 pub use stats::CacheStats;
 pub use tokio_util::sync::CancellationToken;

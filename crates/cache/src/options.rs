@@ -33,7 +33,9 @@ pub enum WriteMode {
 }
 
 /// Options of a call or of a cache: every field is optional, and a call's `Some` overrides the
-/// cache's defaults, which override the built-in defaults (given on each setter).
+/// cache's defaults, which override the built-in defaults (given on each setter). Every value
+/// of every field is accepted: durations up to `Duration::MAX` saturate, incoherent ones are
+/// normalised (below), and no value makes a call panic.
 ///
 /// ```
 /// use std::time::Duration;
@@ -119,7 +121,8 @@ options! {
     /// How long a caller waits for a value, counted from its own arrival (also when it joins a
     /// flight started earlier). After it the caller gets [`CacheError::Timeout`]; the flight
     /// may go on (see [`background_completion`](FetchOptions::background_completion)).
-    /// Default 30 seconds.
+    /// Default 30 seconds. Any length is accepted, up to `Duration::MAX`: 30 years or more
+    /// means no deadline.
     ///
     /// [`CacheError::Timeout`]: crate::CacheError::Timeout
     hard_timeout / get_hard_timeout: Duration;
@@ -371,6 +374,12 @@ pub const DEFAULT_FAIL_SAFE_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
 /// The built-in wait after a failed background refresh.
 pub const DEFAULT_REFRESH_BACKOFF: Duration = Duration::from_secs(10);
+/// The built-in bound on the loader calls a cache runs at once, all keys together (see
+/// [`CacheBuilder::max_concurrent_loads`](crate::CacheBuilder::max_concurrent_loads)).
+pub const DEFAULT_MAX_CONCURRENT_LOADS: usize = 512;
+/// The built-in number of keys whose fail-safe throttles a cache remembers apart from L1 (see
+/// [`CacheBuilder::fail_safe_throttles`](crate::CacheBuilder::fail_safe_throttles)).
+pub const DEFAULT_THROTTLE_CAPACITY: usize = 4096;
 /// The built-in L1 jitter is the TTL divided by this (5%).
 pub const DEFAULT_JITTER_DIVISOR: u32 = 20;
 

@@ -24,6 +24,12 @@ pub struct CacheStats {
     pub loader_errors: u64,
     /// Loader calls that panicked.
     pub loader_panics: u64,
+    /// Loader calls that waited for a slot: the cache-wide bound on concurrent loader calls
+    /// was reached when their flight was ready to call the loader.
+    pub loader_queued: u64,
+    /// Flights that waited their hard timeout for a loader slot and ended without calling the
+    /// loader ([`TimeoutKind::LoaderSlot`](crate::TimeoutKind::LoaderSlot)).
+    pub loader_slot_timeouts: u64,
     /// Flights stopped at their background cap (or at the hard timeout without background
     /// completion).
     pub flights_capped: u64,
@@ -93,10 +99,12 @@ struct Metrics {
     coalesced: Counter,
     loader_calls: Counter,
     loader_failures: [Counter; 2],
+    loader_queued: Counter,
+    loader_slot_timeouts: Counter,
     fail_safe: [Counter; 3],
     throttled_serves: Counter,
     soft_timeouts: Counter,
-    decode_errors: [Counter; 2],
+    decode_errors: [[Counter; FRAME_ERROR_REASONS.len()]; 2],
     write_errors: [Counter; 2],
 }
 
@@ -113,12 +121,22 @@ impl Metrics {
             loader_calls: counter("tierkit_cache_loader_calls_total"),
             loader_failures: ["error", "panic"]
                 .map(|kind| labelled("tierkit_cache_loader_failures_total", "kind", kind)),
+            loader_queued: counter("tierkit_cache_loader_queued_total"),
+            loader_slot_timeouts: counter("tierkit_cache_loader_slot_timeouts_total"),
             fail_safe: ["loader_error", "loader_panic", "timeout"]
                 .map(|cause| labelled("tierkit_cache_fail_safe_total", "cause", cause)),
             throttled_serves: counter("tierkit_cache_throttled_serves_total"),
             soft_timeouts: counter("tierkit_cache_soft_timeouts_total"),
-            decode_errors: ["l2", "l3"]
-                .map(|tier| labelled("tierkit_cache_decode_errors_total", "tier", tier)),
+            decode_errors: ["l2", "l3"].map(|tier| {
+                FRAME_ERROR_REASONS.map(|reason| {
+                    metrics::counter!(
+                        "tierkit_cache_decode_errors_total",
+                        "cache" => cache.clone(),
+                        "tier" => tier,
+                        "reason" => reason
+                    )
+                })
+            }),
             write_errors: ["l2", "l3"]
                 .map(|tier| labelled("tierkit_cache_write_errors_total", "tier", tier)),
         }
@@ -133,6 +151,8 @@ pub(crate) struct Stats {
     loader_calls: AtomicU64,
     loader_errors: AtomicU64,
     loader_panics: AtomicU64,
+    loader_queued: AtomicU64,
+    loader_slot_timeouts: AtomicU64,
     flights_capped: AtomicU64,
     flights_abandoned: AtomicU64,
     flights_aborted: AtomicU64,
@@ -164,6 +184,8 @@ impl Stats {
             loader_calls: AtomicU64::default(),
             loader_errors: AtomicU64::default(),
             loader_panics: AtomicU64::default(),
+            loader_queued: AtomicU64::default(),
+            loader_slot_timeouts: AtomicU64::default(),
             flights_capped: AtomicU64::default(),
             flights_abandoned: AtomicU64::default(),
             flights_aborted: AtomicU64::default(),
@@ -216,6 +238,14 @@ impl Stats {
         bump(&self.loader_panics);
         self.metrics.loader_failures[1].increment(1);
     }
+    pub(crate) fn record_loader_queued(&self) {
+        bump(&self.loader_queued);
+        self.metrics.loader_queued.increment(1);
+    }
+    pub(crate) fn record_loader_slot_timeout(&self) {
+        bump(&self.loader_slot_timeouts);
+        self.metrics.loader_slot_timeouts.increment(1);
+    }
     pub(crate) fn record_capped(&self) {
         bump(&self.flights_capped);
     }
@@ -233,7 +263,7 @@ impl Stats {
     }
     pub(crate) fn record_decode_error(&self, tier: usize, reason: FrameErrorReason) {
         bump(&self.decode_errors[tier][reason.index()]);
-        self.metrics.decode_errors[tier].increment(1);
+        self.metrics.decode_errors[tier][reason.index()].increment(1);
     }
     pub(crate) fn record_tier_error(&self, tier: usize) {
         bump(&self.tier_errors[tier]);
@@ -296,6 +326,8 @@ impl Stats {
             loader_calls: read(&self.loader_calls),
             loader_errors: read(&self.loader_errors),
             loader_panics: read(&self.loader_panics),
+            loader_queued: read(&self.loader_queued),
+            loader_slot_timeouts: read(&self.loader_slot_timeouts),
             flights_capped: read(&self.flights_capped),
             flights_abandoned: read(&self.flights_abandoned),
             flights_aborted: read(&self.flights_aborted),

@@ -953,6 +953,98 @@ async fn b56_max_decoded_is_enforced_through_the_cache() {
     );
 }
 
+/// Behaviour 56: by default a reader accepts a decoded body of at most four `max_payload`s
+/// (4 MiB): a frame of a few KB announcing more is refused before any decompression, counted
+/// as `too_large`, and the loader answers instead. Without this bound every read of such a key
+/// would allocate the whole announced size.
+#[cfg(feature = "zstd")]
+#[tokio::test(start_paused = true)]
+async fn a_small_frame_decoding_past_four_max_payloads_is_refused_and_counted() {
+    let stack = Stack::<String>::new();
+    let huge = text(5 << 20);
+    // Another program's writer, with no bound of its own.
+    let frame = encode_frame(
+        &key("k"),
+        &Postcard,
+        &Compression::zstd(3).max_decoded(usize::MAX),
+        &huge,
+    )
+    .unwrap();
+    assert!(frame.len() < 4096 && decoded_len(&frame) > 4 << 20);
+    stack.l2.insert_raw(key("k"), stored(&stack, frame));
+
+    let node = stack.other_node::<String>();
+    let reader = node
+        .builder()
+        .l2(stack.l2.clone())
+        .compression(Compression::zstd(3))
+        .build();
+    let calls = Calls::default();
+    let hit = reader
+        .get_or_fetch("k", counting(&calls, "small".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), hit.len()), (Source::Loader, 5));
+    assert_eq!(calls.get(), 1);
+    assert_eq!(
+        reader
+            .stats()
+            .decode_errors_for(L2, FrameErrorReason::TooLarge),
+        1
+    );
+    assert_eq!(node.codec.decodes(), 0, "refused before decompressing");
+
+    // The bound follows `max_payload`: a reader allowing 2 MiB payloads reads the same frame.
+    let node = stack.other_node::<String>();
+    stack.l2.insert_raw(
+        key("k2"),
+        stored(
+            &stack,
+            encode_frame(
+                &key("k2"),
+                &Postcard,
+                &Compression::zstd(3).max_decoded(usize::MAX),
+                &huge,
+            )
+            .unwrap(),
+        ),
+    );
+    let roomy = node
+        .builder()
+        .l2(stack.l2.clone())
+        .compression(Compression::zstd(3))
+        .defaults(FetchOptions::new().max_payload(2 << 20))
+        .build();
+    let hit = roomy.get("k2").await.unwrap().unwrap();
+    assert_eq!((hit.source(), hit.len()), (Source::L2, huge.len()));
+}
+
+/// Behaviour 56 with 57: the cache never writes a frame its own readers refuse: a value whose
+/// compressed frame fits `max_payload` but whose decoded body is above the readers' bound is
+/// kept in L1 only and counted as `oversize`, like a frame above `max_payload`.
+#[cfg(feature = "zstd")]
+#[tokio::test(start_paused = true)]
+async fn a_value_decoding_past_the_readers_bound_is_kept_in_l1_only() {
+    let stack = Stack::<String>::new();
+    let cache = stack
+        .builder()
+        .l2(stack.l2.clone())
+        .compression(Compression::zstd(3))
+        .build();
+    let huge = text(5 << 20);
+    let calls = Calls::default();
+    let hit = cache
+        .get_or_fetch("k", counting(&calls, huge.clone()))
+        .await
+        .unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    settle().await;
+    assert_eq!(cache.stats().oversize, 1);
+    assert_eq!(stack.l2.calls().set, 0, "no remote write");
+    assert!(stack.l2.peek(&key("k")).is_none());
+    assert_eq!(cache.try_get_local("k").unwrap().len(), huge.len());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 57. Payload cap.
 // ---------------------------------------------------------------------------------------------
@@ -1072,7 +1164,8 @@ async fn b57_an_oversized_set_leaves_no_older_value_in_the_remote_tiers() {
 }
 
 /// Behaviour 57 with 56: the cap applies to the stored frame, after compression: a value
-/// whose encoding is over the cap but compresses under it is written.
+/// whose encoding is over the cap but compresses under it is written (while it decodes within
+/// the readers' bound, four times the cap).
 #[cfg(feature = "zstd")]
 #[tokio::test(start_paused = true)]
 async fn b57_the_cap_applies_to_the_compressed_frame() {
@@ -1083,7 +1176,7 @@ async fn b57_the_cap_applies_to_the_compressed_frame() {
         .compression(Compression::zstd(3))
         .defaults(FetchOptions::new().max_payload(1024))
         .build();
-    let compressible = text(20 * 1024);
+    let compressible = text(3 * 1024);
     cache.set("k", compressible.clone()).await.unwrap();
     let frame = payload(&stack.l2, &key("k"));
     assert!(frame.len() <= 1024 && decoded_len(&frame) > 1024);

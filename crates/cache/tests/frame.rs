@@ -335,14 +335,21 @@ fn configuration_defaults_and_getters() {
     assert_eq!(default, Compression::none());
     assert_eq!(default.algorithm(), CompressionAlgorithm::None);
     assert_eq!(default.min_size_bytes(), 1024);
-    assert_eq!(default.max_decoded_bytes(), 64 << 20);
+    assert_eq!(default.max_decoded_bytes(), 4 << 20);
     assert_eq!(frame::DEFAULT_MIN_SIZE, 1024);
-    assert_eq!(frame::DEFAULT_MAX_DECODED, 64 << 20);
+    assert_eq!(frame::DEFAULT_MAX_DECODED, 4 << 20);
+    assert_eq!(default.decoded_bound(1000), 4000);
+    assert_eq!(default.decoded_bound(usize::MAX), usize::MAX);
 
     let zstd = Compression::zstd(7).min_size(10).max_decoded(20);
     assert_eq!(zstd.algorithm(), CompressionAlgorithm::Zstd { level: 7 });
     assert_eq!(zstd.min_size_bytes(), 10);
     assert_eq!(zstd.max_decoded_bytes(), 20);
+    assert_eq!(
+        zstd.decoded_bound(1000),
+        20,
+        "a bound set wins over the cap"
+    );
     assert_eq!(Compression::lz4().algorithm(), CompressionAlgorithm::Lz4);
     assert_eq!(
         Compression::new(CompressionAlgorithm::Lz4),

@@ -435,3 +435,131 @@ async fn l1_hit_through_get_or_fetch() {
     assert_eq!(codec.encodes(), 1);
     assert_eq!(cache.stats().flights, 1);
 }
+
+/// Every capacity and idle time is accepted, from zero to the largest: the tier builds and a
+/// `Cache` over it answers `get_or_fetch`, `set` and `remove` (a zero capacity or idle time
+/// holds nothing, which is a miss), and a `MokaBackend` answers its calls.
+#[tokio::test]
+async fn every_capacity_and_idle_time_is_accepted() {
+    use tierkit_core::{Backend, CacheValue};
+    use tierkit_moka::MokaBackend;
+    let idles = [None, Some(Duration::ZERO), Some(Duration::MAX)];
+    for capacity in [0, 1, u64::MAX] {
+        for idle in idles {
+            let mut builder = MokaLocal::<String>::builder().max_capacity(capacity);
+            if let Some(idle) = idle {
+                builder = builder.time_to_idle(idle);
+            }
+            let cache: Cache<String> = Cache::builder(builder.build(), Postcard).build();
+            let hit = cache
+                .get_or_fetch("k", || async { Ok::<_, std::io::Error>("v".to_owned()) })
+                .await
+                .unwrap();
+            assert_eq!(hit.as_str(), "v", "capacity {capacity}, idle {idle:?}");
+            cache.set("k", "w".to_owned()).await.unwrap();
+            cache.remove("k").await.unwrap();
+
+            let weighed = MokaLocal::<String>::builder()
+                .max_capacity(capacity)
+                .weigher(|_, value: &String| u32::try_from(value.len()).unwrap_or(u32::MAX))
+                .build();
+            weighed.insert(
+                &key("k"),
+                entry("v".to_owned(), Clock::System.now(), MINUTE, MINUTE),
+            );
+
+            for bytes in [false, true] {
+                let mut builder = MokaBackend::builder();
+                builder = if bytes {
+                    builder.max_bytes(capacity)
+                } else {
+                    builder.max_capacity(capacity)
+                };
+                if let Some(idle) = idle {
+                    builder = builder.time_to_idle(idle);
+                }
+                let tier = builder.build();
+                let value = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), MINUTE);
+                let _ = tier.set(&key("k"), value).await;
+                let _ = tier.get(&key("k")).await.unwrap();
+                tier.delete(&key("k")).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Fail-safe over a `MokaLocal` ten times smaller than the key space: whatever moka evicts or
+/// refuses to admit, a failing origin sees exactly one call per key per throttle window (the
+/// stale values come back from L2, the throttles from the cache's own table).
+#[tokio::test]
+async fn a_failing_origin_behind_a_small_moka_l1_sees_one_call_per_key_per_window() {
+    use tierkit_cache::{FetchOptions, HitFreshness, StaleCause};
+    const KEYS: usize = 100;
+    let ttl = MINUTE;
+    let window = Duration::from_secs(30);
+    let clock = ManualClock::starting_now();
+    let l1: MokaLocal<String> = MokaLocal::builder()
+        .max_capacity(10)
+        .clock(Clock::from(clock.clone()))
+        .build();
+    let l2 = MemoryBackend::new("l2")
+        .remote()
+        .with_clock(Clock::from(clock.clone()));
+    let cache: Cache<String> = Cache::builder(l1.clone(), Postcard)
+        .l2(l2.clone())
+        .clock(Clock::from(clock.clone()))
+        .defaults(
+            FetchOptions::new()
+                .ttl(ttl)
+                .jitter_max(Duration::ZERO)
+                .fail_safe(true)
+                .fail_safe_throttle(window)
+                .write_mode(tierkit_cache::WriteMode::AwaitBeforeReturn),
+        )
+        .build();
+    for i in 0..KEYS {
+        let value = format!("v{i}");
+        cache
+            .get_or_fetch(&format!("k{i}"), move || async move {
+                Ok::<_, std::io::Error>(value)
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(l2.len(), KEYS);
+    clock.advance(ttl + Duration::from_secs(1));
+
+    let origin = Arc::new(AtomicUsize::new(0));
+    let read_all = |passes: usize| {
+        let (cache, origin, l1) = (cache.clone(), Arc::clone(&origin), l1.clone());
+        async move {
+            for _ in 0..passes {
+                for i in 0..KEYS {
+                    let calls = Arc::clone(&origin);
+                    let hit = cache
+                        .get_or_fetch(&format!("k{i}"), move || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            Err::<String, _>(std::io::Error::other("origin down"))
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(*hit, format!("v{i}"));
+                    assert!(matches!(
+                        hit.freshness(),
+                        HitFreshness::Stale(StaleCause::FailSafe { .. })
+                    ));
+                }
+                l1.run_pending_tasks();
+            }
+        }
+    };
+    read_all(3).await;
+    assert_eq!(origin.load(Ordering::SeqCst), KEYS);
+    assert!(l1.entry_count() <= 10, "moka evicted");
+    clock.advance(window - Duration::from_secs(1));
+    read_all(2).await;
+    assert_eq!(origin.load(Ordering::SeqCst), KEYS, "inside the window");
+    clock.advance(Duration::from_secs(1));
+    read_all(2).await;
+    assert_eq!(origin.load(Ordering::SeqCst), 2 * KEYS, "the next window");
+}

@@ -853,3 +853,23 @@ async fn debug_shows_the_servers_not_the_credentials() {
     assert!(shown.contains("\"l2\""), "{shown}");
     assert_eq!(tier.label(), "l2");
 }
+
+/// The longest timeouts are accepted: with `Duration::MAX` as the command and connect
+/// timeouts (and the unresponsive-connection check derived from them), the tier connects and
+/// answers, without a panic.
+#[tokio::test]
+async fn the_longest_timeouts_are_accepted() {
+    let url = require_server!(STANDALONE);
+    let namespace = unique_namespace("longest-timeouts");
+    let tier = RedisBackend::builder(&url)
+        .namespace(&namespace)
+        .command_timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .build()
+        .await
+        .expect("the tier connects");
+    let value = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), HOUR);
+    tier.set(&k("k"), value.clone()).await.expect("set");
+    assert_eq!(tier.get(&k("k")).await.expect("get"), Some(value));
+    tier.delete(&k("k")).await.expect("delete");
+}

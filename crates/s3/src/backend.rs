@@ -311,6 +311,9 @@ impl S3Backend {
     pub const DEFAULT_PREFIX: &'static str = "tierkit/";
     /// The operation timeout when none is set: 5 s.
     pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The longest operation timeout: one day. A longer one is lowered to it (the SDK turns
+    /// its timeouts into float seconds, and overflows on a much longer one).
+    pub const MAX_OPERATION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
     /// The largest payload accepted when no limit is set: 64 MiB.
     pub const DEFAULT_MAX_OBJECT_BYTES: usize = 64 << 20;
     /// The SDK's attempts per call when none is set: 2 (one retry of a transient failure).

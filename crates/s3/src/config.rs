@@ -166,7 +166,8 @@ impl S3BackendBuilder {
     /// connect timeout is lowered to it when the client's is longer), and around each call by
     /// the tier itself, which also covers reading the body of a `GetObject`.
     ///
-    /// Default: [`S3Backend::DEFAULT_OPERATION_TIMEOUT`] (5 s). Must not be zero.
+    /// Default: [`S3Backend::DEFAULT_OPERATION_TIMEOUT`] (5 s). Must not be zero; a value above
+    /// [`S3Backend::MAX_OPERATION_TIMEOUT`] (one day), up to `Duration::MAX`, is lowered to it.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
         self
@@ -289,12 +290,13 @@ impl S3BackendBuilder {
             });
         }
         let place = self.place();
-        let client = tier_client(&self.client, self.operation_timeout, self.max_attempts);
+        let timeout = self.operation_timeout.min(S3Backend::MAX_OPERATION_TIMEOUT);
+        let client = tier_client(&self.client, timeout, self.max_attempts);
         let context = Context {
             label: self.label,
             bucket: Arc::from(self.bucket.as_str()),
             place: Arc::from(place.as_str()),
-            timeout: self.operation_timeout,
+            timeout,
         };
         if self.check_bucket {
             check_bucket(&client, &context).await?;

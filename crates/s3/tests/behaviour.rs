@@ -961,3 +961,22 @@ async fn debug_shows_the_bucket_not_the_credentials() {
     assert_eq!(tier.label(), "l3");
     assert!(!format!("{:?}", tier.client().config()).contains(secret));
 }
+
+/// The longest operation timeout is accepted: with `Duration::MAX` (the SDK's operation and
+/// connect timeouts and its largest retry back-off follow it), the tier builds and answers,
+/// without a panic.
+#[tokio::test]
+async fn the_longest_operation_timeout_is_accepted() {
+    let env = S3Env::new().await;
+    let prefix = unique_prefix("longest-timeout");
+    let tier = env
+        .builder(&prefix)
+        .operation_timeout(Duration::MAX)
+        .build()
+        .await
+        .expect("builds");
+    let value = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), HOUR);
+    tier.set(&k("k"), value.clone()).await.expect("set");
+    assert_eq!(tier.get(&k("k")).await.expect("get"), Some(value));
+    tier.delete(&k("k")).await.expect("delete");
+}
