@@ -47,6 +47,9 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 /// refill is skipped when the key changed since its read began. Without overlap, nothing extra
 /// happens; the bookkeeping lives only while operations run ([`Composition::keys_in_flight`]).
 ///
+/// [`Backend::set_if_newer`] on the composition is the write policy's write, conditional on
+/// each tier.
+///
 /// An operation whose future is dropped before it finishes (a caller's timeout, `select!`)
 /// counts as finished when dropped; a follow-up it owed runs on the offload. A request the tier
 /// had already received may still land afterwards: the outcome of a cancelled write is unknown,
@@ -287,6 +290,8 @@ where
             (Layer::L2, Write::Set(key, value) | Write::Refill(key, value)) => {
                 self.l2.set(key, value)
             }
+            (Layer::L1, Write::SetIfNewer(key, value)) => self.l1.set_if_newer(key, value),
+            (Layer::L2, Write::SetIfNewer(key, value)) => self.l2.set_if_newer(key, value),
             (Layer::L1, Write::Delete(key)) => self.l1.delete(key),
             (Layer::L2, Write::Delete(key)) => self.l2.delete(key),
             (Layer::L1, Write::Clear) => self.l1.clear(),
@@ -345,16 +350,18 @@ where
         &self,
         layer: Layer,
         key: &CacheKey,
-        value: CacheValue,
+        effect: Effect,
         finish: Finish<L1, L2, R, W>,
     ) -> TierWrite {
         // A write that starts late (a race write's slower half, run on the offload) after a
         // newer operation on the key began applies that operation's effect instead: the tier
         // never holds, even briefly, a value older than an acknowledged write or delete.
-        let result = match self.ops.newest(key) {
-            Some(Effect::Remove) => self.tier_write(layer, Write::Delete(key)).await,
-            Some(Effect::Store(newest)) => self.tier_write(layer, Write::Set(key, newest)).await,
-            None => self.tier_write(layer, Write::Set(key, value)).await,
+        let result = match self.ops.newest(key).unwrap_or(effect) {
+            Effect::Remove => self.tier_write(layer, Write::Delete(key)).await,
+            Effect::Store(value) => self.tier_write(layer, Write::Set(key, value)).await,
+            Effect::StoreIfNewer(value) => {
+                self.tier_write(layer, Write::SetIfNewer(key, value)).await
+            }
         };
         let reapplied = finish.run().await;
         if result.is_err() && !reapplied {
@@ -406,6 +413,9 @@ where
         tracing::debug!(tier = %tier.name(), "overlapping operations on a key: applying the newest again");
         let result = match effect {
             Effect::Store(value) => self.tier_write(layer, Write::Set(key, value)).await,
+            Effect::StoreIfNewer(value) => {
+                self.tier_write(layer, Write::SetIfNewer(key, value)).await
+            }
             Effect::Remove => self.tier_write(layer, Write::Delete(key)).await,
         };
         if let Err(error) = result {
@@ -515,6 +525,8 @@ where
 enum Write<'a> {
     /// Store a value written through the composition.
     Set(&'a CacheKey, CacheValue),
+    /// Store a value written through the composition, unless the tier holds a newer one.
+    SetIfNewer(&'a CacheKey, CacheValue),
     /// Store a value read from L2 (counted as a refill).
     Refill(&'a CacheKey, CacheValue),
     /// Remove a key.
@@ -527,15 +539,16 @@ impl Write<'_> {
     /// The operation, for errors and write counts.
     fn op(&self) -> Op {
         match self {
-            Write::Set(..) | Write::Refill(..) => Op::Set,
+            Write::Set(..) | Write::SetIfNewer(..) | Write::Refill(..) => Op::Set,
             Write::Delete(_) => Op::Delete,
             Write::Clear => Op::Clear,
         }
     }
 
-    /// The name in spans: the operation, or `refill`.
+    /// The name in spans: the operation, `set_if_newer` or `refill`.
     fn name(&self) -> &'static str {
         match self {
+            Write::SetIfNewer(..) => "set_if_newer",
             Write::Refill(..) => "refill",
             other => other.op().as_str(),
         }
@@ -602,22 +615,24 @@ where
         Ok(outcome.value)
     }
 
-    async fn write_both(&self, key: &CacheKey, value: CacheValue) -> TierWrite {
+    /// Writes `effect` (a value to store, conditionally or not) to both tiers under the write
+    /// policy.
+    async fn write_both(&self, key: &CacheKey, effect: Effect) -> TierWrite {
         let shared = &self.shared;
-        shared.ops.begin(key, Effect::Store(value.clone()));
+        shared.ops.begin(key, effect.clone());
         let (f1, f2) = (
             Finish::new(shared, Layer::L1, key),
             Finish::new(shared, Layer::L2, key),
         );
         let cx = shared.context();
-        let (s1, k1, v1) = (Arc::clone(shared), key.clone(), value.clone());
+        let (s1, k1, e1) = (Arc::clone(shared), key.clone(), effect.clone());
         let (s2, k2) = (Arc::clone(shared), key.clone());
         shared
             .write
             .write(
                 &cx,
-                move || async move { s1.write_tier(Layer::L1, &k1, v1, f1).await },
-                move || async move { s2.write_tier(Layer::L2, &k2, value, f2).await },
+                move || async move { s1.write_tier(Layer::L1, &k1, e1, f1).await },
+                move || async move { s2.write_tier(Layer::L2, &k2, effect, f2).await },
             )
             .await
             .map(|_| ())
@@ -700,7 +715,11 @@ where
     }
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
-        TierFuture::pending(self.write_both(key, value))
+        TierFuture::pending(self.write_both(key, Effect::Store(value)))
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        TierFuture::pending(self.write_both(key, Effect::StoreIfNewer(value)))
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {

@@ -32,6 +32,9 @@ use crate::context::Layer;
 pub(crate) enum Effect {
     /// The tier should hold this value.
     Store(CacheValue),
+    /// The tier should hold this value unless it holds one created later (a conditional
+    /// write: [`Backend::set_if_newer`](tierkit_core::Backend::set_if_newer)).
+    StoreIfNewer(CacheValue),
     /// The tier should not hold the key.
     Remove,
 }
@@ -242,7 +245,7 @@ mod tests {
         match effect {
             Some(Effect::Store(v)) if v.payload().as_ref() == b"v1" => Some("v1"),
             Some(Effect::Store(v)) if v.payload().as_ref() == b"v2" => Some("v2"),
-            Some(Effect::Store(_)) => Some("other"),
+            Some(Effect::Store(_) | Effect::StoreIfNewer(_)) => Some("other"),
             Some(Effect::Remove) => Some("remove"),
             None => None,
         }

@@ -135,6 +135,7 @@ mod cluster;
 mod config;
 mod error;
 mod keys;
+mod script;
 mod stats;
 
 pub use backend::RedisBackend;
