@@ -47,8 +47,11 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 /// refill is skipped when the key changed since its read began. Without overlap, nothing extra
 /// happens; the bookkeeping lives only while operations run ([`Composition::keys_in_flight`]).
 ///
-/// [`Backend::set_if_newer`] on the composition is the write policy's write, conditional on
-/// each tier.
+/// A refill is also a conditional write ([`Backend::set_if_newer`]): L1 keeps a value created
+/// later than the one read from L2, whoever wrote it (another composition sharing the
+/// in-process tier, another handle of it), so a slow L2 read never puts an older value over a
+/// newer one. [`Backend::set_if_newer`] on the composition itself is the write policy's write,
+/// conditional on each tier.
 ///
 /// An operation whose future is dropped before it finishes (a caller's timeout, `select!`)
 /// counts as finished when dropped; a follow-up it owed runs on the offload. A request the tier
@@ -284,14 +287,14 @@ where
     /// Starts `write` on one tier (the tier's own future, without span, bound or count).
     fn start<'a>(&'a self, layer: Layer, write: Write<'a>) -> WriteFuture<'a> {
         match (layer, write) {
-            (Layer::L1, Write::Set(key, value) | Write::Refill(key, value)) => {
-                self.l1.set(key, value)
+            (Layer::L1, Write::Set(key, value)) => self.l1.set(key, value),
+            (Layer::L2, Write::Set(key, value)) => self.l2.set(key, value),
+            (Layer::L1, Write::SetIfNewer(key, value) | Write::Refill(key, value)) => {
+                self.l1.set_if_newer(key, value)
             }
-            (Layer::L2, Write::Set(key, value) | Write::Refill(key, value)) => {
-                self.l2.set(key, value)
+            (Layer::L2, Write::SetIfNewer(key, value) | Write::Refill(key, value)) => {
+                self.l2.set_if_newer(key, value)
             }
-            (Layer::L1, Write::SetIfNewer(key, value)) => self.l1.set_if_newer(key, value),
-            (Layer::L2, Write::SetIfNewer(key, value)) => self.l2.set_if_newer(key, value),
             (Layer::L1, Write::Delete(key)) => self.l1.delete(key),
             (Layer::L2, Write::Delete(key)) => self.l2.delete(key),
             (Layer::L1, Write::Clear) => self.l1.clear(),
@@ -527,7 +530,7 @@ enum Write<'a> {
     Set(&'a CacheKey, CacheValue),
     /// Store a value written through the composition, unless the tier holds a newer one.
     SetIfNewer(&'a CacheKey, CacheValue),
-    /// Store a value read from L2 (counted as a refill).
+    /// Store a value read from L2, unless the tier holds a newer one (counted as a refill).
     Refill(&'a CacheKey, CacheValue),
     /// Remove a key.
     Delete(&'a CacheKey),

@@ -163,7 +163,7 @@ impl KeyOps {
             Entry::Occupied(_) => false,
             Entry::Vacant(entry) => {
                 entry.insert(KeyState {
-                    newest: Effect::Store(value),
+                    newest: Effect::StoreIfNewer(value),
                     tiers: [
                         TierState {
                             running: 1,

@@ -893,6 +893,48 @@ async fn a_refill_racing_a_delete_does_not_bring_the_key_back() {
     assert_eq!(cache.keys_in_flight(), 0);
 }
 
+/// Two compositions share one in-process L1 (two handles of one cache, or two stacks over one
+/// moka): a refill by one must not replace the newer value the other wrote there meanwhile.
+#[tokio::test]
+async fn a_refill_never_replaces_a_newer_value_another_handle_wrote_to_l1() {
+    let clock = manual_clock();
+    let l1 = near(&clock);
+    let (l2, mut l2_calls) = scripted("remote");
+    let reader = Composition::builder(l1.clone(), l2)
+        .clock(Clock::from(clock.clone()))
+        .build();
+    let writer = Composition::builder(l1.clone(), far(&clock))
+        .clock(Clock::from(clock.clone()))
+        .build();
+    let k = key("k");
+    let v1 = fresh_value("v1", &clock);
+    clock.advance(Duration::from_secs(1));
+    let v2 = fresh_value("v2", &clock);
+
+    // The reader misses L1 and waits on its L2 read.
+    let mut read = pin!(reader.get(&k));
+    expect_pending(&mut read).await;
+    let l2_read = l2_calls.next_call().await;
+    assert_eq!(l2_read.op(), Op::Get);
+
+    // The other stack writes the newer v2 into the shared L1.
+    writer.set(&k, v2.clone()).await.expect("set v2");
+    assert_eq!(l1.peek(&k), Some(v2.clone()));
+
+    // The reader's L2 answers the older v1: served to this read, never refilled over v2.
+    l2_read.respond_hit(v1.clone());
+    let served = expect_ready(&mut read).await.expect("read");
+    assert_eq!(served, Some(v1));
+    assert_eq!(
+        l1.peek(&k),
+        Some(v2.clone()),
+        "the refill replaced a newer value in L1"
+    );
+    assert_eq!(reader.get(&k).await.expect("read"), Some(v2));
+    assert_eq!(l2_calls.waiting(), 0, "the L1 hit made no L2 call");
+    assert_eq!((reader.keys_in_flight(), writer.keys_in_flight()), (0, 0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancelled_operations_release_their_bookkeeping() {
     for policy in WRITE_POLICIES {
