@@ -622,7 +622,14 @@ where
     /// policy.
     async fn write_both(&self, key: &CacheKey, effect: Effect) -> TierWrite {
         let shared = &self.shared;
-        shared.ops.begin(key, effect.clone());
+        match &effect {
+            Effect::StoreIfNewer(value) => {
+                shared
+                    .ops
+                    .begin_if_newer(key, value.clone(), shared.clock.now());
+            }
+            other => shared.ops.begin(key, other.clone()),
+        }
         let (f1, f2) = (
             Finish::new(shared, Layer::L1, key),
             Finish::new(shared, Layer::L2, key),

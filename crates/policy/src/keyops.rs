@@ -23,7 +23,7 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tierkit_core::{CacheKey, CacheValue};
+use tierkit_core::{CacheKey, CacheValue, Timestamp};
 
 use crate::context::Layer;
 
@@ -37,6 +37,21 @@ pub(crate) enum Effect {
     StoreIfNewer(CacheValue),
     /// The tier should not hold the key.
     Remove,
+}
+
+impl Effect {
+    /// The effect of `self` followed by a conditional store of `value` decided at `now`: the
+    /// overlapping operations' effect in order, so that applying it to a tier whose writes
+    /// landed out of order still ends where the operations in order would.
+    fn then_if_newer(self, value: CacheValue, now: Timestamp) -> Effect {
+        match self {
+            Effect::Remove => Effect::Store(value),
+            Effect::Store(held) if !value.replaces(&held, now) => Effect::Store(held),
+            Effect::Store(_) => Effect::Store(value),
+            Effect::StoreIfNewer(held) if !value.replaces(&held, now) => Effect::StoreIfNewer(held),
+            Effect::StoreIfNewer(_) => Effect::StoreIfNewer(value),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -122,12 +137,28 @@ impl KeyOps {
 
     /// Starts an operation whose effect is `effect` on both tiers.
     pub(crate) fn begin(&self, key: &CacheKey, effect: Effect) {
+        self.start(key, |_| effect);
+    }
+
+    /// Starts a conditional store of `value` on both tiers ([`Effect::StoreIfNewer`]); over
+    /// overlapping operations on the key, the newest effect becomes theirs followed by this
+    /// store, decided at `now`.
+    pub(crate) fn begin_if_newer(&self, key: &CacheKey, value: CacheValue, now: Timestamp) {
+        self.start(key, |running| match running {
+            Some(effect) => effect.then_if_newer(value, now),
+            None => Effect::StoreIfNewer(value),
+        });
+    }
+
+    /// Starts an operation whose newest effect `newest` makes from the running operations'
+    /// effect, if any.
+    fn start(&self, key: &CacheKey, newest: impl FnOnce(Option<Effect>) -> Effect) {
         let mut shard = self.shard(key);
         self.counter(key).fetch_add(1, Ordering::AcqRel);
         match shard.entry(key.clone()) {
             Entry::Occupied(mut entry) => {
                 let state = entry.get_mut();
-                state.newest = effect;
+                state.newest = newest(Some(std::mem::replace(&mut state.newest, Effect::Remove)));
                 for tier in &mut state.tiers {
                     tier.overlapped |= tier.running > 0;
                     tier.running += 1;
@@ -135,7 +166,7 @@ impl KeyOps {
             }
             Entry::Vacant(entry) => {
                 entry.insert(KeyState {
-                    newest: effect,
+                    newest: newest(None),
                     tiers: [
                         TierState {
                             running: 1,
@@ -239,6 +270,57 @@ mod tests {
             Timestamp::UNIX_EPOCH,
             Duration::from_secs(1),
         )
+    }
+
+    /// A conditional store overlapping another operation is folded into the effect the two
+    /// have in order: the later `created_at` wins unless the earlier value has expired, and
+    /// after a removal the value is stored.
+    #[test]
+    fn a_conditional_store_folds_into_the_newest_effect() {
+        let at = |ms: u64, payload: &'static str| {
+            CacheValue::with_ttl(
+                payload.as_bytes(),
+                Timestamp::from_unix_millis(ms),
+                Duration::from_secs(1),
+            )
+        };
+        let describe = |effect: Effect| match effect {
+            Effect::Store(v) => format!("store {:?}", v.payload()),
+            Effect::StoreIfNewer(v) => format!("if-newer {:?}", v.payload()),
+            Effect::Remove => "remove".to_owned(),
+        };
+        let now = Timestamp::from_unix_millis(500);
+        let later = Timestamp::from_unix_millis(1_500);
+        let (old, new) = (at(1, "old"), at(2, "new"));
+        let cases = [
+            (Effect::Store(new.clone()), now, "store b\"new\""),
+            (Effect::Store(new.clone()), later, "store b\"old\""),
+            (Effect::Store(at(0, "older")), now, "store b\"old\""),
+            (Effect::Remove, now, "store b\"old\""),
+            (Effect::StoreIfNewer(new.clone()), now, "if-newer b\"new\""),
+            (
+                Effect::StoreIfNewer(new.clone()),
+                later,
+                "if-newer b\"old\"",
+            ),
+        ];
+        for (running, at_time, expected) in cases {
+            let folded = running.then_if_newer(old.clone(), at_time);
+            assert_eq!(describe(folded), expected, "at {at_time}");
+        }
+        let ops = KeyOps::new();
+        let k = CacheKey::new("k").unwrap();
+        ops.begin_if_newer(&k, new.clone(), now);
+        assert_eq!(
+            ops.newest(&k).map(describe).as_deref(),
+            Some("if-newer b\"new\"")
+        );
+        ops.begin(&k, Effect::Store(new));
+        ops.begin_if_newer(&k, old, now);
+        assert_eq!(
+            ops.newest(&k).map(describe).as_deref(),
+            Some("store b\"new\"")
+        );
     }
 
     fn stored(effect: Option<Effect>) -> Option<&'static str> {

@@ -1012,6 +1012,38 @@ async fn overlapping_sets_never_leave_the_older_value_in_a_tier() {
     }
 }
 
+/// A `set` of a newer value, then a `set_if_newer` of an older one overlapping it: the set's
+/// L2 write starts after the conditional write began (its L1 write is slow), and every tier
+/// must still end with the newer value, as if the two had run one after the other.
+#[tokio::test(start_paused = true)]
+async fn a_conditional_write_overlapping_a_newer_set_leaves_the_newer_value_in_every_tier() {
+    let clock = manual_clock();
+    let l1 = FaultyBackend::new(near(&clock));
+    let l2 = far(&clock);
+    let cache = Composition::builder(l1.clone(), l2.clone())
+        .write_policy(write_policy("sequential"))
+        .clock(Clock::from(clock.clone()))
+        .build();
+    let k = key("k");
+    let older = fresh_value("older", &clock);
+    clock.advance(Duration::from_secs(1));
+    let newer = fresh_value("newer", &clock);
+
+    l1.push(Op::Set, Fault::Delay(Duration::from_millis(50)));
+    let (set, conditional) = tokio::join!(cache.set(&k, newer.clone()), async {
+        tokio::task::yield_now().await;
+        cache.set_if_newer(&k, older.clone()).await
+    });
+    set.expect("set");
+    conditional.expect("set_if_newer");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    assert_eq!(l1.inner().peek(&k), Some(newer.clone()), "l1");
+    assert_eq!(l2.peek(&k), Some(newer.clone()), "l2");
+    assert_eq!(cache.get(&k).await.expect("read"), Some(newer));
+    assert_eq!(cache.keys_in_flight(), 0);
+}
+
 #[tokio::test]
 async fn a_tier_that_refuses_a_write_does_not_keep_serving_the_previous_value() {
     for policy in WRITE_POLICIES {
