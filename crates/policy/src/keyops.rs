@@ -11,7 +11,10 @@
 //!   store, or a removal) and, per tier, how many operations are running and whether two ever
 //!   overlapped. When the last running operation on a tier finishes after an overlap, the newest
 //!   effect is applied to that tier once more, so the tier ends in the newest state whatever the
-//!   order in which the overlapping operations landed. Without overlap, nothing extra happens.
+//!   order in which the overlapping operations landed. A conditional store
+//!   ([`KeyOps::begin_if_newer`]) does not simply become the newest effect: it is folded into the
+//!   running operations' effect, as the two would end in order. Without overlap, nothing extra
+//!   happens.
 //!   Entries exist only while operations run, so memory follows concurrency, not the key space.
 //! * **Generations** ([`KeyOps::generation`]): striped counters that every `set`, `delete` and
 //!   `clear` advances. A refill (a copy of an L2 value into L1) is skipped when the key's
