@@ -1426,6 +1426,7 @@ impl<V: Send + Sync + 'static> Shared<V> {
             let result = match next.effect {
                 Effect::Store(value) => remote.backend.set(key, value).await,
                 Effect::Remove => remote.backend.delete(key).await,
+                Effect::Refill(value) => remote.backend.set_if_newer(key, value).await,
             };
             if let Err(error) = &result {
                 self.stats.record_write_error(tier);

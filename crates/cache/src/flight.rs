@@ -764,9 +764,10 @@ async fn work<V: Send + Sync + 'static>(
                     shared.stats.record_refresh_adopted();
                 }
                 let mut writes = [None, None];
-                // An L3 hit refills L2 with the same bytes and timestamps (never a longer life).
+                // An L3 hit refills L2 with the same bytes and timestamps (never a longer life),
+                // unless L2 holds a newer value by then (another node's write).
                 if tier == 1 && shared.remote[0].is_some() && !options.skip_l2_write {
-                    writes[0] = Some(Effect::Store(stored.clone()));
+                    writes[0] = Some(Effect::Refill(stored.clone()));
                 }
                 return match value {
                     Some(value) => Ending::Found {

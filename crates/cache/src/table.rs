@@ -27,6 +27,11 @@ const SHARDS: usize = 64;
 pub(crate) enum Effect {
     /// The tier should hold this value.
     Store(CacheValue),
+    /// The tier should hold this value unless it holds one created later: a copy from another
+    /// tier (an L3 hit refilling L2), written with
+    /// [`Backend::set_if_newer`](tierkit_core::Backend::set_if_newer) so that it never
+    /// replaces what another node wrote meanwhile.
+    Refill(CacheValue),
     /// The tier should not hold the key.
     Remove,
 }

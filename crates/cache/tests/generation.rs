@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::{
     Answer, Calls, Gate, MapLocal, Stack, TokenProbe, assert_stored_in_no_tier,
     cancel_when_unobserved, counting, instant, key, settle, skip_every_read, spawn_remove,
-    spawn_set, write_remote_only,
+    spawn_set, write_l3_only, write_remote_only,
 };
 use tierkit_cache::codec::Postcard;
 use tierkit_cache::frame::decode_frame;
@@ -284,6 +284,61 @@ async fn b65_a_refill_never_overwrites_a_newer_l1_entry() {
     assert_eq!(stack.l1_value("k").as_deref(), Some("newest"));
     assert_eq!(stack.l1.peek(&key("k")).unwrap().meta(), hit.meta());
     assert_eq!(calls.get(), 0);
+}
+
+/// An L3 hit refills L2 in the background, as a copy between tiers: it never replaces a newer
+/// entry that another node wrote to L2 while this node's flight was reading L3.
+#[tokio::test(start_paused = true)]
+async fn an_l3_refill_never_replaces_a_newer_l2_entry_another_node_wrote() {
+    let stack = Stack::<String>::new();
+    // This node reads L3 through a script, to hold the read; the other node writes the shared
+    // L2 and L3 directly.
+    let (l3, mut l3_calls) = tierkit_testkit::scripted("l3");
+    let cache = stack.builder().l2(stack.l2.clone()).l3(l3).build();
+    let other = stack.other_node::<String>();
+    let other_cache = other.cache();
+
+    // L3 holds v1; L2 does not hold the key.
+    other_cache
+        .set_with("k", "v1".to_owned(), &write_l3_only())
+        .await
+        .unwrap();
+    let v1 = stack.l3.peek(&key("k")).unwrap();
+    assert_eq!(stack.l2.peek(&key("k")), None);
+
+    // This node's read misses L1 and L2, and waits on L3.
+    let read = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get("k").await }
+    });
+    let l3_read = l3_calls.next_call().await;
+    assert_eq!(l3_read.op(), Op::Get);
+
+    // The other node writes v2 (newer) to L2 and L3.
+    stack.clock.advance(Duration::from_secs(1));
+    other_cache.set("k", "v2".to_owned()).await.unwrap();
+    let v2 = stack.l2.peek(&key("k")).unwrap();
+    assert!(v2.created_at() > v1.created_at());
+    let l2_sets = stack.l2.calls().set;
+
+    // L3 answers the older v1: served to this read, and refilled into L2 only conditionally.
+    l3_read.respond_hit(v1);
+    let hit = read.await.unwrap().unwrap().unwrap();
+    assert_eq!((hit.source(), hit.as_str()), (Source::L3, "v1"));
+    settle().await;
+    assert_eq!(
+        stack.l2.calls().set,
+        l2_sets + 1,
+        "one refill write reached L2"
+    );
+    assert_eq!(
+        stack.l2.peek(&key("k")),
+        Some(v2),
+        "the refill replaced another node's newer L2 entry"
+    );
+    assert_eq!(remote_value(&stack.l2, "k").as_deref(), Some("v2"));
+    assert_eq!(l3_calls.waiting(), 0, "an L3 hit writes nothing to L3");
+    assert_eq!(cache.keys_in_progress(), 0);
 }
 
 /// Behaviour 65: L1 holds a newer entry that is stale but not expired; a read misses it, the

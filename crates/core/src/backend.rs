@@ -51,7 +51,8 @@ enum State<'a, T> {
 /// The future of [`Backend::get`]: `Ok(Some(value))` on a hit, `Ok(None)` on a miss.
 pub type GetFuture<'a> = TierFuture<'a, Option<CacheValue>>;
 
-/// The future of [`Backend::set`], [`Backend::delete`] and [`Backend::clear`].
+/// The future of [`Backend::set`], [`Backend::set_if_newer`], [`Backend::delete`] and
+/// [`Backend::clear`].
 pub type WriteFuture<'a> = TierFuture<'a, ()>;
 
 impl<'a, T> TierFuture<'a, T> {
@@ -253,6 +254,11 @@ impl Probe {
 /// * `set` stores the value with its timestamps unchanged, replacing any previous value; a tier
 ///   with physical expiry sets it from `expires_at`. After `Ok(())`, a `get` of the same key on
 ///   this tier returns this value (or a later one) until it expires or is evicted.
+/// * `set_if_newer` is `set` unless the tier holds a value of the key whose `created_at` is
+///   later than the new value's, decided atomically: no write of another process or node can
+///   land between the comparison and the store. An equal `created_at` replaces; an expired or
+///   undecodable stored value is replaced. Refills and every other copy of a value from one
+///   tier into another use it, so a copy never replaces a newer value whoever wrote it.
 /// * `delete` removes the key; deleting an absent key is `Ok(())`.
 /// * `clear` removes every key this tier holds for this cache (its namespace or prefix), and
 ///   nothing else.
@@ -292,6 +298,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Stores `value` under `key`.
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a>;
 
+    /// Stores `value` unless the tier holds a value of `key` with a later `created_at`; the
+    /// comparison and the store are one atomic step of the tier.
+    ///
+    /// A stored value with an equal `created_at` is replaced (the same value copied twice, or
+    /// a rewrite of it, ends the same), and so is an expired or undecodable one. An already
+    /// expired `value` removes the stored value under the same condition. Whether the value
+    /// was stored or skipped, the answer is `Ok(())`: skipping is the success of a copy that
+    /// lost to a newer write. Implement it without a default: a tier that cannot compare
+    /// atomically documents the race it leaves.
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a>;
+
     /// Removes `key`.
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a>;
 
@@ -330,6 +347,11 @@ macro_rules! forward_backend {
             #[inline]
             fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
                 (**self).set(key, value)
+            }
+
+            #[inline]
+            fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+                (**self).set_if_newer(key, value)
             }
 
             #[inline]

@@ -42,6 +42,16 @@
 //!         }))
 //!     }
 //!
+//!     fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+//!         let now = self.clock.now();
+//!         // Compare and store under one lock: atomic for this tier.
+//!         TierFuture::ready(self.lock().map(|mut map| {
+//!             if map.get(key).is_none_or(|held| value.replaces(held, now)) {
+//!                 map.insert(key.clone(), value);
+//!             }
+//!         }))
+//!     }
+//!
 //!     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {
 //!         TierFuture::ready(self.lock().map(|mut map| {
 //!             map.remove(key);

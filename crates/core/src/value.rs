@@ -176,6 +176,30 @@ impl CacheValue {
         now >= self.expires_at
     }
 
+    /// Whether this value may replace `held` in a conditional write
+    /// ([`Backend::set_if_newer`](crate::Backend::set_if_newer)): unless `held` is still live
+    /// at `now` and was created later. An equal `created_at` replaces.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierkit_core::{CacheValue, Timestamp};
+    ///
+    /// let t0 = Timestamp::from_unix_millis(1_000_000);
+    /// let t1 = t0.saturating_add(Duration::from_secs(1));
+    /// let older = CacheValue::with_ttl(&b"v1"[..], t0, Duration::from_secs(60));
+    /// let newer = CacheValue::with_ttl(&b"v2"[..], t1, Duration::from_secs(60));
+    /// assert!(!older.replaces(&newer, t1));
+    /// assert!(newer.replaces(&older, t1));
+    /// assert!(older.replaces(&older, t1));
+    /// // An expired value is replaced whatever its age.
+    /// assert!(older.replaces(&newer, t1.saturating_add(Duration::from_secs(60))));
+    /// ```
+    #[inline]
+    #[must_use]
+    pub fn replaces(&self, held: &CacheValue, now: Timestamp) -> bool {
+        held.is_expired(now) || held.created_at <= self.created_at
+    }
+
     /// Time left until hard expiry (zero once expired). This is the physical TTL a tier sets.
     #[must_use]
     pub fn time_to_live(&self, now: Timestamp) -> Duration {

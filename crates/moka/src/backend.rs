@@ -31,6 +31,10 @@ const NEVER: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
 /// * **Capacity** is counted in entries ([`max_capacity`](MokaBackendBuilder::max_capacity)) or
 ///   in bytes ([`max_bytes`](MokaBackendBuilder::max_bytes), see [`MokaBackend::weigh`]).
 ///   moka evicts with TinyLFU when the tier is full.
+/// * **Conditional writes are atomic.** [`set_if_newer`](Backend::set_if_newer) compares the
+///   held value's `created_at` and stores inside one moka compute closure, under the key's
+///   lock: a concurrent `set` of the key (from this handle, a clone, or a composition sharing
+///   the tier) lands either before the comparison or after the store, never in between.
 /// * **Private.** The cache belongs to this tier (and its clones), so [`clear`](Backend::clear)
 ///   removes everything it holds.
 ///
@@ -195,8 +199,36 @@ impl MokaBackend {
             self.cache.invalidate(key);
             return Ok(());
         }
+        self.check_weight(key, &value)?;
+        self.cache.insert(key.clone(), value);
+        Ok(())
+    }
+
+    /// [`store`](Self::store), unless the entry holds a live value created later: the
+    /// comparison and the write run in one compute closure, under moka's per-key lock, so no
+    /// other write of the key lands in between.
+    fn store_if_newer(&self, key: &CacheKey, value: CacheValue) -> Result<(), BackendError> {
+        let now = self.clock.now();
+        let expired = value.is_expired(now);
+        if !expired {
+            self.check_weight(key, &value)?;
+        }
+        let _ = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|held| match held {
+                Some(held) if !value.replaces(held.value(), now) => compute::Op::Nop,
+                Some(_) if expired => compute::Op::Remove,
+                None if expired => compute::Op::Nop,
+                _ => compute::Op::Put(value),
+            });
+        Ok(())
+    }
+
+    /// Refuses a value heavier than the whole tier (under [`max_bytes`](MokaBackendBuilder::max_bytes)).
+    fn check_weight(&self, key: &CacheKey, value: &CacheValue) -> Result<(), BackendError> {
         if let Some(max) = self.max_bytes {
-            let weight = weight_of(key, &value);
+            let weight = weight_of(key, value);
             if weight > max {
                 return Err(BackendError::invalid_value(
                     Arc::clone(&self.label),
@@ -210,7 +242,6 @@ impl MokaBackend {
                 ));
             }
         }
-        self.cache.insert(key.clone(), value);
         Ok(())
     }
 }
@@ -244,6 +275,10 @@ impl Backend for MokaBackend {
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
         TierFuture::ready(self.store(key, value))
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        TierFuture::ready(self.store_if_newer(key, value))
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {
@@ -325,6 +360,7 @@ mod tests {
         let k = key("k");
         let v = CacheValue::with_ttl(&b"v"[..], Clock::System.now(), Duration::from_secs(60));
         assert!(tier.set(&k, v.clone()).is_ready());
+        assert!(tier.set_if_newer(&k, v.clone()).is_ready());
         assert!(tier.get(&k).is_ready());
         assert!(tier.delete(&k).is_ready());
         assert!(tier.clear().is_ready());
@@ -500,6 +536,37 @@ mod tests {
         ready(tier.set(&k, v.clone())).unwrap();
         let hit = ready(tier.get(&k)).unwrap().unwrap();
         assert_eq!(hit.payload().as_ptr(), v.payload().as_ptr());
+    }
+
+    /// Threads racing conditional writes of one key, each with its own `created_at`s: the
+    /// entry ends with the latest of them all, which only holds when each comparison and its
+    /// store are one step.
+    #[test]
+    fn racing_conditional_writes_end_with_the_latest_created_at() {
+        let (manual, clock) = manual();
+        let tier = MokaBackend::builder().clock(clock).build();
+        let k = key("k");
+        let base = manual.now();
+        let created =
+            |thread: u64, i: u64| base.saturating_add(Duration::from_millis(i * 4 + thread));
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let (tier, k) = (&tier, &k);
+                scope.spawn(move || {
+                    // Every thread writes its latest value last but one, then an older one.
+                    for i in (0..500).chain([0]) {
+                        let v = CacheValue::with_ttl(
+                            &b"v"[..],
+                            created(thread, i),
+                            Duration::from_secs(60),
+                        );
+                        ready(tier.set_if_newer(k, v)).unwrap();
+                    }
+                });
+            }
+        });
+        let held = ready(tier.get(&k)).unwrap().unwrap();
+        assert_eq!(held.created_at(), created(3, 499));
     }
 
     #[test]

@@ -57,6 +57,12 @@ use crate::write::{AnyWritePolicy, TierWrite, WritePolicy};
 /// into L1. Without overlap, nothing extra happens (no wait, no extra call); the bookkeeping
 /// lives only while operations run ([`Composition::keys_in_flight`]).
 ///
+/// A refill is also a conditional write ([`Backend::set_if_newer`]): L1 keeps a value created
+/// later than the one read from L2, whoever wrote it (another composition sharing the
+/// in-process tier, another handle of it), so a slow L2 read never puts an older value over a
+/// newer one. [`Backend::set_if_newer`] on the composition itself is the write policy's write,
+/// conditional on each tier.
+///
 /// An operation whose future is dropped before it finishes (a caller's timeout, `select!`)
 /// counts as finished when dropped; a follow-up it owed runs on the offload. A request the tier
 /// had already received may still land afterwards: the outcome of a cancelled write is unknown,
@@ -309,11 +315,13 @@ where
     /// Starts `write` on one tier (the tier's own future, without span, bound or count).
     fn start<'a>(&'a self, layer: Layer, write: Write<'a>) -> WriteFuture<'a> {
         match (layer, write) {
-            (Layer::L1, Write::Set(key, value) | Write::Refill(key, value)) => {
-                self.l1.set(key, value)
+            (Layer::L1, Write::Set(key, value)) => self.l1.set(key, value),
+            (Layer::L2, Write::Set(key, value)) => self.l2.set(key, value),
+            (Layer::L1, Write::SetIfNewer(key, value) | Write::Refill(key, value)) => {
+                self.l1.set_if_newer(key, value)
             }
-            (Layer::L2, Write::Set(key, value) | Write::Refill(key, value)) => {
-                self.l2.set(key, value)
+            (Layer::L2, Write::SetIfNewer(key, value) | Write::Refill(key, value)) => {
+                self.l2.set_if_newer(key, value)
             }
             (Layer::L1, Write::Delete(key)) => self.l1.delete(key),
             (Layer::L2, Write::Delete(key)) => self.l2.delete(key),
@@ -360,7 +368,7 @@ where
         let mut finish = Finish::new(self, Layer::L1, key);
         // The value refilled, unless an operation that began since made another effect newer.
         let result = match finish.dispatch() {
-            Some(Effect::Store(value)) => {
+            Some(Effect::Store(value) | Effect::StoreIfNewer(value)) => {
                 self.tier_write(Layer::L1, Write::Refill(key, value)).await
             }
             Some(Effect::Remove) => self.tier_write(Layer::L1, Write::Delete(key)).await,
@@ -392,6 +400,10 @@ where
             Some(Effect::Store(newest)) => {
                 (self.tier_write(layer, Write::Set(key, newest)).await, true)
             }
+            Some(Effect::StoreIfNewer(newest)) => (
+                self.tier_write(layer, Write::SetIfNewer(key, newest)).await,
+                true,
+            ),
             Some(Effect::Remove) => (self.tier_write(layer, Write::Delete(key)).await, false),
             None => (Ok(()), false),
         };
@@ -439,6 +451,9 @@ where
         tracing::debug!(tier = %tier.name(), "overlapping operations on a key: applying the newest again");
         let result = match effect {
             Effect::Store(value) => self.tier_write(layer, Write::Set(key, value)).await,
+            Effect::StoreIfNewer(value) => {
+                self.tier_write(layer, Write::SetIfNewer(key, value)).await
+            }
             Effect::Remove => self.tier_write(layer, Write::Delete(key)).await,
         };
         if let Err(error) = result {
@@ -565,7 +580,9 @@ where
 enum Write<'a> {
     /// Store a value written through the composition.
     Set(&'a CacheKey, CacheValue),
-    /// Store a value read from L2 (counted as a refill).
+    /// Store a value written through the composition, unless the tier holds a newer one.
+    SetIfNewer(&'a CacheKey, CacheValue),
+    /// Store a value read from L2, unless the tier holds a newer one (counted as a refill).
     Refill(&'a CacheKey, CacheValue),
     /// Remove a key.
     Delete(&'a CacheKey),
@@ -577,15 +594,16 @@ impl Write<'_> {
     /// The operation, for errors and write counts.
     fn op(&self) -> Op {
         match self {
-            Write::Set(..) | Write::Refill(..) => Op::Set,
+            Write::Set(..) | Write::SetIfNewer(..) | Write::Refill(..) => Op::Set,
             Write::Delete(_) => Op::Delete,
             Write::Clear => Op::Clear,
         }
     }
 
-    /// The name in spans: the operation, or `refill`.
+    /// The name in spans: the operation, `set_if_newer` or `refill`.
     fn name(&self) -> &'static str {
         match self {
+            Write::SetIfNewer(..) => "set_if_newer",
             Write::Refill(..) => "refill",
             other => other.op().as_str(),
         }
@@ -652,9 +670,18 @@ where
         Ok(outcome.value)
     }
 
-    async fn write_both(&self, key: &CacheKey, value: CacheValue) -> TierWrite {
+    /// Writes `effect` (a value to store, conditionally or not) to both tiers under the write
+    /// policy.
+    async fn write_both(&self, key: &CacheKey, effect: Effect) -> TierWrite {
         let shared = &self.shared;
-        shared.ops.begin(key, Effect::Store(value));
+        match &effect {
+            Effect::StoreIfNewer(value) => {
+                shared
+                    .ops
+                    .begin_if_newer(key, value.clone(), shared.clock.now());
+            }
+            other => shared.ops.begin(key, other.clone()),
+        }
         let (f1, f2) = (
             Finish::new(shared, Layer::L1, key),
             Finish::new(shared, Layer::L2, key),
@@ -766,7 +793,11 @@ where
     }
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
-        TierFuture::pending(self.write_both(key, value))
+        TierFuture::pending(self.write_both(key, Effect::Store(value)))
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        TierFuture::pending(self.write_both(key, Effect::StoreIfNewer(value)))
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {

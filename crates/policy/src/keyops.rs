@@ -16,8 +16,10 @@
 //!   effect once more, so the tier ends in the newest state. A `set` or `delete` returns only
 //!   once no call on the key is in flight at the tier any more ([`KeyOps::settled`]): a write
 //!   of an older value still in flight when it finished has then landed and been overwritten.
-//!   Without overlap, nothing extra happens. Entries exist only while operations run, so
-//!   memory follows concurrency, not the key space.
+//!   A conditional store ([`KeyOps::begin_if_newer`]) does not simply become the newest
+//!   effect: it is folded into the running operations' effect, as the two would end in
+//!   order. Without overlap, nothing extra happens. Entries exist only while operations run,
+//!   so memory follows concurrency, not the key space.
 //! * **Generations** ([`KeyOps::generation`]): striped counters that every `set`, `delete` and
 //!   `clear` advances when it begins and again when it ends. A refill (a copy of an L2 value
 //!   into L1) is skipped when the key's generation moved since the read began, or while
@@ -32,7 +34,7 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tierkit_core::{CacheKey, CacheValue};
+use tierkit_core::{CacheKey, CacheValue, Timestamp};
 use tokio::sync::oneshot;
 
 use crate::context::Layer;
@@ -42,8 +44,26 @@ use crate::context::Layer;
 pub(crate) enum Effect {
     /// The tier should hold this value.
     Store(CacheValue),
+    /// The tier should hold this value unless it holds one created later (a conditional
+    /// write: [`Backend::set_if_newer`](tierkit_core::Backend::set_if_newer)).
+    StoreIfNewer(CacheValue),
     /// The tier should not hold the key.
     Remove,
+}
+
+impl Effect {
+    /// The effect of `self` followed by a conditional store of `value` decided at `now`: the
+    /// overlapping operations' effect in order, so that applying it to a tier whose writes
+    /// landed out of order still ends where the operations in order would.
+    fn then_if_newer(self, value: CacheValue, now: Timestamp) -> Effect {
+        match self {
+            Effect::Remove => Effect::Store(value),
+            Effect::Store(held) if !value.replaces(&held, now) => Effect::Store(held),
+            Effect::Store(_) => Effect::Store(value),
+            Effect::StoreIfNewer(held) if !value.replaces(&held, now) => Effect::StoreIfNewer(held),
+            Effect::StoreIfNewer(_) => Effect::StoreIfNewer(value),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -143,12 +163,28 @@ impl KeyOps {
 
     /// Starts an operation whose effect is `effect` on both tiers.
     pub(crate) fn begin(&self, key: &CacheKey, effect: Effect) {
+        self.start(key, |_| effect);
+    }
+
+    /// Starts a conditional store of `value` on both tiers ([`Effect::StoreIfNewer`]); over
+    /// overlapping operations on the key, the newest effect becomes theirs followed by this
+    /// store, decided at `now`.
+    pub(crate) fn begin_if_newer(&self, key: &CacheKey, value: CacheValue, now: Timestamp) {
+        self.start(key, |running| match running {
+            Some(effect) => effect.then_if_newer(value, now),
+            None => Effect::StoreIfNewer(value),
+        });
+    }
+
+    /// Starts an operation whose newest effect `newest` makes from the running operations'
+    /// effect, if any.
+    fn start(&self, key: &CacheKey, newest: impl FnOnce(Option<Effect>) -> Effect) {
         let mut shard = self.shard(key);
         self.counter(key).fetch_add(1, Ordering::SeqCst);
         match shard.entry(key.clone()) {
             Entry::Occupied(mut entry) => {
                 let state = entry.get_mut();
-                state.newest = effect;
+                state.newest = newest(Some(std::mem::replace(&mut state.newest, Effect::Remove)));
                 for tier in &mut state.tiers {
                     // A call in flight may land after this operation's own.
                     tier.overlapped |= tier.in_flight > 0;
@@ -157,7 +193,7 @@ impl KeyOps {
             }
             Entry::Vacant(entry) => {
                 entry.insert(KeyState {
-                    newest: effect,
+                    newest: newest(None),
                     tiers: [TierState::registered(1), TierState::registered(1)],
                 });
             }
@@ -179,12 +215,18 @@ impl KeyOps {
             Entry::Occupied(_) => false,
             Entry::Vacant(entry) => {
                 entry.insert(KeyState {
-                    newest: Effect::Store(value),
+                    newest: Effect::StoreIfNewer(value),
                     tiers: [TierState::registered(1), TierState::default()],
                 });
                 true
             }
         }
+    }
+
+    /// The newest effect on `key` while operations on it run (`None` when none runs).
+    #[cfg(test)]
+    fn newest(&self, key: &CacheKey) -> Option<Effect> {
+        self.shard(key).get(key).map(|state| state.newest.clone())
     }
 
     /// Records that an operation is about to call `layer`, and returns the effect the call
@@ -338,11 +380,66 @@ mod tests {
         )
     }
 
+    /// A conditional store overlapping another operation is folded into the effect the two
+    /// have in order: the later `created_at` wins unless the earlier value has expired, and
+    /// after a removal the value is stored.
+    #[test]
+    fn a_conditional_store_folds_into_the_newest_effect() {
+        let at = |ms: u64, payload: &'static str| {
+            CacheValue::with_ttl(
+                payload.as_bytes(),
+                Timestamp::from_unix_millis(ms),
+                Duration::from_secs(1),
+            )
+        };
+        let describe = |effect: Effect| match effect {
+            Effect::Store(v) => format!("store {:?}", v.payload()),
+            Effect::StoreIfNewer(v) => format!("if-newer {:?}", v.payload()),
+            Effect::Remove => "remove".to_owned(),
+        };
+        let now = Timestamp::from_unix_millis(500);
+        let later = Timestamp::from_unix_millis(1_500);
+        let (old, new) = (at(1, "old"), at(2, "new"));
+        let cases = [
+            (Effect::Store(new.clone()), now, "store b\"new\""),
+            (Effect::Store(new.clone()), later, "store b\"old\""),
+            (Effect::Store(at(0, "older")), now, "store b\"old\""),
+            (Effect::Remove, now, "store b\"old\""),
+            (Effect::StoreIfNewer(new.clone()), now, "if-newer b\"new\""),
+            (
+                Effect::StoreIfNewer(new.clone()),
+                later,
+                "if-newer b\"old\"",
+            ),
+        ];
+        for (running, at_time, expected) in cases {
+            let folded = running.then_if_newer(old.clone(), at_time);
+            assert_eq!(describe(folded), expected, "at {at_time}");
+        }
+        let ops = KeyOps::new();
+        let k = CacheKey::new("k").unwrap();
+        ops.begin_if_newer(&k, new.clone(), now);
+        assert_eq!(
+            ops.newest(&k).map(describe).as_deref(),
+            Some("if-newer b\"new\"")
+        );
+        ops.begin(&k, Effect::Store(new));
+        ops.begin_if_newer(&k, old, now);
+        assert_eq!(
+            ops.newest(&k).map(describe).as_deref(),
+            Some("store b\"new\"")
+        );
+    }
+
     fn stored(effect: Option<Effect>) -> Option<&'static str> {
         match effect {
-            Some(Effect::Store(v)) if v.payload().as_ref() == b"v1" => Some("v1"),
-            Some(Effect::Store(v)) if v.payload().as_ref() == b"v2" => Some("v2"),
-            Some(Effect::Store(_)) => Some("other"),
+            Some(Effect::Store(v) | Effect::StoreIfNewer(v)) if v.payload().as_ref() == b"v1" => {
+                Some("v1")
+            }
+            Some(Effect::Store(v) | Effect::StoreIfNewer(v)) if v.payload().as_ref() == b"v2" => {
+                Some("v2")
+            }
+            Some(Effect::Store(_) | Effect::StoreIfNewer(_)) => Some("other"),
             Some(Effect::Remove) => Some("remove"),
             None => None,
         }

@@ -24,6 +24,7 @@ use crate::config::{RedisBackendBuilder, RedisSource};
 use crate::error::{RedisError, map_error};
 use crate::keys::Namespace;
 use crate::replication::{Confirmation, Write};
+use crate::script;
 use crate::sentinel::SentinelWatch;
 use crate::stats::{Counters, RedisStats, WRONG_TYPE};
 
@@ -155,6 +156,12 @@ const MAX_PXAT_MILLIS: u64 = 253_402_300_799_999;
 /// the value expires; a value expiring after the year 9999 is stored without expiry. A value
 /// that has already expired by the tier's [`Clock`] is not stored: the key is removed instead
 /// (`UNLINK`), so an older value cannot outlive the newer write.
+///
+/// [`set_if_newer`](Backend::set_if_newer), the write of refills, is one Lua script
+/// (`EVALSHA`, and `EVAL` once on a server that does not have it cached): it reads the stored
+/// envelope's header, and writes as `set` does unless that envelope is live and was created
+/// later. Redis runs it atomically, on the key's primary in a cluster. Its cost is in
+/// `docs/redis.md`.
 ///
 /// `get` also checks `expires_at` against the tier's clock and answers a miss for an expired
 /// value (counted in [`RedisStats::expired_reads`]), so a value is never returned after its
@@ -910,7 +917,8 @@ impl Inner {
         }
     }
 
-    async fn set(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
+    /// Refuses a payload larger than `max_value_bytes`.
+    fn check_size(&self, value: &CacheValue) -> Result<()> {
         let len = value.payload().len();
         if len > self.max_value_bytes {
             return Err(BackendError::invalid_value(
@@ -921,6 +929,11 @@ impl Inner {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    async fn set(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
+        self.check_size(&value)?;
         let redis_key = self.namespace.redis_key(key);
         if value.is_expired(self.clock.now()) {
             // The newest write says "nothing valid here": drop any older value.
@@ -936,6 +949,42 @@ impl Inner {
             key: redis_key.clone(),
             bytes: bytes.clone(),
             expiry: expiry.clone(),
+        })
+        .await
+    }
+
+    /// `set`, unless the key holds a live value created later: one script ([`script`]), so the
+    /// comparison and the write are one atomic step on the server. One `EVALSHA` round trip;
+    /// the first on a server that does not have the script cached adds an `EVAL`.
+    async fn set_if_newer(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
+        self.check_size(&value)?;
+        let redis_key = self.namespace.redis_key(key);
+        let now = self.clock.now();
+        let (bytes, pxat) = if value.is_expired(now) {
+            // Removes the key, under the same condition.
+            (Bytes::new(), None)
+        } else {
+            (envelope::encode(&value, key), pxat(value.expires_at()))
+        };
+        let slot = fred::util::redis_keyslot(&redis_key);
+        let arguments = script::arguments(redis_key.clone(), bytes, value.created_at(), now, pxat);
+        self.call(Op::Set, &redis_key, |client| {
+            let with_sha = script::command(script::SHA1, &arguments);
+            let with_source = script::command(script::SOURCE, &arguments);
+            async move {
+                match client
+                    .custom::<Value, Value>(script::evalsha(slot), with_sha)
+                    .await
+                {
+                    Err(err) if script::is_noscript(err.details()) => {
+                        client
+                            .custom::<Value, Value>(script::eval(slot), with_source)
+                            .await
+                    }
+                    answer => answer,
+                }
+                .map(drop)
+            }
         })
         .await
     }
@@ -1089,11 +1138,16 @@ fn no_client(inner: &Inner, op: Op) -> BackendError {
 
 /// `SET ... PXAT expires_at`, or no expiry past the year 9999.
 fn expiration(expires_at: Timestamp) -> Option<Expiration> {
+    pxat(expires_at).map(Expiration::PXAT)
+}
+
+/// The `PXAT` of `expires_at`, or none past the year 9999.
+fn pxat(expires_at: Timestamp) -> Option<i64> {
     let millis = expires_at.as_unix_millis();
     if millis > MAX_PXAT_MILLIS {
         return None;
     }
-    i64::try_from(millis).ok().map(Expiration::PXAT)
+    i64::try_from(millis).ok()
 }
 
 fn is_wrong_type(err: &FredError) -> bool {
@@ -1184,6 +1238,14 @@ impl Backend for RedisBackend {
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
         TierFuture::pending(self.inner.set(key, value).instrument(self.span(Op::Set)))
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        TierFuture::pending(
+            self.inner
+                .set_if_newer(key, value)
+                .instrument(self.span(Op::Set)),
+        )
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {

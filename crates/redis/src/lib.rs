@@ -142,6 +142,7 @@ mod config;
 mod error;
 mod keys;
 mod replication;
+mod script;
 mod sentinel;
 mod stats;
 

@@ -31,6 +31,7 @@ use tierkit_policy::Composition;
 use tierkit_redis::fred::interfaces::{ClientLike, KeysInterface};
 use tierkit_redis::fred::types::{ClusterHash, CustomCommand, Value};
 use tierkit_redis::{DecodeErrors, RedisBackend, RedisError};
+use tierkit_services::{CommandCalls, RedisBinaries, RedisServer, RedisServerOptions, calls_since};
 
 const HOUR: Duration = Duration::from_secs(3_600);
 
@@ -96,6 +97,104 @@ async fn refill_from_redis_keeps_the_timestamps_and_redis_expires_the_key() {
         "PTTL {ttl} ms, expires_at - now {expected} ms"
     );
     cache.clear().await.expect("clear");
+}
+
+/// `set_if_newer` is one script run atomically by the server: an absent key stores, an older
+/// value loses to a newer one, a newer or equal one replaces it, and bytes that are not an
+/// envelope (or a key of another type) are replaced. Each call is one `EVALSHA`; a server
+/// without the script cached (new, restarted, `SCRIPT FLUSH`) answers `NOSCRIPT` once and
+/// gets one `EVAL`, which caches it. The stored key expires at `expires_at`, as after `set`.
+#[tokio::test]
+async fn set_if_newer_is_one_script_that_never_replaces_a_newer_value() {
+    let Some(binaries) =
+        RedisBinaries::for_tests().expect("redis-server and redis-cli (TIERKIT_REQUIRE_SERVICES)")
+    else {
+        return;
+    };
+    let server = RedisServer::start(&binaries, RedisServerOptions::new()).expect("a server");
+    let raw = raw_client(&server.url()).await;
+    let tier = builder(&server.url(), &unique_namespace("if-newer"))
+        .build()
+        .await
+        .expect("the tier connects");
+    let key = k("if-newer");
+    let redis_key = tier.redis_key(&key);
+    let now = Clock::System.now();
+    let older = CacheValue::with_ttl(
+        &b"older"[..],
+        now.saturating_sub(Duration::from_secs(1)),
+        HOUR,
+    );
+    let newer = CacheValue::with_ttl(&b"newer"[..], now, HOUR);
+    let same_instant = CacheValue::with_ttl(&b"same instant"[..], now, HOUR);
+
+    let before = server.command_calls().expect("INFO commandstats");
+    tier.set_if_newer(&key, newer.clone())
+        .await
+        .expect("on an absent key");
+    let first = calls_since(&before, &server.command_calls().expect("INFO commandstats"));
+    tier.set_if_newer(&key, older.clone())
+        .await
+        .expect("an older value");
+    assert_eq!(tier.get(&key).await.expect("get"), Some(newer.clone()));
+    tier.set_if_newer(&key, same_instant.clone())
+        .await
+        .expect("an equal created_at");
+    assert_eq!(tier.get(&key).await.expect("get"), Some(same_instant));
+    let all = calls_since(&before, &server.command_calls().expect("INFO commandstats"));
+    assert_eq!(
+        first,
+        commands(&[("evalsha", 1), ("eval", 1), ("getrange", 1), ("set", 1)]),
+        "the first call: NOSCRIPT, then EVAL; the script's own commands are counted too: \
+         GETRANGE of the header (nothing there) and SET"
+    );
+    assert_eq!(
+        all,
+        commands(&[
+            ("evalsha", 3),
+            ("eval", 1),
+            ("getrange", 3),
+            ("strlen", 2),
+            ("set", 2),
+            ("get", 2)
+        ]),
+        "three calls (one EVALSHA each; each reads the header, and the length of an envelope \
+         found; the older value writes nothing) and the two reads of the test"
+    );
+    let ttl = pttl(&raw, redis_key.clone()).await;
+    assert!(
+        ttl > 3_500_000 && ttl <= 3_600_000,
+        "PTTL {ttl} ms follows expires_at"
+    );
+
+    // Bytes that are not an envelope, and a key of another type, are replaced.
+    let _: () = raw
+        .set(redis_key.clone(), "not an envelope", None, None, false)
+        .await
+        .expect("SET");
+    tier.set_if_newer(&key, older.clone())
+        .await
+        .expect("over foreign bytes");
+    assert_eq!(tier.get(&key).await.expect("get"), Some(older.clone()));
+    let _: () = raw.del(redis_key.clone()).await.expect("DEL");
+    let _: () = raw
+        .custom(
+            CustomCommand::new_static("HSET", ClusterHash::FirstKey, false),
+            vec![Value::Bytes(redis_key.clone()), "f".into(), "v".into()],
+        )
+        .await
+        .expect("HSET");
+    tier.set_if_newer(&key, older.clone())
+        .await
+        .expect("over a hash");
+    assert_eq!(tier.get(&key).await.expect("get"), Some(older));
+}
+
+fn commands(pairs: &[(&str, u64)]) -> CommandCalls {
+    pairs
+        .iter()
+        .map(|(name, calls)| ((*name).to_owned(), *calls))
+        .collect()
 }
 
 /// `SET ... PXAT expires_at`: the key's `PTTL` follows the value's `expires_at` (replaced on

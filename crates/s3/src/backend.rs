@@ -134,6 +134,12 @@ use crate::stats::{Counters, S3Stats, TOO_LARGE};
 ///   older value cannot outlive the newer write;
 /// * everything else stays in the bucket until overwritten or deleted.
 ///
+/// [`set_if_newer`](Backend::set_if_newer) (the write of refills) reads the object, and unless
+/// it holds a live value created later, writes with `If-Match` on the ETag it read
+/// (`If-None-Match: *` when there was none): on Amazon S3 no other write lands between the
+/// comparison and the write. A store that ignores these headers leaves that window open
+/// (`docs/s3.md`, "Conditional writes").
+///
 /// ```
 /// use std::time::Duration;
 /// use tierkit_core::{Backend, CacheKey, CacheValue, Clock};
@@ -423,11 +429,15 @@ impl S3Backend {
 const CLEAR_BATCH_I32: i32 = 1_000;
 const _: () = assert!(CLEAR_BATCH_I32 as usize == S3Backend::CLEAR_BATCH);
 
+/// How many times [`Backend::set_if_newer`] reads, compares and writes on condition before it
+/// gives up on an object that other writers keep changing.
+const CONDITIONAL_ATTEMPTS: u32 = 3;
+
 /// What a `GetObject` found.
 enum Read {
     Found { bytes: Bytes, etag: Option<String> },
     Missing,
-    TooLarge { len: u64 },
+    TooLarge { len: u64, etag: Option<String> },
 }
 
 impl Inner {
@@ -456,7 +466,7 @@ impl Inner {
         let (bytes, etag) = match read {
             Read::Found { bytes, etag } => (bytes, etag),
             Read::Missing => return Ok(None),
-            Read::TooLarge { len } => {
+            Read::TooLarge { len, .. } => {
                 self.counters.decode_error(TOO_LARGE);
                 tracing::debug!(
                     key_len = key.len(),
@@ -515,12 +525,12 @@ impl Inner {
         let announced = output
             .content_length()
             .and_then(|len| u64::try_from(len).ok());
+        let etag = output.e_tag().map(str::to_owned);
         if let Some(len) = announced
             && len > limit
         {
-            return Ok(Read::TooLarge { len });
+            return Ok(Read::TooLarge { len, etag });
         }
-        let etag = output.e_tag().map(str::to_owned);
         let mut body = output.body;
         let mut first: Option<Bytes> = None;
         let mut rest: Option<BytesMut> = None;
@@ -529,7 +539,7 @@ impl Inner {
             let chunk = chunk.map_err(|err| self.context.broken_body(Op::Get, err))?;
             read = read.saturating_add(chunk.len() as u64);
             if read > limit {
-                return Ok(Read::TooLarge { len: read });
+                return Ok(Read::TooLarge { len: read, etag });
             }
             match (&mut first, &mut rest) {
                 (None, _) => first = Some(chunk),
@@ -620,7 +630,8 @@ impl Inner {
         }
     }
 
-    async fn set(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
+    /// Refuses a payload larger than `max_object_bytes`.
+    fn check_size(&self, value: &CacheValue) -> Result<()> {
         let len = value.payload().len();
         if len > self.max_object_bytes {
             return Err(BackendError::invalid_value(
@@ -631,6 +642,11 @@ impl Inner {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    async fn set(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
+        self.check_size(&value)?;
         let object = self.prefix.object_key(key);
         if value.is_expired(self.clock.now()) {
             // The newest write says "nothing valid here": drop any older value.
@@ -652,6 +668,87 @@ impl Inner {
                 .map_err(|err| self.context.map(Op::Set, err))
         })
         .await
+    }
+
+    /// `set`, unless the object holds a live value created later. Reads the object, compares,
+    /// then writes on condition that the object is still what was read (`If-Match` its ETag,
+    /// or `If-None-Match: *` when there was none), so a write landing in between makes the
+    /// write fail with `412` instead of being replaced; the comparison then starts again, up
+    /// to [`CONDITIONAL_ATTEMPTS`] times.
+    async fn set_if_newer(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
+        self.check_size(&value)?;
+        let object = self.prefix.object_key(key);
+        let limit = self.read_limit(key);
+        let mut attempt = 1;
+        loop {
+            let now = self.clock.now();
+            let etag = match self.read_object(&object, limit).await? {
+                Read::Found { bytes, etag } => match envelope::decode(&bytes, key) {
+                    Ok(held) if !value.replaces(&held, now) => return Ok(()),
+                    _ => etag,
+                },
+                Read::TooLarge { etag, .. } => etag,
+                // Nothing to remove.
+                Read::Missing if value.is_expired(now) => return Ok(()),
+                Read::Missing => None,
+            };
+            let written = if value.is_expired(now) {
+                self.delete_if_unchanged(&object, etag).await.map(|()| true)
+            } else {
+                self.put_if_unchanged(&object, key, &value, etag).await
+            };
+            match written {
+                Ok(true) => return Ok(()),
+                Ok(false) if attempt < CONDITIONAL_ATTEMPTS => attempt += 1,
+                Ok(false) => {
+                    return Err(BackendError::tier(
+                        Arc::clone(&self.context.label),
+                        Op::Set,
+                        ErrorKind::Internal,
+                        true,
+                        Message(format!(
+                            "the object changed during each of {CONDITIONAL_ATTEMPTS} conditional \
+                             writes"
+                        )),
+                    ));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// `PutObject` of `value` on condition that the object is still the one read: its `etag`,
+    /// or absent. `Ok(false)` when the condition failed (another write landed in between).
+    async fn put_if_unchanged(
+        &self,
+        object: &str,
+        key: &CacheKey,
+        value: &CacheValue,
+        etag: Option<String>,
+    ) -> Result<bool> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&*self.context.bucket)
+            .key(object)
+            .content_type("application/octet-stream")
+            .body(ByteStream::from(envelope::encode(value, key)));
+        let request = match etag {
+            Some(etag) => request.if_match(etag),
+            None => request.if_none_match("*"),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            // 412: the condition failed; 409: a concurrent conditional write of the object.
+            Err(err)
+                if err
+                    .raw_response()
+                    .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412)) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(self.context.map(Op::Set, err)),
+        }
     }
 
     async fn delete_object(&self, op: Op, object: &str) -> Result<()> {
@@ -795,6 +892,14 @@ impl Backend for S3Backend {
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
         TierFuture::pending(self.inner.set(key, value).instrument(self.span(Op::Set)))
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        TierFuture::pending(
+            self.inner
+                .bounded(Op::Set, self.inner.set_if_newer(key, value))
+                .instrument(self.span(Op::Set)),
+        )
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {

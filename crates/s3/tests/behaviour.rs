@@ -720,6 +720,77 @@ async fn a_newer_object_survives_the_background_delete_of_an_expired_one() {
     tier.clear().await.expect("clear");
 }
 
+/// `set_if_newer` reads the object and writes on condition that it is still the one read: one
+/// `GetObject`, then one `PutObject` unless the object holds a live value created later. An
+/// absent key, an older or equal value and bytes that are not an envelope are replaced; a newer
+/// value is kept without a write.
+#[tokio::test]
+async fn set_if_newer_reads_once_and_writes_only_over_an_older_object() {
+    let env = S3Env::local().await;
+    let server = env.server().expect("a local server");
+    let raw = env.raw().await;
+    let clock = ManualClock::starting_now();
+    let tier = env
+        .builder(&unique_prefix("if-newer"))
+        .clock(Clock::from(clock.clone()))
+        .build()
+        .await
+        .expect("builds");
+    let key = k("if-newer");
+    let object = tier.object_key(&key);
+    let now = clock.now();
+    let older = CacheValue::with_ttl(
+        &b"older"[..],
+        now.saturating_sub(Duration::from_secs(1)),
+        HOUR,
+    );
+    let newer = CacheValue::with_ttl(&b"newer"[..], now, HOUR);
+    let counts = |what: &str, get: u64, put: u64| {
+        let requests = server.requests();
+        assert_eq!(
+            (
+                requests.get(ops::GET_OBJECT),
+                requests.get(ops::PUT_OBJECT),
+                requests.total()
+            ),
+            (get, put, get + put),
+            "{what}: {requests}"
+        );
+        server.reset_requests();
+    };
+
+    server.reset_requests();
+    tier.set_if_newer(&key, newer.clone())
+        .await
+        .expect("absent");
+    counts("on an absent key", 1, 1);
+    tier.set_if_newer(&key, older.clone()).await.expect("older");
+    counts("an older value", 1, 0);
+    assert_eq!(tier.get(&key).await.expect("get"), Some(newer.clone()));
+    server.reset_requests();
+    let same_instant = CacheValue::with_ttl(&b"same instant"[..], now, HOUR);
+    tier.set_if_newer(&key, same_instant.clone())
+        .await
+        .expect("equal");
+    counts("an equal created_at", 1, 1);
+    assert_eq!(tier.get(&key).await.expect("get"), Some(same_instant));
+
+    put_raw(
+        &raw,
+        env.bucket(),
+        &object,
+        Bytes::from_static(b"not an envelope"),
+    )
+    .await;
+    server.reset_requests();
+    tier.set_if_newer(&key, older.clone())
+        .await
+        .expect("over foreign bytes");
+    counts("over foreign bytes", 1, 1);
+    assert_eq!(tier.get(&key).await.expect("get"), Some(older));
+    tier.clear().await.expect("clear");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Faults
 

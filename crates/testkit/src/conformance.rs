@@ -251,6 +251,9 @@ macro_rules! conformance {
                 delete_then_get_is_miss,
                 get_returns_independent_clones,
                 probe_agrees_with_get,
+                set_if_newer_keeps_a_newer_value,
+                set_if_newer_replaces_an_older_or_equal_value,
+                set_if_newer_stores_on_an_absent_or_expired_key,
             );
         }
     };
@@ -288,6 +291,9 @@ pub const CASES: &[&str] = &[
     "delete_then_get_is_miss",
     "get_returns_independent_clones",
     "probe_agrees_with_get",
+    "set_if_newer_keeps_a_newer_value",
+    "set_if_newer_replaces_an_older_or_equal_value",
+    "set_if_newer_stores_on_an_absent_or_expired_key",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -361,6 +367,16 @@ async fn set<B: Backend + ?Sized>(b: &B, key: &CacheKey, value: CacheValue) {
     b.set(key, value)
         .await
         .unwrap_or_else(|e| panic!("{}: set {:?} failed: {e} ({e:?})", b.label(), short(key)));
+}
+
+async fn set_if_newer<B: Backend + ?Sized>(b: &B, key: &CacheKey, value: CacheValue) {
+    b.set_if_newer(key, value).await.unwrap_or_else(|e| {
+        panic!(
+            "{}: set_if_newer {:?} failed: {e} ({e:?})",
+            b.label(),
+            short(key)
+        )
+    });
 }
 
 async fn del<B: Backend + ?Sized>(b: &B, key: &CacheKey) {
@@ -940,4 +956,122 @@ pub async fn probe_agrees_with_get(factory: impl BackendFactory) {
     del(&b, &key).await;
     expect_miss(b.probe(&key), "after delete");
     assert_eq!(get(&b, &key).await, None, "get after delete");
+}
+
+/// `set_if_newer` of a value created earlier than the stored one changes nothing, even with a
+/// longer life or an already expired value; the call succeeds.
+pub async fn set_if_newer_keeps_a_newer_value(factory: impl BackendFactory) {
+    let ctx = ConformanceContext::new();
+    let b = make(&factory, &ctx).await;
+    let now = ctx.manual_clock().now();
+    let key = k("if-newer:keeps");
+    let newer = CacheValue::with_ttl(Bytes::from_static(b"newer"), now, hour());
+    let older = CacheValue::with_ttl(
+        Bytes::from_static(b"older, living longer"),
+        now.saturating_sub(Duration::from_millis(1)),
+        hour().saturating_mul(2),
+    );
+    let older_expired = CacheValue::new(
+        Bytes::from_static(b"older, expired"),
+        now.saturating_sub(Duration::from_secs(120)),
+        now.saturating_sub(Duration::from_secs(60)),
+        now.saturating_sub(Duration::from_secs(60)),
+    )
+    .expect("ordered timestamps");
+
+    set(&b, &key, newer.clone()).await;
+    set_if_newer(&b, &key, older).await;
+    assert_same(get(&b, &key).await.as_ref(), &newer, "after an older value");
+    set_if_newer(&b, &key, older_expired).await;
+    assert_same(
+        get(&b, &key).await.as_ref(),
+        &newer,
+        "after an older expired value",
+    );
+}
+
+/// `set_if_newer` of a value created later than the stored one, or at the same millisecond,
+/// replaces it (payload and timestamps); a newer value that has already expired removes it.
+pub async fn set_if_newer_replaces_an_older_or_equal_value(factory: impl BackendFactory) {
+    let ctx = ConformanceContext::new();
+    let b = make(&factory, &ctx).await;
+    let now = ctx.manual_clock().now();
+    let key = k("if-newer:replaces");
+    let older = CacheValue::with_ttl(
+        Bytes::from_static(b"older"),
+        now.saturating_sub(Duration::from_secs(5)),
+        hour(),
+    );
+    let newer = CacheValue::with_ttl(Bytes::from_static(b"newer"), now, Duration::from_secs(90))
+        .with_stale_for(Duration::from_secs(30));
+    let same_instant = CacheValue::with_ttl(Bytes::from_static(b"same instant"), now, hour());
+
+    set(&b, &key, older).await;
+    set_if_newer(&b, &key, newer.clone()).await;
+    assert_same(get(&b, &key).await.as_ref(), &newer, "after a newer value");
+    set_if_newer(&b, &key, same_instant.clone()).await;
+    assert_same(
+        get(&b, &key).await.as_ref(),
+        &same_instant,
+        "after a value created at the same instant",
+    );
+
+    let removed = k("if-newer:expired-newer");
+    set(
+        &b,
+        &removed,
+        CacheValue::with_ttl(
+            Bytes::from_static(b"old"),
+            now.saturating_sub(Duration::from_secs(60)),
+            hour(),
+        ),
+    )
+    .await;
+    let expired_newer = CacheValue::new(
+        Bytes::from_static(b"newer, expired"),
+        now.saturating_sub(Duration::from_secs(30)),
+        now.saturating_sub(Duration::from_secs(1)),
+        now.saturating_sub(Duration::from_secs(1)),
+    )
+    .expect("ordered timestamps");
+    set_if_newer(&b, &removed, expired_newer).await;
+    assert_eq!(
+        get(&b, &removed).await,
+        None,
+        "a newer expired value removes the older one"
+    );
+}
+
+/// `set_if_newer` stores on an absent key, and over a stored value that has expired by the
+/// tier's clock, whatever that value's `created_at`.
+pub async fn set_if_newer_stores_on_an_absent_or_expired_key(factory: impl BackendFactory) {
+    let ctx = ConformanceContext::new();
+    let b = make(&factory, &ctx).await;
+    let clock = ctx.manual_clock();
+    let now = clock.now();
+
+    let absent = k("if-newer:absent");
+    let value = CacheValue::with_ttl(Bytes::from_static(b"first"), now, hour());
+    set_if_newer(&b, &absent, value.clone()).await;
+    assert_same(get(&b, &absent).await.as_ref(), &value, "on an absent key");
+
+    let expired = k("if-newer:expired");
+    let short_lived = CacheValue::with_ttl(
+        Bytes::from_static(b"newer, short"),
+        now,
+        Duration::from_secs(10),
+    );
+    let older_live = CacheValue::with_ttl(
+        Bytes::from_static(b"older, long"),
+        now.saturating_sub(Duration::from_secs(1)),
+        hour(),
+    );
+    set(&b, &expired, short_lived).await;
+    clock.advance(Duration::from_secs(10));
+    set_if_newer(&b, &expired, older_live.clone()).await;
+    assert_same(
+        get(&b, &expired).await.as_ref(),
+        &older_live,
+        "over a newer value that has expired",
+    );
 }

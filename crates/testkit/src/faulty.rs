@@ -78,7 +78,8 @@ struct State {
 
 /// Wraps any [`Backend`] and injects [`Fault`]s on a schedule.
 ///
-/// Per operation ([`Op`]):
+/// Per operation ([`Op`]; [`set_if_newer`](Backend::set_if_newer) is an [`Op::Set`]: it takes
+/// the faults scheduled for `set` and is counted as one):
 ///
 /// * [`push`](FaultyBackend::push) queues a one-shot fault; queued faults apply first, in FIFO
 ///   order, one per call;
@@ -258,6 +259,15 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         match self.next_fault(Op::Set) {
             None => self.inner.set(key, value),
             Some(fault) => self.faulted(Op::Set, fault, move || self.inner.set(key, value)),
+        }
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        match self.next_fault(Op::Set) {
+            None => self.inner.set_if_newer(key, value),
+            Some(fault) => {
+                self.faulted(Op::Set, fault, move || self.inner.set_if_newer(key, value))
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use tierkit_core::{
 pub struct CallCounts {
     /// Calls of [`Backend::get`].
     pub get: u64,
-    /// Calls of [`Backend::set`].
+    /// Calls of [`Backend::set`] and of [`Backend::set_if_newer`].
     pub set: u64,
     /// Calls of [`Backend::delete`].
     pub delete: u64,
@@ -203,6 +203,21 @@ impl MemoryBackend {
         }
     }
 
+    /// [`set_now`](Self::set_now), unless the map holds a live value created later: compared
+    /// and stored under one lock.
+    fn set_if_newer_now(&self, key: &CacheKey, value: CacheValue) {
+        let now = self.clock.now();
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|held| !value.replaces(held, now)) {
+            return;
+        }
+        if value.is_expired(now) {
+            map.remove(key);
+        } else {
+            map.insert(key.clone(), value);
+        }
+    }
+
     fn answer<'a, T: Send + 'a>(
         &'a self,
         op: impl FnOnce(&'a Self) -> T + Send + 'a,
@@ -251,6 +266,11 @@ impl Backend for MemoryBackend {
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
         self.shared.calls.count(tierkit_core::Op::Set);
         self.answer(move |this| this.set_now(key, value))
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        self.shared.calls.count(tierkit_core::Op::Set);
+        self.answer(move |this| this.set_if_newer_now(key, value))
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {

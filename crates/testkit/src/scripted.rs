@@ -76,6 +76,7 @@ pub struct Call {
     op: Op,
     key: Option<CacheKey>,
     value: Option<CacheValue>,
+    conditional: bool,
     reply: Reply,
 }
 
@@ -97,10 +98,17 @@ impl Call {
         self.key.as_ref()
     }
 
-    /// The value being stored (`Some` only for `set`).
+    /// The value being stored (`Some` only for `set` and `set_if_newer`).
     #[must_use]
     pub fn value(&self) -> Option<&CacheValue> {
         self.value.as_ref()
+    }
+
+    /// Whether the call is a [`set_if_newer`](Backend::set_if_newer) (its [`op`](Call::op) is
+    /// [`Op::Set`]): the script decides, as the tier would, whether it stores.
+    #[must_use]
+    pub fn is_conditional(&self) -> bool {
+        self.conditional
     }
 
     /// Answers a `get`. A dropped operation future is not an error here: the answer is then
@@ -187,6 +195,7 @@ impl fmt::Debug for Call {
             .field("op", &self.op)
             .field("key", &self.key)
             .field("value", &self.value)
+            .field("conditional", &self.conditional)
             .finish_non_exhaustive()
     }
 }
@@ -222,14 +231,18 @@ impl ScriptedBackend {
         &'a self,
         op: Op,
         key: Option<CacheKey>,
-        value: Option<CacheValue>,
+        value: Option<(CacheValue, bool)>,
         reply: impl FnOnce(oneshot::Sender<Result<T>>) -> Reply,
     ) -> TierFuture<'a, T> {
         let (tx, rx) = oneshot::channel();
+        let (value, conditional) = value.map_or((None, false), |(value, conditional)| {
+            (Some(value), conditional)
+        });
         let call = Call {
             op,
             key,
             value,
+            conditional,
             reply: reply(tx),
         };
         let sent = self.calls.send(call).is_ok();
@@ -271,7 +284,21 @@ impl Backend for ScriptedBackend {
     }
 
     fn set<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
-        self.call(Op::Set, Some(key.clone()), Some(value), Reply::Write)
+        self.call(
+            Op::Set,
+            Some(key.clone()),
+            Some((value, false)),
+            Reply::Write,
+        )
+    }
+
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        self.call(
+            Op::Set,
+            Some(key.clone()),
+            Some((value, true)),
+            Reply::Write,
+        )
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {

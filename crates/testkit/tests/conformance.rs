@@ -41,7 +41,7 @@ fn contexts_get_distinct_namespaces_and_share_a_clock_with_siblings() {
 
 #[test]
 fn the_case_list_is_complete() {
-    assert_eq!(tierkit_testkit::conformance::CASES.len(), 19);
+    assert_eq!(tierkit_testkit::conformance::CASES.len(), 22);
 }
 
 /// A tier that forgets to honour the clock must fail the suite.
@@ -91,12 +91,65 @@ impl tierkit_core::Backend for LyingProbe {
     ) -> tierkit_core::WriteFuture<'a> {
         self.0.set(key, value)
     }
+    fn set_if_newer<'a>(
+        &'a self,
+        key: &'a tierkit_core::CacheKey,
+        value: tierkit_core::CacheValue,
+    ) -> tierkit_core::WriteFuture<'a> {
+        self.0.set_if_newer(key, value)
+    }
     fn delete<'a>(&'a self, key: &'a tierkit_core::CacheKey) -> tierkit_core::WriteFuture<'a> {
         self.0.delete(key)
     }
     fn clear(&self) -> tierkit_core::WriteFuture<'_> {
         self.0.clear()
     }
+}
+
+/// A tier whose conditional write is a plain `set` (wrong once the tier holds a newer value).
+#[derive(Debug)]
+struct Unconditional(MemoryBackend);
+
+impl tierkit_core::Backend for Unconditional {
+    fn label(&self) -> &str {
+        "unconditional"
+    }
+    fn get<'a>(&'a self, key: &'a tierkit_core::CacheKey) -> tierkit_core::GetFuture<'a> {
+        self.0.get(key)
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a tierkit_core::CacheKey,
+        value: tierkit_core::CacheValue,
+    ) -> tierkit_core::WriteFuture<'a> {
+        self.0.set(key, value)
+    }
+    fn set_if_newer<'a>(
+        &'a self,
+        key: &'a tierkit_core::CacheKey,
+        value: tierkit_core::CacheValue,
+    ) -> tierkit_core::WriteFuture<'a> {
+        self.0.set(key, value)
+    }
+    fn delete<'a>(&'a self, key: &'a tierkit_core::CacheKey) -> tierkit_core::WriteFuture<'a> {
+        self.0.delete(key)
+    }
+    fn clear(&self) -> tierkit_core::WriteFuture<'_> {
+        self.0.clear()
+    }
+}
+
+#[test]
+#[should_panic(expected = "after an older value: wrong value")]
+fn an_unconditional_set_if_newer_fails() {
+    tierkit_testkit::conformance::run(
+        |ctx: ConformanceContext| async move {
+            Ok(Unconditional(
+                MemoryBackend::new("memory").with_clock(ctx.clock()),
+            ))
+        },
+        tierkit_testkit::conformance::set_if_newer_keeps_a_newer_value,
+    );
 }
 
 #[test]

@@ -150,6 +150,10 @@ impl<B: Backend> Backend for Latency<B> {
         self.inner.set(key, value)
     }
 
+    fn set_if_newer<'a>(&'a self, key: &'a CacheKey, value: CacheValue) -> WriteFuture<'a> {
+        self.inner.set_if_newer(key, value)
+    }
+
     fn delete<'a>(&'a self, key: &'a CacheKey) -> WriteFuture<'a> {
         self.inner.delete(key)
     }

@@ -347,8 +347,10 @@ async fn a_key_only_in_l2_is_read_once_from_redis_for_1000_callers() {
 
 /// A key only in L3 (S3): 1,000 concurrent `get_or_fetch` make one Redis `GET` (a miss), one
 /// S3 `GetObject`, no loader call, no encode (the refill writes the same bytes), one decode,
-/// one Redis `SET` (the refill of L2) and no S3 `PutObject`; every caller gets the same `Arc`,
-/// from L3, and Redis then holds exactly what S3 holds.
+/// one refill of L2 and no S3 `PutObject`; every caller gets the same `Arc`, from L3, and
+/// Redis then holds exactly what S3 holds. The refill is the conditional write's script: one
+/// `EVALSHA`, answered `NOSCRIPT` by this new server, then one `EVAL`, whose `GETRANGE` finds
+/// no value and whose `SET` stores the copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_only_in_l3_is_read_once_from_s3_and_refills_redis_once() {
     let Some(services) = services().await else {
@@ -359,7 +361,13 @@ async fn a_key_only_in_l3_is_read_once_from_s3_and_refills_redis_once() {
     assert_one_shared_value(&outcome, Source::L3);
     assert_eq!(
         outcome.redis,
-        commands(&[("get", 1), ("set", 1)]),
+        commands(&[
+            ("get", 1),
+            ("evalsha", 1),
+            ("eval", 1),
+            ("getrange", 1),
+            ("set", 1)
+        ]),
         "Redis commands during the burst"
     );
     assert_eq!(outcome.s3.get(ops::GET_OBJECT), 1, "{}", outcome.s3);
