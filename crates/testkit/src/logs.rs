@@ -1,29 +1,43 @@
 //! [`capture`]: the log output of the current thread, for tests that assert what a tier or a
 //! composition logs (a warning naming the failed tier, no error line...).
 
+use std::cell::RefCell;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tracing::Level;
+use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
+
+/// A capture's buffer and the level from which it records.
+type Target = (Arc<Mutex<Vec<u8>>>, Level);
 
 /// Log output captured from the current thread while its guard lives.
 pub struct Capture {
     buffer: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+    /// The capture this one replaced on its thread, put back when it is dropped.
+    previous: Option<Target>,
+    /// Set only where the process-wide subscriber could not be installed.
+    _fallback: Option<tracing::subscriber::DefaultGuard>,
 }
 
-/// A [`MakeWriter`] appending to a shared buffer.
-#[derive(Clone)]
-struct BufferWriter(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// Where this thread's events go, and from which level on.
+    static CURRENT: RefCell<Option<Target>> = const { RefCell::new(None) };
+}
+
+/// A writer appending to a capture's buffer, or discarding (no capture on the thread, or an
+/// event below its level).
+struct BufferWriter(Option<Arc<Mutex<Vec<u8>>>>);
 
 impl io::Write for BufferWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
+        if let Some(buffer) = &self.0 {
+            buffer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
 
@@ -32,12 +46,50 @@ impl io::Write for BufferWriter {
     }
 }
 
-impl<'a> MakeWriter<'a> for BufferWriter {
+/// Hands each event to the capture of the thread that emits it.
+struct ThreadCaptures;
+
+impl<'a> MakeWriter<'a> for ThreadCaptures {
     type Writer = BufferWriter;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+        BufferWriter(CURRENT.with(|current| {
+            current
+                .borrow()
+                .as_ref()
+                .map(|(buffer, _)| Arc::clone(buffer))
+        }))
     }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        BufferWriter(CURRENT.with(|current| {
+            current
+                .borrow()
+                .as_ref()
+                .filter(|(_, level)| meta.level() <= level)
+                .map(|(buffer, _)| Arc::clone(buffer))
+        }))
+    }
+}
+
+/// Installs, once per process, the subscriber that routes every event to the capture of its
+/// thread. One process-wide subscriber that is interested in everything, rather than a
+/// subscriber per capture: with per-thread subscribers, tracing's cache of which call sites
+/// anyone listens to can be computed while another test's thread registers or drops its own,
+/// and a capture then sees nothing. Returns whether it is installed (it is not when the
+/// process set another global subscriber).
+fn routed() -> bool {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(ThreadCaptures)
+            .with_max_level(Level::TRACE)
+            .with_ansi(false)
+            .without_time()
+            .with_span_events(FmtSpan::NEW)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).is_ok()
+    })
 }
 
 /// Captures every event (and every new span, with its fields) at `level` or above emitted
@@ -56,16 +108,28 @@ impl<'a> MakeWriter<'a> for BufferWriter {
 #[must_use]
 pub fn capture(level: Level) -> Capture {
     let buffer = Arc::new(Mutex::new(Vec::new()));
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(BufferWriter(Arc::clone(&buffer)))
-        .with_max_level(level)
-        .with_ansi(false)
-        .without_time()
-        .with_span_events(FmtSpan::NEW)
-        .finish();
+    let previous = CURRENT.with(|current| current.replace(Some((Arc::clone(&buffer), level))));
+    let fallback = (!routed()).then(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(ThreadCaptures)
+            .with_max_level(level)
+            .with_ansi(false)
+            .without_time()
+            .with_span_events(FmtSpan::NEW)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    });
     Capture {
         buffer,
-        _guard: tracing::subscriber::set_default(subscriber),
+        previous,
+        _fallback: fallback,
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|current| *current.borrow_mut() = previous);
     }
 }
 
