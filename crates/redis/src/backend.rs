@@ -955,7 +955,8 @@ impl Inner {
 
     /// `set`, unless the key holds a live value created later: one script ([`script`]), so the
     /// comparison and the write are one atomic step on the server. One `EVALSHA` round trip;
-    /// the first on a server that does not have the script cached adds an `EVAL`.
+    /// the first on a server that does not have the script cached adds an `EVAL`. With
+    /// replica confirmation (`replica_acks`), a `WAIT` on the same connection follows.
     async fn set_if_newer(&self, key: &CacheKey, value: CacheValue) -> Result<()> {
         self.check_size(&value)?;
         let redis_key = self.namespace.redis_key(key);
@@ -968,6 +969,7 @@ impl Inner {
         };
         let slot = fred::util::redis_keyslot(&redis_key);
         let arguments = script::arguments(redis_key.clone(), bytes, value.created_at(), now, pxat);
+        let confirmation = self.confirmation;
         self.call(Op::Set, &redis_key, |client| {
             let with_sha = script::command(script::SHA1, &arguments);
             let with_source = script::command(script::SOURCE, &arguments);
@@ -982,8 +984,9 @@ impl Inner {
                             .await
                     }
                     answer => answer,
-                }
-                .map(drop)
+                }?;
+                // Acknowledged like every write: once the replicas required hold it.
+                confirmation.confirm(&client).await
             }
         })
         .await

@@ -81,19 +81,8 @@ impl Confirmation {
             }
             Write::Unlink(keys) => pipeline.unlink::<(), _>(keys).await?,
         }
-        let wait_millis = i64::try_from(self.wait.as_millis()).unwrap_or(i64::MAX);
-        // Sent as a non-blocking custom command: fred would otherwise mark the connection
-        // blocked, while Redis answers `WAIT` within its timeout by itself.
-        let wait = CustomCommand::new_static("WAIT", ClusterHash::FirstKey, false);
-        pipeline
-            .custom::<(), _>(
-                wait,
-                vec![
-                    Value::from(i64::from(self.replicas)),
-                    Value::from(wait_millis),
-                ],
-            )
-            .await?;
+        let (wait, arguments) = self.wait_command();
+        pipeline.custom::<(), _>(wait, arguments).await?;
         // One reply per command, or a single error when the pipeline itself failed (not sent,
         // connection lost, timed out).
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
@@ -107,6 +96,36 @@ impl Confirmation {
                 ));
             }
         };
+        self.check(&confirmed)
+    }
+
+    /// Confirms, with a `WAIT` of its own, a write `client` just made by other means (a
+    /// script): a second round trip, on the same connection. Nothing to do without
+    /// confirmation.
+    pub(crate) async fn confirm(&self, client: &WithOptions<Client>) -> Result<(), FredError> {
+        if self.replicas == 0 {
+            return Ok(());
+        }
+        let (wait, arguments) = self.wait_command();
+        let confirmed = client.custom::<Value, _>(wait, arguments).await?;
+        self.check(&confirmed)
+    }
+
+    /// `WAIT replicas timeout`, sent as a non-blocking custom command: fred would otherwise
+    /// mark the connection blocked, while Redis answers `WAIT` within its timeout by itself.
+    fn wait_command(&self) -> (CustomCommand, Vec<Value>) {
+        let wait_millis = i64::try_from(self.wait.as_millis()).unwrap_or(i64::MAX);
+        (
+            CustomCommand::new_static("WAIT", ClusterHash::FirstKey, false),
+            vec![
+                Value::from(i64::from(self.replicas)),
+                Value::from(wait_millis),
+            ],
+        )
+    }
+
+    /// Whether `WAIT`'s answer, `confirmed`, reaches the replicas required.
+    fn check(&self, confirmed: &Value) -> Result<(), FredError> {
         let confirmed = confirmed.as_i64().ok_or_else(|| {
             FredError::new(
                 FredKind::Protocol,
