@@ -308,7 +308,12 @@ async fn run_actions(
     Ok(())
 }
 
-fn run_case(read: &str, write: &str, actions: &[Action]) -> Result<(), TestCaseError> {
+/// Runs one case of `read` and `write` on its own current-thread runtime with paused time.
+fn run_case<F, Fut>(read: &str, write: &str, run: F) -> Result<(), TestCaseError>
+where
+    F: FnOnce(AnyReadPolicy, AnyWritePolicy) -> Fut,
+    Fut: std::future::Future<Output = Result<(), TestCaseError>>,
+{
     let read: AnyReadPolicy = read.parse().expect("read policy");
     let write: AnyWritePolicy = write.parse().expect("write policy");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -316,18 +321,19 @@ fn run_case(read: &str, write: &str, actions: &[Action]) -> Result<(), TestCaseE
         .start_paused(true)
         .build()
         .expect("runtime");
-    runtime.block_on(run_actions(read, write, actions))
+    runtime.block_on(run(read, write))
 }
 
-/// One property test per read, write pair, each with 1000 cases.
+/// One property test per read, write pair, each with 1000 cases of `$strategy` run by
+/// `$run`.
 macro_rules! pairs {
-    ($($name:ident: $read:literal, $write:literal;)*) => {
+    ($strategy:ident, $run:ident; $($name:ident: $read:literal, $write:literal;)*) => {
         proptest! {
             #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
             $(
                 #[test]
-                fn $name(actions in actions()) {
-                    run_case($read, $write, &actions)?;
+                fn $name(actions in $strategy()) {
+                    run_case($read, $write, |read, write| $run(read, write, &actions))?;
                 }
             )*
         }
@@ -335,6 +341,7 @@ macro_rules! pairs {
 }
 
 pairs! {
+    actions, run_actions;
     sequential_read_sequential_write: "sequential", "sequential";
     sequential_read_optimistic_parallel_write: "sequential", "optimistic-parallel";
     sequential_read_race_write: "sequential", "race";
@@ -656,37 +663,8 @@ async fn run_concurrent(
     Ok(())
 }
 
-fn run_concurrent_case(
-    read: &str,
-    write: &str,
-    actions: &[Concurrent],
-) -> Result<(), TestCaseError> {
-    let read: AnyReadPolicy = read.parse().expect("read policy");
-    let write: AnyWritePolicy = write.parse().expect("write policy");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    runtime.block_on(run_concurrent(read, write, actions))
-}
-
-/// One concurrent property test per read, write pair, each with 1000 cases.
-macro_rules! concurrent_pairs {
-    ($($name:ident: $read:literal, $write:literal;)*) => {
-        proptest! {
-            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
-            $(
-                #[test]
-                fn $name(actions in concurrent_actions()) {
-                    run_concurrent_case($read, $write, &actions)?;
-                }
-            )*
-        }
-    };
-}
-
-concurrent_pairs! {
+pairs! {
+    concurrent_actions, run_concurrent;
     concurrent_sequential_read_sequential_write: "sequential", "sequential";
     concurrent_sequential_read_optimistic_parallel_write: "sequential", "optimistic-parallel";
     concurrent_sequential_read_race_write: "sequential", "race";
