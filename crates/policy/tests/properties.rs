@@ -145,6 +145,39 @@ impl TestTier {
     }
 }
 
+/// A composition of two test tiers on a manual clock, every tier call bounded by `timeout`.
+struct Stack {
+    clock: ManualClock,
+    l1: TestTier,
+    l2: TestTier,
+    offload: TokioOffload,
+    cache: Composition<FaultyBackend<MemoryBackend>, FaultyBackend<MemoryBackend>>,
+}
+
+impl Stack {
+    fn new(read: AnyReadPolicy, write: AnyWritePolicy, timeout: Duration) -> Self {
+        let clock = ManualClock::new(Timestamp::from_unix_millis(common::NOW_MS));
+        let l1 = TestTier::new("l1", &clock, false);
+        let l2 = TestTier::new("l2", &clock, true);
+        let offload = TokioOffload::unbounded();
+        let cache = Composition::builder(l1.faulty.clone(), l2.faulty.clone())
+            .read_policy(read)
+            .write_policy(write)
+            .offload(offload.clone())
+            .clock(Clock::from(clock.clone()))
+            .l1_timeout(timeout)
+            .l2_timeout(timeout)
+            .build();
+        Stack {
+            clock,
+            l1,
+            l2,
+            offload,
+            cache,
+        }
+    }
+}
+
 /// Every value ever written (or attempted) per key.
 #[derive(Default)]
 struct Model {
@@ -187,18 +220,13 @@ async fn run_actions(
     write: AnyWritePolicy,
     actions: &[Action],
 ) -> Result<(), TestCaseError> {
-    let clock = ManualClock::new(Timestamp::from_unix_millis(common::NOW_MS));
-    let l1 = TestTier::new("l1", &clock, false);
-    let l2 = TestTier::new("l2", &clock, true);
-    let offload = TokioOffload::unbounded();
-    let cache = Composition::builder(l1.faulty.clone(), l2.faulty.clone())
-        .read_policy(read)
-        .write_policy(write)
-        .offload(offload.clone())
-        .clock(Clock::from(clock.clone()))
-        .l1_timeout(TIMEOUT)
-        .l2_timeout(TIMEOUT)
-        .build();
+    let Stack {
+        clock,
+        l1,
+        l2,
+        offload,
+        cache,
+    } = Stack::new(read, write, TIMEOUT);
     let background_writes = matches!(write, AnyWritePolicy::Race(_));
     let keys: Vec<CacheKey> = (0..KEYS).map(|i| key(&format!("k{i}"))).collect();
     let mut model = Model::default();
@@ -515,18 +543,13 @@ async fn run_concurrent(
     write: AnyWritePolicy,
     actions: &[Concurrent],
 ) -> Result<(), TestCaseError> {
-    let clock = ManualClock::new(Timestamp::from_unix_millis(common::NOW_MS));
-    let l1 = TestTier::new("l1", &clock, false);
-    let l2 = TestTier::new("l2", &clock, true);
-    let offload = TokioOffload::unbounded();
-    let cache = Composition::builder(l1.faulty.clone(), l2.faulty.clone())
-        .read_policy(read)
-        .write_policy(write)
-        .offload(offload.clone())
-        .clock(Clock::from(clock.clone()))
-        .l1_timeout(CONCURRENT_TIMEOUT)
-        .l2_timeout(CONCURRENT_TIMEOUT)
-        .build();
+    let Stack {
+        clock,
+        l1,
+        l2,
+        offload,
+        cache,
+    } = Stack::new(read, write, CONCURRENT_TIMEOUT);
     // A race write returns after its first tier; the other lands later.
     let sets_supersede = !matches!(write, AnyWritePolicy::Race(_));
     let keys: Vec<CacheKey> = (0..2).map(|i| key(&format!("k{i}"))).collect();
