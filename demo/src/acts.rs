@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tierkit::CacheStats;
+use tierkit_services::error_chain;
 use tokio::sync::Barrier;
 
 use crate::display::{Display, format_latency, percent, thousands};
@@ -222,12 +223,12 @@ impl Director<'_> {
             ActKind::RedisDown => {
                 let server = self.private_redis()?;
                 tokio::task::block_in_place(|| server.stop())
-                    .map_err(|error| format!("cannot stop Redis: {error}"))
+                    .map_err(|error| format!("cannot stop Redis: {}", error_chain(&error)))
             }
             ActKind::RedisBack => {
                 let server = self.private_redis()?;
                 tokio::task::block_in_place(|| server.restart())
-                    .map_err(|error| format!("cannot restart Redis: {error}"))
+                    .map_err(|error| format!("cannot restart Redis: {}", error_chain(&error)))
             }
             ActKind::OriginFailing => {
                 self.workload.read_keys.take();

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args, warnings)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("tierkit-demo: {error}");
+            eprintln!("tierkit-demo: {}", tierkit_services::error_chain(&*error));
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@ use tierkit::Backend;
 use tierkit::redis::RedisBackend;
 use tierkit::s3::S3Backend;
 use tierkit_s3_server::{S3Server, S3ServerOptions};
-use tierkit_services::{RedisBinaries, RedisServer, RedisServerOptions};
+use tierkit_services::{RedisBinaries, RedisServer, RedisServerOptions, error_chain};
 
 use crate::args::Args;
 
@@ -33,12 +33,17 @@ impl Redis {
         }
         let binaries = RedisBinaries::locate().map_err(|error| {
             format!(
-                "the demo starts a private redis-server and cannot find one: {error}\n\
-                 (`cargo xtask demo` installs it when missing; or pass --redis-url)"
+                "the demo starts a private redis-server and cannot find one: {}\n\
+                 (`cargo xtask demo` installs it when missing; or pass --redis-url)",
+                error_chain(&error)
             )
         })?;
-        let server = RedisServer::start(&binaries, RedisServerOptions::new())
-            .map_err(|error| format!("cannot start a private redis-server: {error}"))?;
+        let server = RedisServer::start(&binaries, RedisServerOptions::new()).map_err(|error| {
+            format!(
+                "cannot start a private redis-server: {}",
+                error_chain(&error)
+            )
+        })?;
         Ok(Redis::Private(server))
     }
 
@@ -94,7 +99,12 @@ impl S3 {
         }
         let server = S3Server::start(S3ServerOptions::new())
             .await
-            .map_err(|error| format!("cannot start the in-process S3 server: {error}"))?;
+            .map_err(|error| {
+                format!(
+                    "cannot start the in-process S3 server: {}",
+                    error_chain(&error)
+                )
+            })?;
         Ok(S3::Private(server))
     }
 
@@ -147,7 +157,13 @@ impl Tiers {
             .label("redis")
             .build()
             .await
-            .map_err(|error| format!("cannot connect to Redis at {}: {error}", redis.url()))?;
+            .map_err(|error| {
+                format!(
+                    "cannot connect to Redis at {}: {}",
+                    redis.url(),
+                    error_chain(&error)
+                )
+            })?;
         let prefix = format!("tierkit-demo/{run}/");
         let builder = match s3 {
             S3::Private(server) => S3Backend::compatible(
@@ -177,7 +193,7 @@ impl Tiers {
             .label("s3")
             .build()
             .await
-            .map_err(|error| format!("cannot use the S3 bucket: {error}"))?;
+            .map_err(|error| format!("cannot use the S3 bucket: {}", error_chain(&error)))?;
         Ok(Tiers { redis, s3 })
     }
 
@@ -187,10 +203,16 @@ impl Tiers {
     pub async fn clean_up(self, clear_redis: bool, clear_s3: bool) -> Vec<String> {
         let mut problems = Vec::new();
         if clear_redis && let Err(error) = self.redis.clear().await {
-            problems.push(format!("removing the run's Redis keys: {error}"));
+            problems.push(format!(
+                "removing the run's Redis keys: {}",
+                error_chain(&error)
+            ));
         }
         if clear_s3 && let Err(error) = self.s3.clear().await {
-            problems.push(format!("removing the run's S3 objects: {error}"));
+            problems.push(format!(
+                "removing the run's S3 objects: {}",
+                error_chain(&error)
+            ));
         }
         self.redis.shutdown().await;
         problems

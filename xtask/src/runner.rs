@@ -163,16 +163,6 @@ impl Cmd {
     }
 }
 
-/// `err` and every cause of its [`source()`](std::error::Error::source) chain, joined by `: `,
-/// for a one-line message (each error's own message says only what failed at its level).
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    for cause in std::iter::successors(err.source(), |&e| e.source()) {
-        let _ = write!(line, ": {cause}");
-    }
-    line
-}
-
 /// Quotes `arg` for a POSIX shell if it contains anything but plain characters.
 pub fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
@@ -342,8 +332,9 @@ pub fn format_duration(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cmd, error_chain, format_duration, shell_quote};
+    use super::{Cmd, format_duration, shell_quote};
     use std::time::Duration;
+    use tierkit_services::error_chain;
 
     #[test]
     fn formats_durations() {

@@ -7,7 +7,9 @@ use tierkit_services::{
     RedisBinaries, RedisCluster, RedisSentinel, RedisServer, RedisServerOptions, env,
 };
 
-use crate::runner::{Cmd, Failure, Workspace, error_chain, format_duration, shell_quote};
+use tierkit_services::error_chain;
+
+use crate::runner::{Cmd, Failure, Workspace, format_duration, shell_quote};
 
 /// Masters of the cluster started for the tests (no replicas).
 pub const CLUSTER_MASTERS: usize = 3;

@@ -310,6 +310,18 @@ impl std::error::Error for ServiceError {
     }
 }
 
+/// `err` and every cause of its [`source()`](std::error::Error::source) chain, joined by `: `,
+/// for a one-line message (each error's own message says only what failed at its level).
+#[must_use]
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    for cause in std::iter::successors(err.source(), |&e| e.source()) {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::ServiceError;

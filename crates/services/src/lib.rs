@@ -53,7 +53,7 @@ pub use binaries::{RedisBinaries, install_command, running_as_root, services_req
 pub use cluster::{RedisCluster, SLOT_COUNT, key_slot};
 pub use commandstats::{CommandCalls, calls_since, parse_command_calls};
 pub use dirs::{CleanupReport, cleanup_stale, default_base_dir, target_dir};
-pub use error::ServiceError;
+pub use error::{ServiceError, error_chain};
 pub use resp::Reply;
 pub use sentinel::{
     RedisSentinel, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_SERVICE_NAME,
