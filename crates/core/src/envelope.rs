@@ -419,6 +419,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Seals `bytes` (an envelope without key echo or with its echo after the header) with a
+    /// valid checksum again, after a test altered them.
+    fn reseal(bytes: &mut [u8]) {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&bytes[..HEADER_LEN - 4]);
+        crc.update(&bytes[HEADER_LEN..]);
+        bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
+    }
+
     fn sample() -> (CacheKey, CacheValue) {
         let key = CacheKey::new("user:42").unwrap();
         let value = CacheValue::with_ttl(
@@ -542,10 +551,7 @@ mod tests {
         let mut bytes = with_echo[..HEADER_LEN].to_vec();
         bytes[4] = 0;
         bytes.extend_from_slice(value.payload());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&bytes[..HEADER_LEN - 4]);
-        crc.update(&bytes[HEADER_LEN..]);
-        bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
+        reseal(&mut bytes);
         assert_eq!(
             decode(&Bytes::from(bytes), &key),
             Err(Malformed::KeyMismatch)
@@ -560,10 +566,7 @@ mod tests {
         let (stale, expires) = (bytes[13..21].to_vec(), bytes[21..29].to_vec());
         bytes[13..21].copy_from_slice(&expires);
         bytes[21..29].copy_from_slice(&stale);
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&bytes[..HEADER_LEN - 4]);
-        crc.update(&bytes[HEADER_LEN..]);
-        bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.finalize().to_be_bytes());
+        reseal(&mut bytes);
         assert_eq!(
             decode(&Bytes::from(bytes), &key),
             Err(Malformed::BadTimestamps)

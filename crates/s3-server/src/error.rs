@@ -117,6 +117,7 @@ impl S3ServerError {
 #[cfg(test)]
 mod tests {
     use super::S3ServerError;
+    use tierkit_services::error_chain;
 
     #[test]
     fn a_report_chain_prints_each_message_once() {
@@ -124,13 +125,10 @@ mod tests {
             "creating directory /x",
             std::io::Error::other("no space left"),
         );
-        let chain: Vec<String> =
-            std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |&e| {
-                e.source()
-            })
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(chain, ["creating directory /x failed", "no space left"]);
+        assert_eq!(
+            error_chain(&err),
+            "creating directory /x failed: no space left"
+        );
     }
 
     #[test]

@@ -325,6 +325,7 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::ServiceError;
+    use crate::error_chain;
 
     #[test]
     fn a_report_chain_prints_each_message_once() {
@@ -332,12 +333,9 @@ mod tests {
             "creating directory /x",
             std::io::Error::other("no space left"),
         );
-        let chain: Vec<String> =
-            std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |&e| {
-                e.source()
-            })
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(chain, ["creating directory /x failed", "no space left"]);
+        assert_eq!(
+            error_chain(&err),
+            "creating directory /x failed: no space left"
+        );
     }
 }
